@@ -1,0 +1,19 @@
+"""NetworkExpansion for MindSpore: the ViT-B/16 of "Network Expansion For Practical
+Training Acceleration" (Ding et al., CVPR 2023), with the released checkpoint's names.
+
+    >>> import network_expansion as ne
+    >>> net = ne.create_network("NetworkExpansion", num_classes=10)
+"""
+
+from .card import HubCard, load_card, model_card, validate_card
+from .errors import CardError, ConfigError, NetworkExpansionError, UnknownModelError
+from .hub import create_network, load
+from .model import ViTConfig, VisionTransformer
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "create_network", "load", "VisionTransformer", "ViTConfig",
+    "model_card", "load_card", "validate_card", "HubCard",
+    "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError",
+]

@@ -1,0 +1,86 @@
+"""The `network-expansion` command."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from .errors import NetworkExpansionError
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except NetworkExpansionError as error:
+        print(f"network-expansion: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="network-expansion",
+        description="NetworkExpansion ViT-B/16 (Ding et al., CVPR 2023) for MindSpore.")
+    commands = parser.add_subparsers(title="commands")
+
+    info = commands.add_parser("info", help="print the hub card, the architecture and the parameter count")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(run=_info)
+
+    check = commands.add_parser("check-card", help="check hub cards against the hub's validator rules")
+    check.add_argument("cards", nargs="+", metavar="CARD", help="path of a card (.md)")
+    check.set_defaults(run=_check_card)
+    return parser
+
+
+def _info(args) -> int:
+    from .card import model_card
+    from .model import VisionTransformer
+
+    card = model_card()
+    network = VisionTransformer()
+    config = dataclasses.asdict(network.config)
+    count = network.num_parameters()
+    if args.json:
+        card_fields = {k: v for k, v in dataclasses.asdict(card).items() if k != "body"}
+        print(json.dumps({"card": card_fields, "uid": card.uid, "architecture": config,
+                          "parameters": count}, indent=2))
+        return 0
+    print(f"{card.model_name} {card.model_version}: {card.summary}")
+    print(f"  hub uid       {card.uid}  (short alias {card.short_alias})")
+    print(f"  card          {card.path}")
+    print(f"  author        {card.author}, updated {card.update_time}, license {card.license}")
+    print(f"  trained on    {card.train_dataset} ({card.extra.get('train-dataset-version', '')}) "
+          f"with MindSpore {card.mindspore_version} on {card.train_backend}")
+    print(f"  accuracy      {card.accuracy} top-1 ({card.extra.get('accuracy-backbone', '')})")
+    print(f"  input         {list(card.input_shape)} (height, width, channels)")
+    print(f"  checkpoint    {card.checkpoint.link}")
+    print(f"  sha256        {card.checkpoint.sha256 or 'not published'}")
+    print("architecture")
+    for name, value in config.items():
+        print(f"  {name:<18}{value}")
+    print(f"parameters      {count:,}")
+    return 0
+
+
+def _check_card(args) -> int:
+    from .card import validate_card
+
+    failed = 0
+    for path in args.cards:
+        problems = validate_card(path)
+        print(f"{path}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
+        for problem in problems:
+            print(f"  - {problem}")
+        failed += bool(problems)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

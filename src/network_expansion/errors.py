@@ -1,0 +1,32 @@
+"""The exceptions this package raises.
+
+Every error a user can cause (a wrong name, a malformed card, a checkpoint that does
+not fit) has its own class here, so that callers can catch exactly what they expect.
+They all derive from `NetworkExpansionError`; the ones about a bad value also derive
+from `ValueError`, so code written against the plain built-in keeps working.
+"""
+
+
+class NetworkExpansionError(Exception):
+    """Base class of every error raised on purpose by `network_expansion`."""
+
+
+class UnknownModelError(NetworkExpansionError, ValueError):
+    """A model name that neither the card nor the aliases know."""
+
+
+class ConfigError(NetworkExpansionError, ValueError):
+    """A model configuration (or a keyword overriding one) that cannot be built."""
+
+
+class CardError(NetworkExpansionError, ValueError):
+    """A hub card that cannot be read or does not follow the hub's rules.
+
+    `problems` holds every problem found, not just the first.
+    """
+
+    def __init__(self, path, problems):
+        self.path = str(path)
+        self.problems = list(problems)
+        listing = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"hub card {self.path} has {len(self.problems)} problem(s):\n{listing}")

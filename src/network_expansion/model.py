@@ -1,0 +1,335 @@
+"""The Vision Transformer of the released NetworkExpansion checkpoint.
+
+The architecture is the MindSpore model zoo's ViT (`official/cv/VIT/src/vit.py`), which
+the released checkpoint was trained with. Its parameter names are an API: the hub client
+loads weights by name, non-strictly, so a single renamed parameter silently stays random.
+That is why the attributes below carry the zoo's names (`stem`, `body.layers`, `cell`,
+`to_q`, `ff1.dense`, ...) while the classes carry readable ones. The names, in full:
+
+    cls                                            (1, 1, width)
+    pos_embedding                                  (1, patches + 1, width)
+    stem.patch_to_embedding.dense.weight|bias      patch embedding (a Dense layer)
+    body.layers.{i}.0.cell.0.gamma|beta            LayerNorm before attention
+    body.layers.{i}.0.cell.1.to_q|to_k|to_v|to_out.weight|bias
+    body.layers.{i}.1.cell.0.gamma|beta            LayerNorm before the MLP
+    body.layers.{i}.1.cell.1.ff1|ff2.dense.weight|bias
+    norm.gamma|beta                                final LayerNorm
+    head.0.weight|bias                             classifier on the cls token
+
+Depth is not fixed: network expansion grows the model by inserting blocks between
+others (`set_blocks`), after which the names run `body.layers.0 .. depth-1` again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from .card import model_card
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Every hyper-parameter of the network. The defaults are the released ViT-B/16."""
+
+    image_size: int = field(default_factory=lambda: model_card().input_size)
+    patch_size: int = 16
+    in_channels: int = 3
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_width: int = 3072
+    num_classes: int = field(default_factory=lambda: model_card().num_classes)
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path_rate: float = 0.0
+    # The zoo builds nn.GELU() (tanh approximation) and nn.LayerNorm (epsilon 1e-7);
+    # DeiT/timm weights want exact GELU and 1e-6.
+    gelu_approximate: bool = True
+    layer_norm_eps: float = 1e-7
+
+    def __post_init__(self):
+        problems = []
+        for name in ("image_size", "patch_size", "in_channels", "width", "depth",
+                     "num_heads", "mlp_width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            problems.append(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
+        for name in ("dropout", "attention_dropout", "drop_path_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                problems.append(f"{name} must be in [0, 1), got {value!r}")
+        if not problems:
+            if self.image_size % self.patch_size:
+                problems.append(f"image_size {self.image_size} is not a multiple of "
+                                f"patch_size {self.patch_size}")
+            if self.width % self.num_heads:
+                problems.append(f"width {self.width} is not a multiple of num_heads {self.num_heads}")
+        if problems:
+            raise ConfigError("invalid ViTConfig: " + "; ".join(problems))
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    def drop_path_rates(self) -> list[float]:
+        """Stochastic depth rising linearly from 0 to `drop_path_rate` over the blocks."""
+        if self.depth == 1:
+            return [0.0]
+        return [self.drop_path_rate * i / (self.depth - 1) for i in range(self.depth)]
+
+
+def truncated_normal(shape, std: float = 0.02) -> Tensor:
+    """N(0, std) cut at two standard deviations (the timm/DeiT initialisation).
+
+    Drawn with NumPy's PCG64, seeded from NumPy's global state, which `mindspore.set_seed`
+    seeds: four times faster than MindSpore's own TruncatedNormal for ViT-B (1.5 s, not 5.5 s).
+    """
+    rng = np.random.default_rng(np.random.randint(2**31))
+    values = rng.standard_normal(shape, dtype=np.float32)
+    outside = np.abs(values) > 2
+    while outside.any():
+        values[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
+        outside = np.abs(values) > 2
+    return Tensor(values * np.float32(std))
+
+
+def _dense(in_width: int, out_width: int) -> nn.Dense:
+    return nn.Dense(in_width, out_width, weight_init=truncated_normal((out_width, in_width)),
+                    bias_init="zeros")
+
+
+class TokenDense(nn.Cell):
+    """A Dense layer applied to every token; the zoo's `BatchDense` (hence `.dense`)."""
+
+    def __init__(self, in_width: int, out_width: int):
+        super().__init__()
+        self.dense = _dense(in_width, out_width)
+
+    def construct(self, tokens):
+        return self.dense(tokens)
+
+
+class PatchEmbedding(nn.Cell):
+    """Cut the image into patches and project each: a stride-p convolution as a Dense."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        # Flattened in (channel, row, column) order, so the weight [width, C*p*p] is a
+        # Conv2d weight [width, C, p, p] reshaped.
+        self.patch_to_embedding = TokenDense(config.in_channels * config.patch_size ** 2, config.width)
+
+    def construct(self, images):
+        b, c, h, w = images.shape
+        p = self.patch_size
+        patches = images.reshape(b, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(b, (h // p) * (w // p), c * p * p)
+        return self.patch_to_embedding(patches)
+
+
+class Attention(nn.Cell):
+    """Multi-head self-attention with separate q, k, v and output projections."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.scale = config.head_dim ** -0.5
+        self.to_q = _dense(config.width, config.width)
+        self.to_k = _dense(config.width, config.width)
+        self.to_v = _dense(config.width, config.width)
+        self.to_out = _dense(config.width, config.width)
+        self.attention_dropout = nn.Dropout(p=config.attention_dropout)
+        self.output_dropout = nn.Dropout(p=config.dropout)
+
+    def _heads(self, tokens):
+        b, n, d = tokens.shape
+        return tokens.reshape(b, n, self.num_heads, d // self.num_heads).transpose(0, 2, 1, 3)
+
+    def construct(self, tokens):
+        b, n, d = tokens.shape
+        q, k, v = self._heads(self.to_q(tokens)), self._heads(self.to_k(tokens)), self._heads(self.to_v(tokens))
+        weights = ops.softmax(ops.matmul(q * self.scale, k.transpose(0, 1, 3, 2)), axis=-1)
+        mixed = ops.matmul(self.attention_dropout(weights), v)
+        mixed = mixed.transpose(0, 2, 1, 3).reshape(b, n, d)
+        return self.output_dropout(self.to_out(mixed))
+
+
+class FeedForward(nn.Cell):
+    """The MLP: Dense, GELU, Dense."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.ff1 = TokenDense(config.width, config.mlp_width)
+        self.activation = nn.GELU(approximate=config.gelu_approximate)
+        self.ff2 = TokenDense(config.mlp_width, config.width)
+        self.dropout = nn.Dropout(p=config.dropout)
+
+    def construct(self, tokens):
+        hidden = self.dropout(self.activation(self.ff1(tokens)))
+        return self.dropout(self.ff2(hidden))
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth: drop a residual branch for a whole sample while training."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = float(rate)
+
+    def construct(self, branch):
+        if not self.training or self.rate == 0.0:
+            return branch
+        keep = 1.0 - self.rate
+        shape = (branch.shape[0],) + (1,) * (branch.ndim - 1)
+        mask = ops.bernoulli(ops.zeros(shape, branch.dtype), p=keep)
+        return branch / keep * mask
+
+
+class PreNormResidual(nn.Cell):
+    """`x + f(LN(x))`; the zoo's ResidualCell around a `[LayerNorm, f]` sequence (`.cell`)."""
+
+    def __init__(self, config: ViTConfig, branch: nn.Cell, drop_path_rate: float):
+        super().__init__()
+        self.cell = nn.SequentialCell([
+            nn.LayerNorm((config.width,), epsilon=config.layer_norm_eps), branch])
+        self.drop_path = DropPath(drop_path_rate)
+
+    def construct(self, tokens):
+        return tokens + self.drop_path(self.cell(tokens))
+
+
+class TransformerBlock(nn.SequentialCell):
+    """One pre-norm block: attention residual (`.0`), then MLP residual (`.1`)."""
+
+    def __init__(self, config: ViTConfig, drop_path_rate: float = 0.0):
+        super().__init__([
+            PreNormResidual(config, Attention(config), drop_path_rate),
+            PreNormResidual(config, FeedForward(config), drop_path_rate),
+        ])
+
+    def set_drop_path_rate(self, rate: float) -> None:
+        for residual in self:
+            residual.drop_path.rate = float(rate)
+
+
+class Transformer(nn.Cell):
+    """The stack of blocks; `layers` may grow (see `VisionTransformer.set_blocks`)."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.layers = nn.CellList(blocks)
+
+    def construct(self, tokens):
+        for block in self.layers:
+            tokens = block(tokens)
+        return tokens
+
+
+class VisionTransformer(nn.Cell):
+    """ViT with cls-token pooling, named exactly as the released checkpoint.
+
+    `construct(images)` takes float NCHW images normalised as in `preprocess` and
+    returns logits (or pooled features when `num_classes == 0`).
+    """
+
+    def __init__(self, config: ViTConfig | None = None):
+        super().__init__()
+        self.config = config or ViTConfig()
+        c = self.config
+        self.stem = PatchEmbedding(c)
+        self.cls = Parameter(truncated_normal((1, 1, c.width)), name="cls")
+        self.pos_embedding = Parameter(truncated_normal((1, c.num_patches + 1, c.width)),
+                                       name="pos_embedding")
+        self.dropout = nn.Dropout(p=c.dropout)
+        self.body = Transformer([TransformerBlock(c, rate) for rate in c.drop_path_rates()])
+        self.norm = nn.LayerNorm((c.width,), epsilon=c.layer_norm_eps)
+        self.head = self._new_head(c.num_classes)
+
+    # -- forward ---------------------------------------------------------------------
+
+    def forward_features(self, images):
+        """Tokens after the final LayerNorm: (batch, patches + 1, width); token 0 is cls."""
+        tokens = self.stem(images)
+        cls = ops.broadcast_to(self.cls, (tokens.shape[0], 1, tokens.shape[2]))
+        tokens = self.dropout(ops.concat((cls, tokens), axis=1) + self.pos_embedding)
+        return self.norm(self.body(tokens))
+
+    def forward_head(self, tokens, pre_logits: bool = False):
+        """Logits from `forward_features`' tokens (the cls token), or the pooled features."""
+        pooled = tokens[:, 0]
+        if pre_logits:
+            return pooled
+        return self.head(pooled)
+
+    def construct(self, images):
+        return self.forward_head(self.forward_features(images))
+
+    # -- surgery ---------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        return len(self.body.layers)
+
+    @property
+    def blocks(self) -> list:
+        """The blocks in order (a copy of the list: change it with `set_blocks`)."""
+        return list(self.body.layers)
+
+    def new_block(self) -> TransformerBlock:
+        """A freshly initialised block of this network's shape."""
+        return TransformerBlock(self.config)
+
+    def set_blocks(self, blocks) -> None:
+        """Replace the block stack, e.g. with blocks inserted between the old ones.
+
+        Parameter names are renumbered `body.layers.0 .. depth-1`, the config's depth
+        follows, and the drop-path rates are spread again linearly over the new depth.
+        Every block must be a distinct object: a block listed twice would share weights.
+        """
+        blocks = list(blocks)
+        if not blocks:
+            raise ConfigError("a VisionTransformer needs at least one block")
+        if len({id(block) for block in blocks}) != len(blocks):
+            raise ConfigError("set_blocks got the same block twice; copy it first (it would share weights)")
+        self.body.layers = nn.CellList(blocks)
+        self.config = dataclasses.replace(self.config, depth=len(blocks))
+        for block, rate in zip(blocks, self.config.drop_path_rates()):
+            block.set_drop_path_rate(rate)
+        self.update_parameters_name()
+
+    def set_drop_path_rate(self, rate: float) -> None:
+        """Change the maximum stochastic-depth rate and spread it over the blocks again."""
+        self.config = dataclasses.replace(self.config, drop_path_rate=rate)
+        for block, block_rate in zip(self.body.layers, self.config.drop_path_rates()):
+            block.set_drop_path_rate(block_rate)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised head for `num_classes` (0 removes the head)."""
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+        self.head = self._new_head(num_classes)
+        self.update_parameters_name()
+
+    def _new_head(self, num_classes: int) -> nn.SequentialCell:
+        if num_classes == 0:
+            return nn.SequentialCell([nn.Identity()])
+        return nn.SequentialCell([_dense(self.config.width, num_classes)])
+
+    # -- inspection ------------------------------------------------------------------
+
+    def num_parameters(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in self.get_parameters())
+
+    def parameter_shapes(self) -> dict:
+        """`{checkpoint name: shape}` in checkpoint order."""
+        return {p.name: tuple(p.shape) for p in self.get_parameters()}
