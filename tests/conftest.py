@@ -51,3 +51,29 @@ def tiny():
 @pytest.fixture()
 def tiny_images():
     return np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+
+
+def random_state(shapes, seed=0, scale=0.02) -> dict:
+    """`{name: float32 array}` of the given shapes, small random values."""
+    rng = np.random.default_rng(seed)
+    return {name: (rng.standard_normal(shape) * scale).astype(np.float32) for name, shape in shapes}
+
+
+def write_ckpt(path, state) -> Path:
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in state.items()], str(path))
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def released_like_checkpoint(tmp_path_factory):
+    """A file with the released checkpoint's exact names and shapes (1001 classes, random
+    values, 346 MB), under the released file name, written once."""
+    from network_expansion import model_card
+
+    path = tmp_path_factory.mktemp("released") / model_card().checkpoint.file_name
+    return write_ckpt(path, random_state(reference_names(), seed=7))
+
+
+def tiny_shapes(depth=2, num_classes=10):
+    """Checkpoint (name, shape) pairs of `tiny_config`, by building it."""
+    return list(VisionTransformer(tiny_config(depth=depth, num_classes=num_classes)).parameter_shapes().items())

@@ -40,7 +40,7 @@ def test_forward_matches_numpy_reference(gelu_approximate, layer_norm_eps, tiny_
     for p in network.get_parameters():
         scale = 1 / np.sqrt(p.shape[-1]) if p.name.endswith(".weight") else 0.5
         p.set_data(ms.Tensor((rng.standard_normal(p.shape) * scale).astype(np.float32)))
-    reference = dict(patch_size=8, num_heads=4, gelu_approximate=gelu_approximate,
+    reference = dict(num_heads=4, gelu_approximate=gelu_approximate,
                      layer_norm_eps=layer_norm_eps)
     params = parameters_of(network)
     expected = numpy_vit.forward(params, tiny_images.astype(np.float64), **reference)

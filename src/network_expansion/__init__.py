@@ -6,14 +6,18 @@ Training Acceleration" (Ding et al., CVPR 2023), with the released checkpoint's 
 """
 
 from .card import HubCard, load_card, model_card, validate_card
-from .errors import CardError, ConfigError, NetworkExpansionError, UnknownModelError
+from .errors import (CardError, CheckpointError, ConfigError, DownloadError, NetworkExpansionError,
+                     UnknownModelError)
 from .hub import create_network, load
 from .model import ViTConfig, VisionTransformer
+from .weights import convert, load_pretrained, save_weights
 
 __version__ = "1.0.0"
 
 __all__ = [
     "create_network", "load", "VisionTransformer", "ViTConfig",
+    "load_pretrained", "save_weights", "convert",
     "model_card", "load_card", "validate_card", "HubCard",
-    "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError",
+    "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
+    "DownloadError",
 ]

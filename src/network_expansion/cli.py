@@ -36,6 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-card", help="check hub cards against the hub's validator rules")
     check.add_argument("cards", nargs="+", metavar="CARD", help="path of a card (.md)")
     check.set_defaults(run=_check_card)
+
+    convert = commands.add_parser(
+        "convert", help="convert weights between .ckpt/.safetensors/.npz and MindSpore/timm names",
+        description="Convert a checkpoint. The source's names (MindSpore model zoo or timm/DeiT) are "
+                    "recognised; the destination gets MindSpore names for .ckpt and timm names for "
+                    ".safetensors and .npz unless --names says otherwise.")
+    convert.add_argument("source", metavar="SRC", help="a .ckpt, .safetensors or .npz file, or a URL")
+    convert.add_argument("destination", metavar="DST", help="the file to write (.ckpt, .safetensors, .npz)")
+    convert.add_argument("--names", choices=("mindspore", "timm"), help="naming scheme of DST")
+    convert.set_defaults(run=_convert)
     return parser
 
 
@@ -80,6 +90,16 @@ def _check_card(args) -> int:
             print(f"  - {problem}")
         failed += bool(problems)
     return 1 if failed else 0
+
+
+def _convert(args) -> int:
+    from .weights import convert, read_weights
+
+    weights = read_weights(args.source)
+    path = convert(weights, args.destination, names=args.names)
+    print(f"wrote {path}: {len(weights.state)} tensors from {weights.source} ({weights.scheme} names), "
+          f"architecture {weights.architecture or 'as the model zoo builds it'}")
+    return 0
 
 
 if __name__ == "__main__":

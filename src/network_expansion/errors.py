@@ -30,3 +30,23 @@ class CardError(NetworkExpansionError, ValueError):
         self.problems = list(problems)
         listing = "\n".join(f"  - {problem}" for problem in self.problems)
         super().__init__(f"hub card {self.path} has {len(self.problems)} problem(s):\n{listing}")
+
+
+class DownloadError(NetworkExpansionError, OSError):
+    """A file that cannot be downloaded, or whose download does not match its digest."""
+
+
+class CheckpointError(NetworkExpansionError, ValueError):
+    """A checkpoint that cannot be read, or does not fit the network.
+
+    `problems` holds every problem found (missing, unexpected, misshaped, non-finite
+    parameters), not just the first.
+    """
+
+    def __init__(self, source, problems, advice: str = ""):
+        self.source = str(source)
+        self.problems = list(problems)
+        listing = "\n".join(f"  - {problem}" for problem in self.problems)
+        advice = f"\n{advice}" if advice else ""
+        super().__init__(f"checkpoint {self.source} does not fit: {len(self.problems)} problem(s):\n"
+                         f"{listing}{advice}")

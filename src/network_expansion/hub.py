@@ -11,6 +11,7 @@ import dataclasses
 from .card import model_card
 from .errors import ConfigError, UnknownModelError
 from .model import ViTConfig, VisionTransformer
+from .weights import load_pretrained, read_weights
 
 
 def accepted_names() -> tuple:
@@ -25,27 +26,34 @@ def create_network(name: str = "NetworkExpansion", *args, pretrained=False, **ov
     Args:
         name: `'NetworkExpansion'` in any case (the hub client passes `'networkexpansion'`),
             the alias `'noahsark/NetworkExpansion'`, or the hub uid.
-        pretrained: False (random weights, the default), True (the released checkpoint),
-            or the path or URL of a checkpoint.
+        pretrained: False (random weights, the default), True (the released checkpoint,
+            downloaded once into the cache), or the path or URL of a checkpoint
+            (MindSpore or timm names, see `weights.py`). The architecture follows the
+            weights (class count, depth, ...) unless a keyword says otherwise; a
+            `num_classes` other than the checkpoint's keeps a new head for fine-tuning.
         **overrides: any `ViTConfig` field, e.g. `num_classes=10`, `image_size=384`,
             `drop_path_rate=0.1`, `depth=6`.
 
     Raises:
         UnknownModelError: the name is not one of `accepted_names()`.
         ConfigError: an unknown keyword, a positional argument, or values that do not fit.
+        CheckpointError: the weights do not fit (every problem listed).
+        DownloadError: the released checkpoint or URL cannot be downloaded.
     """
     check_name(name)
     if args:
         raise ConfigError(
             f"create_network takes the model name and keywords only, got extra positional "
             f"arguments {args!r}; pass configuration as keywords, e.g. num_classes=10")
-    config = make_config(**overrides)
-    network = VisionTransformer(config)
-    if pretrained is not False and pretrained is not None:
-        raise NotImplementedError(
-            "pretrained weights are not available in this version of network_expansion: "
-            "create the network with pretrained=False and load a checkpoint with "
-            "mindspore.load_checkpoint / mindspore.load_param_into_net")
+    check_keywords(overrides)  # before any download
+    if pretrained is False or pretrained is None:
+        return VisionTransformer(ViTConfig(**overrides))
+    weights = read_weights(None if pretrained is True else pretrained)
+    # The weights decide the architecture (class count, depth, GELU form, ...); the
+    # caller's keywords win. A class count of the caller's own asks for a new head.
+    network = VisionTransformer(ViTConfig(**{**weights.config_fields(), **overrides}))
+    new_head = overrides.get("num_classes", weights.num_classes) != weights.num_classes
+    load_pretrained(network, weights, head="keep" if new_head else "strict")
     return network
 
 
@@ -66,12 +74,11 @@ def check_name(name) -> None:
             + ", ".join(repr(a) for a in accepted) + " (any case)")
 
 
-def make_config(**overrides) -> ViTConfig:
-    """`ViTConfig()` with `overrides`; unknown keywords raise `ConfigError` listing the known."""
+def check_keywords(overrides: dict) -> None:
+    """Unknown keywords raise `ConfigError` listing the `ViTConfig` fields."""
     known = [f.name for f in dataclasses.fields(ViTConfig)]
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise ConfigError(
             f"unknown keyword(s) {', '.join(unknown)}; create_network accepts pretrained and "
             f"the ViTConfig fields: {', '.join(known)}")
-    return ViTConfig(**overrides)

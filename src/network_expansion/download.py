@@ -1,0 +1,156 @@
+"""Download a file into the cache: progress bar, resume, digest check, atomic rename.
+
+Layout of the cache folder (`cache_dir()`):
+
+    <file name>            a complete, verified download
+    <file name>.sha256     its digest, recorded when it was downloaded (checked on every use)
+    <file name>.part       an interrupted download, resumed by the next attempt
+
+A file only ever appears under its final name once it is complete and its digest matches,
+so a crash or Ctrl-C never leaves a half-written checkpoint where a loader would trust it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import DownloadError
+
+CACHE_VARIABLE = "NETWORK_EXPANSION_CACHE"
+SHA256_VARIABLE = "NETWORK_EXPANSION_SHA256"
+CHUNK = 1 << 20
+ATTEMPTS = 4
+TIMEOUT_SECONDS = 60
+
+
+def cache_dir(folder=None) -> Path:
+    """`folder`, else $NETWORK_EXPANSION_CACHE, else $XDG_CACHE_HOME (or ~/.cache)/network_expansion."""
+    if folder is not None:
+        return Path(folder).expanduser()
+    if os.environ.get(CACHE_VARIABLE):
+        return Path(os.environ[CACHE_VARIABLE]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "network_expansion"
+
+
+def sha256_of(path, chunk: int = CHUNK) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(url: str, *, folder=None, sha256: str | None = None, progress: bool = True) -> Path:
+    """The cached copy of `url`, downloading it first if needed.
+
+    `sha256` (else $NETWORK_EXPANSION_SHA256) is the digest the file must have. Whatever
+    it is, the digest of each download is recorded beside the file, and a cached file
+    that no longer matches its record (or `sha256`) is fetched again.
+
+    Raises:
+        DownloadError: the server cannot be reached, answers with an error, or the file
+            does not match `sha256`. The message names the URL, the path where the file
+            can be placed by hand, and the variables to set.
+    """
+    expected = (sha256 or os.environ.get(SHA256_VARIABLE) or "").strip().lower() or None
+    folder = cache_dir(folder)
+    target = folder / url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    record = target.with_name(target.name + ".sha256")
+    if target.is_file() and _cached_copy_is_good(target, record, expected):
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            _download(url, part, progress)
+            break
+        except (urllib.error.HTTPError, urllib.error.URLError) as error:
+            if isinstance(error, urllib.error.HTTPError) and error.code == 416:
+                part.unlink(missing_ok=True)  # our partial file is longer than the file: restart
+                continue
+            raise _unreachable(url, target, error) from error
+        except (OSError, http.client.HTTPException, _Incomplete) as error:  # cut mid-way: resume
+            if attempt == ATTEMPTS:
+                raise _unreachable(url, target, error) from error
+            time.sleep(0.2 * attempt)
+    found = sha256_of(part)
+    if expected and found != expected:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{url} downloaded, but its sha256 is {found}, not the expected {expected}; the file "
+            f"was deleted. Check the digest you passed (sha256= or ${SHA256_VARIABLE}) or the link.")
+    _write_atomically(record, found + "\n")
+    os.replace(part, target)
+    return target
+
+
+def _cached_copy_is_good(target: Path, record: Path, expected) -> bool:
+    recorded = record.read_text().strip() if record.is_file() else None
+    if recorded is None and expected is None:
+        # Placed by hand (the offline route): trust it, and record it from now on.
+        _write_atomically(record, sha256_of(target) + "\n")
+        return True
+    found = sha256_of(target)
+    if found == (expected or recorded):
+        if recorded != found:
+            _write_atomically(record, found + "\n")
+        return True
+    print(f"network_expansion: cached {target} has sha256 {found}, expected {expected or recorded}: "
+          f"fetching it again", file=sys.stderr)
+    target.unlink()
+    return False
+
+
+class _Incomplete(Exception):
+    """The server closed the connection before sending the whole file."""
+
+
+def _download(url: str, part: Path, progress: bool) -> None:
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "network-expansion"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+        resumed = have and response.status == 206
+        if not resumed:
+            have = 0  # the server ignored the range: start over
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        with open(part, "ab" if resumed else "wb") as out, _progress_bar(total, have, part.name, progress) as bar:
+            while block := response.read(CHUNK):
+                out.write(block)
+                bar.update(len(block))
+                have += len(block)
+    if total is not None and have < total:
+        raise _Incomplete(f"got {have} of {total} bytes")
+
+
+def _progress_bar(total, initial, name, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=name.removesuffix(".part"), disable=not enabled, file=sys.stderr)
+
+
+def _unreachable(url: str, target: Path, error) -> DownloadError:
+    reason = f"HTTP {error.code} {error.reason}" if isinstance(error, urllib.error.HTTPError) else \
+        str(getattr(error, "reason", error))
+    return DownloadError(
+        f"cannot download {url} ({reason}).\n"
+        f"  Without internet: download it elsewhere and place it at {target}\n"
+        f"  (or set ${CACHE_VARIABLE} to the folder that holds it), or pass the file's path,\n"
+        f"  e.g. create_network('NetworkExpansion', pretrained='/path/to/{target.name}').")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

@@ -1,0 +1,449 @@
+"""Weights: read a checkpoint, map its names, check it against a network, load, convert.
+
+Two naming schemes are understood:
+
+* `mindspore`: the model zoo's names, which the released checkpoint and this package's
+  network use (`body.layers.{i}.0.cell.1.to_q.weight`, ... see `model.py`);
+* `timm`: timm/DeiT Vision Transformer state dicts (`blocks.{i}.attn.qkv.weight`, ...).
+
+The name maps below are data, in the manner of nanoGPT's `from_pretrained`: a table of
+renames, plus the short list of tensors that change shape on the way (the fused q/k/v
+projection, and the patch embedding, a Conv2d in timm and a Dense here).
+
+Loading validates everything first (missing, unexpected, misshaped, non-finite) and
+raises one `CheckpointError` listing every problem; only a checkpoint with none is
+assigned, so a network is never left half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .card import model_card
+from .download import fetch
+from .errors import CheckpointError
+
+FORMATS = (".ckpt", ".safetensors", ".npz")
+METADATA_KEY = "network_expansion_metadata"
+
+# Entries a training checkpoint holds beside the model (optimizer, loss scale, counters).
+OPTIMIZER_ENTRY = re.compile(
+    r"^(moments?\d?|adam_[mv]|accu(m|_grads)|ema|optimizer)\.|"
+    r"^(global_step|learning_rate|beta[12]_power|scale_sense|current_iterator_step|"
+    r"last_overflow_iterator_step|epoch_num|step_num|loss_scale)$")
+
+# timm name -> MindSpore (model zoo) name. `{i}` is the block index.
+TIMM_TO_MINDSPORE = {
+    "cls_token": "cls",
+    "pos_embed": "pos_embedding",
+    "patch_embed.proj.bias": "stem.patch_to_embedding.dense.bias",
+    "blocks.{i}.norm1.weight": "body.layers.{i}.0.cell.0.gamma",
+    "blocks.{i}.norm1.bias": "body.layers.{i}.0.cell.0.beta",
+    "blocks.{i}.attn.proj.weight": "body.layers.{i}.0.cell.1.to_out.weight",
+    "blocks.{i}.attn.proj.bias": "body.layers.{i}.0.cell.1.to_out.bias",
+    "blocks.{i}.norm2.weight": "body.layers.{i}.1.cell.0.gamma",
+    "blocks.{i}.norm2.bias": "body.layers.{i}.1.cell.0.beta",
+    "blocks.{i}.mlp.fc1.weight": "body.layers.{i}.1.cell.1.ff1.dense.weight",
+    "blocks.{i}.mlp.fc1.bias": "body.layers.{i}.1.cell.1.ff1.dense.bias",
+    "blocks.{i}.mlp.fc2.weight": "body.layers.{i}.1.cell.1.ff2.dense.weight",
+    "blocks.{i}.mlp.fc2.bias": "body.layers.{i}.1.cell.1.ff2.dense.bias",
+    "norm.weight": "norm.gamma",
+    "norm.bias": "norm.beta",
+    "head.weight": "head.0.weight",
+    "head.bias": "head.0.bias",
+}
+# Tensors that change shape between the schemes (both Dense layouts are [out, in]):
+TIMM_PATCH_WEIGHT = "patch_embed.proj.weight"               # Conv2d [D, C, p, p]
+MINDSPORE_PATCH_WEIGHT = "stem.patch_to_embedding.dense.weight"  # Dense [D, C*p*p], (c, row, col)
+TIMM_QKV = "blocks.{i}.attn.qkv.{kind}"                     # [3D, D]: rows q, then k, then v
+MINDSPORE_QKV = tuple(f"body.layers.{{i}}.0.cell.1.to_{x}.{{kind}}" for x in "qkv")
+
+# What timm-trained weights need (DeiT/timm: exact GELU, LayerNorm epsilon 1e-6).
+TIMM_ARCHITECTURE = {"gelu_approximate": False, "layer_norm_eps": 1e-6}
+ARCHITECTURE_FIELDS = ("gelu_approximate", "layer_norm_eps", "num_heads")
+
+
+@dataclass
+class Weights:
+    """A checkpoint read into memory, with MindSpore (model zoo) names."""
+
+    state: dict                      # name -> np.ndarray
+    source: str
+    scheme: str                      # 'mindspore' or 'timm': the names the file had
+    architecture: dict = field(default_factory=dict)  # recorded or implied ViTConfig fields
+    ignored: list = field(default_factory=list)       # optimizer entries and the like
+
+    @property
+    def num_classes(self) -> int:
+        head = self.state.get("head.0.weight")
+        return 0 if head is None else int(head.shape[0])
+
+    @property
+    def depth(self) -> int:
+        indices = {int(m.group(1)) for name in self.state if (m := re.match(r"body\.layers\.(\d+)\.", name))}
+        return len(indices)
+
+    def config_fields(self) -> dict:
+        """The `ViTConfig` fields these weights imply (what `create_network` builds)."""
+        fields = dict(self.architecture)
+        fields["num_classes"] = self.num_classes
+        if self.depth:
+            fields["depth"] = self.depth
+        cls = self.state.get("cls")
+        if cls is not None:
+            fields["width"] = int(cls.shape[-1])
+        ff1 = self.state.get("body.layers.0.1.cell.1.ff1.dense.weight")
+        if ff1 is not None:
+            fields["mlp_width"] = int(ff1.shape[0])
+        stem = self.state.get(MINDSPORE_PATCH_WEIGHT)
+        positions = self.state.get("pos_embedding")
+        if stem is not None and positions is not None:
+            patch = int(round((stem.shape[1] / 3) ** 0.5))  # RGB input
+            grid = int(round((positions.shape[1] - 1) ** 0.5))
+            if 3 * patch * patch == stem.shape[1] and grid * grid == positions.shape[1] - 1:
+                fields["patch_size"], fields["image_size"] = patch, grid * patch
+        return fields
+
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` did."""
+
+    source: str
+    scheme: str
+    loaded: int                      # parameters assigned
+    kept: list = field(default_factory=list)       # network parameters left as they were (head='keep')
+    resized: list = field(default_factory=list)    # e.g. pos_embedding resampled to a new image size
+    ignored: list = field(default_factory=list)    # optimizer entries in the file
+
+    def __str__(self):
+        lines = [f"loaded {self.loaded} parameters from {self.source} ({self.scheme} names)"]
+        if self.kept:
+            lines.append(f"kept the network's own {', '.join(self.kept)}")
+        if self.resized:
+            lines.append(f"resized {', '.join(self.resized)}")
+        if self.ignored:
+            lines.append(f"ignored {len(self.ignored)} optimizer entries")
+        return "; ".join(lines)
+
+
+# -- reading -------------------------------------------------------------------------
+
+def read_weights(source=None, *, cache_dir=None, sha256=None, progress=True) -> Weights:
+    """Read weights from `source` and map them to MindSpore names.
+
+    `source`: None or True (the released checkpoint, from the card's link, through the
+    cache), an `http(s)` URL (through the cache), or the path of a `.ckpt`,
+    `.safetensors` or `.npz` file.
+    """
+    path = resolve(source, cache_dir=cache_dir, sha256=sha256, progress=progress)
+    raw, metadata = _read_file(path)
+    model = {k: v for k, v in raw.items() if not OPTIMIZER_ENTRY.match(k)}
+    ignored = sorted(set(raw) - set(model))
+    if any(name == "cls_token" or name.startswith("blocks.") for name in model):
+        state, unmapped = timm_to_mindspore(model)
+        state.update(unmapped)  # reported as unexpected by the check
+        architecture = dict(TIMM_ARCHITECTURE)
+        scheme = "timm"
+    else:
+        state, scheme, architecture = model, "mindspore", {}
+    architecture.update(_architecture_from(metadata))
+    return Weights(state=state, source=str(path), scheme=scheme, architecture=architecture, ignored=ignored)
+
+
+def resolve(source=None, *, cache_dir=None, sha256=None, progress=True) -> Path:
+    """The local path of `source` (downloading the released file or a URL if needed)."""
+    if source is None or source is True:
+        asset = model_card().checkpoint
+        return fetch(asset.link, folder=cache_dir, sha256=sha256 or asset.sha256 or None, progress=progress)
+    source = str(source)
+    if source.startswith(("http://", "https://")):
+        return fetch(source, folder=cache_dir, sha256=sha256, progress=progress)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise CheckpointError(path, ["no such file" if not path.exists() else "not a file"],
+                              advice="Pass the path of a .ckpt, .safetensors or .npz file, an http(s) URL, "
+                                     "or True for the released checkpoint.")
+    return path
+
+
+def _read_file(path: Path):
+    """`({name: array}, metadata)` of a checkpoint file, by its suffix."""
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise CheckpointError(path, [f"unknown format {suffix or '(no suffix)'!r}"],
+                              advice=f"Expected one of {', '.join(FORMATS)}.")
+    try:
+        if suffix == ".ckpt":
+            return _read_ckpt(path)
+        if suffix == ".safetensors":
+            return _read_safetensors(path)
+        with np.load(path, allow_pickle=False) as archive:
+            state = {name: archive[name] for name in archive.files}
+        metadata = state.pop(METADATA_KEY, None)
+        return state, json.loads(str(metadata)) if metadata is not None else {}
+    except CheckpointError:
+        raise
+    except Exception as error:  # each reader raises its own types for a damaged file
+        raise CheckpointError(path, [f"cannot be read as {suffix}: {error}"],
+                              advice="The file is damaged or not what its name says: download it again.") from error
+
+
+def _read_ckpt(path: Path):
+    import mindspore as ms
+
+    loaded = ms.load_checkpoint(str(path))
+    metadata = loaded.pop(METADATA_KEY, None)
+    state = {}
+    for name in list(loaded):
+        value = loaded.pop(name)  # release MindSpore's copy as we go: halves peak memory
+        if isinstance(value, str):
+            continue
+        array = value.asnumpy()
+        state[name] = array if array.dtype != np.float16 else array.astype(np.float32)
+    return state, json.loads(metadata) if isinstance(metadata, str) else {}
+
+
+def _read_safetensors(path: Path):
+    from safetensors import safe_open
+
+    state = {}
+    with safe_open(str(path), framework="np") as f:  # validates the header
+        metadata = f.metadata() or {}
+        for name in f.keys():
+            try:
+                state[name] = f.get_tensor(name)
+            except TypeError:  # bfloat16: NumPy has no such type
+                state[name] = _bfloat16_tensor(path, name)
+    return state, json.loads(metadata.get(METADATA_KEY, "{}"))
+
+
+def _bfloat16_tensor(path: Path, name: str) -> np.ndarray:
+    with open(path, "rb") as f:
+        (header_length,) = struct.unpack("<Q", f.read(8))
+        entry = json.loads(f.read(header_length))[name]
+        start, end = entry["data_offsets"]
+        f.seek(8 + header_length + start)
+        raw = np.frombuffer(f.read(end - start), dtype="<u2")
+    # bfloat16 is the upper half of a float32.
+    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+
+
+def _architecture_from(metadata: dict) -> dict:
+    recorded = metadata.get("architecture", {}) if isinstance(metadata, dict) else {}
+    return {k: v for k, v in recorded.items() if k in ARCHITECTURE_FIELDS}
+
+
+# -- name maps -----------------------------------------------------------------------
+
+def _block_index(name: str):
+    match = re.match(r"^blocks\.(\d+)\.(.*)$", name)
+    return (int(match.group(1)), f"blocks.{{i}}.{match.group(2)}") if match else (None, name)
+
+
+def timm_to_mindspore(state: dict):
+    """`(mapped, unmapped)`: timm/DeiT names mapped to MindSpore names; the rest as they were."""
+    mapped, unmapped = {}, {}
+    for name, value in state.items():
+        index, template = _block_index(name)
+        if template in TIMM_TO_MINDSPORE:
+            mapped[TIMM_TO_MINDSPORE[template].replace("{i}", str(index))] = value
+        elif name == TIMM_PATCH_WEIGHT:
+            mapped[MINDSPORE_PATCH_WEIGHT] = value.reshape(value.shape[0], -1)
+        elif template in (TIMM_QKV.format(i="{i}", kind="weight"), TIMM_QKV.format(i="{i}", kind="bias")):
+            kind = template.rsplit(".", 1)[1]
+            for target, part in zip(MINDSPORE_QKV, np.split(value, 3, axis=0)):
+                mapped[target.format(i=index, kind=kind)] = np.ascontiguousarray(part)
+        else:
+            unmapped[name] = value
+    return mapped, unmapped
+
+
+def mindspore_to_timm(state: dict, in_channels: int = 3) -> dict:
+    """MindSpore names mapped to timm names (the exact inverse of `timm_to_mindspore`)."""
+    inverse = {v: k for k, v in TIMM_TO_MINDSPORE.items()}
+    out = {}
+    for name, value in state.items():
+        template = re.sub(r"^body\.layers\.\d+\.", "body.layers.{i}.", name)
+        index = name.split(".")[2] if template != name else None
+        if template in inverse:
+            out[inverse[template].replace("{i}", str(index))] = value
+        elif name == MINDSPORE_PATCH_WEIGHT:
+            patch = int(round((value.shape[1] / in_channels) ** 0.5))
+            out[TIMM_PATCH_WEIGHT] = value.reshape(value.shape[0], in_channels, patch, patch)
+        elif template in (MINDSPORE_QKV[0].format(i="{i}", kind="weight"), MINDSPORE_QKV[0].format(i="{i}", kind="bias")):
+            kind = template.rsplit(".", 1)[1]
+            parts = [state[t.format(i=index, kind=kind)] for t in MINDSPORE_QKV]
+            out[TIMM_QKV.format(i=index, kind=kind)] = np.concatenate(parts, axis=0)
+        elif any(template == t.format(i="{i}", kind=k) for t in MINDSPORE_QKV[1:] for k in ("weight", "bias")):
+            continue  # folded into qkv with to_q
+        else:
+            raise CheckpointError("(network)", [f"{name} has no timm name"])
+    return out
+
+
+# -- loading -------------------------------------------------------------------------
+
+def load_pretrained(network, source=None, *, head="strict", cache_dir=None, sha256=None,
+                    progress=True) -> LoadReport:
+    """Load weights into `network`, all of them or none.
+
+    Args:
+        source: None/True (the released checkpoint), a URL, a path, or `Weights`.
+        head: 'strict' (the checkpoint's head must fit the network's class count) or
+            'keep' (keep the network's own head, e.g. a new one for fine-tuning).
+
+    Raises:
+        CheckpointError: listing every missing, unexpected, misshaped or non-finite
+            parameter and every architecture mismatch; the network is left unchanged.
+    """
+    if head not in ("strict", "keep"):
+        raise ValueError(f"head must be 'strict' or 'keep', got {head!r}")
+    weights = source if isinstance(source, Weights) else read_weights(
+        source, cache_dir=cache_dir, sha256=sha256, progress=progress)
+    parameters = {p.name: p for p in network.get_parameters()}
+    state = dict(weights.state)
+    problems, kept, resized, advice = [], [], [], []
+
+    for name, value in weights.architecture.items():
+        have = getattr(network.config, name)
+        if value != have:
+            problems.append(f"the weights need {name}={value!r}, the network has {have!r}")
+    if any(p.startswith("the weights need") for p in problems):
+        advice.append("Build the network from the weights: create_network('NetworkExpansion', "
+                      "pretrained=PATH) sets these fields.")
+
+    head_names = [n for n in parameters if n.startswith("head.")]
+    if head == "keep":
+        kept = head_names
+        for name in [n for n in state if n.startswith("head.")]:
+            state.pop(name)
+    elif weights.num_classes != network.config.num_classes:
+        advice.append(f"The checkpoint has {weights.num_classes} classes and the network "
+                      f"{network.config.num_classes}: build it with num_classes={weights.num_classes}, "
+                      f"or pass head='keep' to keep the network's own head (fine-tuning).")
+
+    if "pos_embedding" in state and "pos_embedding" in parameters:
+        resampled = _resample_positions(state["pos_embedding"], tuple(parameters["pos_embedding"].shape))
+        if resampled is not None:
+            state["pos_embedding"] = resampled
+            resized.append(f"pos_embedding {weights.state['pos_embedding'].shape[1] - 1} -> "
+                           f"{resampled.shape[1] - 1} patches")
+
+    for name, parameter in parameters.items():
+        if name in kept:
+            continue
+        if name not in state:
+            problems.append(f"missing: {name} {tuple(parameter.shape)}")
+            continue
+        value = state[name]
+        if tuple(value.shape) != tuple(parameter.shape):
+            problems.append(f"wrong shape: {name} is {tuple(value.shape)} in the checkpoint, "
+                            f"{tuple(parameter.shape)} in the network")
+        elif not np.isfinite(value).all():
+            problems.append(f"not finite: {name} holds {int(np.size(value) - np.isfinite(value).sum())} "
+                            f"NaN or infinite values")
+    for name in state:
+        if name not in parameters:
+            problems.append(f"unexpected: {name} {tuple(np.shape(state[name]))}")
+    if problems:
+        raise CheckpointError(weights.source, problems, advice=" ".join(advice))
+
+    from mindspore import Tensor
+
+    for name, parameter in parameters.items():
+        if name not in kept:
+            parameter.set_data(Tensor(np.asarray(state[name], dtype=np.float32)))
+    return LoadReport(source=weights.source, scheme=weights.scheme,
+                      loaded=len(parameters) - len(kept), kept=kept, resized=resized,
+                      ignored=weights.ignored)
+
+
+def _resample_positions(positions: np.ndarray, wanted: tuple):
+    """Position embeddings resampled bicubically to another patch grid (None if same size)."""
+    if positions.shape == wanted or positions.ndim != 3 or positions.shape[2] != wanted[2]:
+        return None
+    old, new = int(round((positions.shape[1] - 1) ** 0.5)), int(round((wanted[1] - 1) ** 0.5))
+    if old * old != positions.shape[1] - 1 or new * new != wanted[1] - 1:
+        return None
+    from PIL import Image
+
+    grid = positions[0, 1:].reshape(old, old, -1).astype(np.float32)
+    channels = [np.asarray(Image.fromarray(grid[:, :, c], mode="F").resize((new, new), Image.BICUBIC))
+                for c in range(grid.shape[2])]
+    resized = np.stack(channels, axis=-1).reshape(1, new * new, -1)
+    return np.concatenate([positions[:, :1], resized], axis=1).astype(np.float32)
+
+
+# -- writing -------------------------------------------------------------------------
+
+def network_state(network) -> dict:
+    """`{MindSpore name: array}` of a network's parameters."""
+    return {p.name: p.asnumpy() for p in network.get_parameters()}
+
+
+def save_weights(network_or_weights, path, *, names: str = "mindspore") -> Path:
+    """Write weights to `.ckpt`, `.safetensors` or `.npz` with MindSpore or timm names.
+
+    The architecture fields the weights need (GELU form, LayerNorm epsilon, heads) are
+    recorded in the file's metadata, so `create_network(pretrained=path)` rebuilds the
+    same network. Written to a temporary file, then renamed: never half a file.
+    """
+    if names not in ("mindspore", "timm"):
+        raise ValueError(f"names must be 'mindspore' or 'timm', got {names!r}")
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise CheckpointError(path, [f"cannot write format {path.suffix or '(no suffix)'!r}"],
+                              advice=f"Use one of {', '.join(FORMATS)}.")
+    if isinstance(network_or_weights, Weights):
+        state, architecture = network_or_weights.state, dict(network_or_weights.architecture)
+    else:
+        config = network_or_weights.config
+        state = network_state(network_or_weights)
+        architecture = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
+    if names == "timm":
+        state = mindspore_to_timm(state)
+    metadata = json.dumps({"names": names, "architecture": architecture})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        _write_file(state, temporary, metadata)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def _write_file(state: dict, path: Path, metadata: str) -> None:
+    suffix = path.suffix.lower()
+    if suffix == ".ckpt":
+        import mindspore as ms
+
+        ms.save_checkpoint([{"name": n, "data": ms.Tensor(np.ascontiguousarray(v))} for n, v in state.items()],
+                           str(path), append_dict={METADATA_KEY: metadata})
+    elif suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({n: np.ascontiguousarray(v) for n, v in state.items()}, str(path),
+                  metadata={"format": "pt", METADATA_KEY: metadata})
+    else:
+        np.savez(path, **state, **{METADATA_KEY: np.array(metadata)})
+
+
+def convert(source, destination, *, names: str | None = None) -> Path:
+    """Convert a checkpoint (path, URL or `Weights`) between formats and naming schemes.
+
+    `names`: 'mindspore' or 'timm'; by default MindSpore names for `.ckpt` and timm
+    names for `.safetensors` and `.npz` (the formats the PyTorch world reads).
+    """
+    destination = Path(destination)
+    names = names or ("mindspore" if destination.suffix.lower() == ".ckpt" else "timm")
+    weights = source if isinstance(source, Weights) else read_weights(source)
+    return save_weights(weights, destination, names=names)

@@ -1,0 +1,104 @@
+"""Downloads into the cache, against a loopback server: progress, cache, resume, digests."""
+
+import hashlib
+import socket
+
+import pytest
+from http_server import FileServer
+
+from network_expansion.download import fetch
+from network_expansion.errors import DownloadError
+
+NAME = "depth_expansion_vit_base_gpu_v180_imagenet2012_research_cv_top1acc81.5.ckpt"
+BODY = bytes(range(256)) * 4096 * 3  # 3 MiB: several chunks
+DIGEST = hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.fixture()
+def server():
+    with FileServer() as s:
+        s.files[f"/models/{NAME}"] = BODY
+        yield s
+
+
+def test_download_shows_progress_and_records_the_digest(server, tmp_path, capsys):
+    path = fetch(server.url(f"/models/{NAME}"), folder=tmp_path)
+    assert path == tmp_path / NAME and path.read_bytes() == BODY
+    assert (tmp_path / f"{NAME}.sha256").read_text().strip() == DIGEST
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME, f"{NAME}.sha256"]  # no .part left
+    progress = capsys.readouterr().err
+    assert NAME in progress and "3.00M" in progress and "B/s" in progress
+
+
+def test_a_second_fetch_is_served_from_the_cache(server, tmp_path):
+    fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False)
+    fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False)
+    assert len(server.requests) == 1
+
+
+def test_a_cut_connection_is_resumed_where_it_stopped(server, tmp_path):
+    server.cut_next[f"/models/{NAME}"] = 1_000_000
+    path = fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False)
+    assert path.read_bytes() == BODY
+    assert [r[1] for r in server.requests] == [None, "bytes=1000000-"]
+
+
+def test_a_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
+    (tmp_path / f"{NAME}.part").write_bytes(BODY[:123])
+    assert fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False).read_bytes() == BODY
+    assert server.requests == [(f"/models/{NAME}", "bytes=123-")]
+
+
+def test_a_digest_mismatch_raises_and_leaves_no_file(server, tmp_path):
+    wrong = "0" * 64
+    with pytest.raises(DownloadError, match=f"sha256 is {DIGEST}, not the expected {wrong}; the file was deleted"):
+        fetch(server.url(f"/models/{NAME}"), folder=tmp_path, sha256=wrong, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_digest_variable_is_checked(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("NETWORK_EXPANSION_SHA256", DIGEST.upper())
+    assert fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False).read_bytes() == BODY
+    monkeypatch.setenv("NETWORK_EXPANSION_SHA256", "1" * 64)
+    with pytest.raises(DownloadError, match="not the expected 1111"):
+        fetch(server.url(f"/models/{NAME}"), folder=tmp_path / "other", progress=False)
+
+
+def test_a_corrupted_cache_file_is_detected_and_fetched_again(server, tmp_path, capsys):
+    path = fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False)
+    damaged = bytearray(path.read_bytes())
+    damaged[1000] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    assert fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False).read_bytes() == BODY
+    assert len(server.requests) == 2
+    assert "fetching it again" in capsys.readouterr().err
+
+
+def test_a_file_placed_by_hand_is_used_without_a_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(tmp_path))
+    (tmp_path / NAME).write_bytes(BODY)
+    unused_port = _closed_port()
+    assert fetch(f"http://127.0.0.1:{unused_port}/models/{NAME}", progress=False) == tmp_path / NAME
+    assert (tmp_path / f"{NAME}.sha256").read_text().strip() == DIGEST
+
+
+def test_404_names_the_url_the_cache_path_and_the_variable(server, tmp_path):
+    url = server.url("/models/missing.ckpt")
+    with pytest.raises(DownloadError) as caught:
+        fetch(url, folder=tmp_path, progress=False)
+    message = str(caught.value)
+    assert f"cannot download {url} (HTTP 404 Not Found)" in message
+    assert f"place it at {tmp_path / 'missing.ckpt'}" in message and "$NETWORK_EXPANSION_CACHE" in message
+    assert not any(tmp_path.glob("*.ckpt"))
+
+
+def test_connection_refused_gives_the_offline_advice(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/{NAME}"
+    with pytest.raises(DownloadError, match=r"cannot download .*Connection refused.*\n.*Without internet"):
+        fetch(url, folder=tmp_path, progress=False)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
