@@ -226,3 +226,16 @@ def test_bfloat16_safetensors_are_widened_to_float32(tmp_path):
     (tmp_path / "bf16.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + raw)
     weights = read_weights(tmp_path / "bf16.safetensors")
     np.testing.assert_array_equal(weights.state["cls"], values)
+
+
+@pytest.mark.parametrize("file_name", ["w.ckpt", "w.safetensors", "w.npz"])
+def test_our_names_round_trip_through_every_format_with_the_architecture(tmp_path, file_name):
+    network = VisionTransformer(tiny_config(gelu_approximate=False))
+    path = save_weights(network, tmp_path / file_name, names="mindspore")
+    back = read_weights(path)
+    assert back.scheme == "mindspore" and back.architecture["gelu_approximate"] is False
+    ours = parameters_of(network)
+    assert sorted(back.state) == sorted(ours)
+    for name in ours:
+        np.testing.assert_array_equal(back.state[name], ours[name], err_msg=name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [file_name]
