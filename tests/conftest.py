@@ -77,3 +77,41 @@ def released_like_checkpoint(tmp_path_factory):
 def tiny_shapes(depth=2, num_classes=10):
     """Checkpoint (name, shape) pairs of `tiny_config`, by building it."""
     return list(VisionTransformer(tiny_config(depth=depth, num_classes=num_classes)).parameter_shapes().items())
+
+
+def color_rigged_network(channel_classes=(0, 1, 2), num_classes=3):
+    """A tiny ViT wired by hand to answer "which channel dominates the image?".
+
+    Patch embedding: feature c = mean of channel c over the patch (c < 3). Attention:
+    q = k = 0, so every token attends uniformly; v and out are identities, so the cls
+    token receives the mean of the (LayerNorm-ed) patch features. The MLP adds zero.
+    The head sends feature c to class `channel_classes[c]`. Every step keeps the argmax
+    over the three channels, so an image whose normalised red channel dominates lands in
+    `channel_classes[0]`, and so on: a network whose right answers are known by construction.
+    """
+    config = tiny_config(depth=1, num_classes=num_classes)
+    network = VisionTransformer(config)
+    network.set_train(False)
+    width, patch = config.width, config.patch_size
+    values = {name: np.zeros(shape, np.float32) for name, shape in network.parameter_shapes().items()}
+    for name in values:
+        if name.endswith(".gamma"):
+            values[name][:] = 1.0
+    stem = values["stem.patch_to_embedding.dense.weight"]
+    for c in range(3):
+        stem[c, c * patch * patch:(c + 1) * patch * patch] = 1.0 / (patch * patch)
+    values["body.layers.0.0.cell.1.to_v.weight"] = np.eye(width, dtype=np.float32)
+    values["body.layers.0.0.cell.1.to_out.weight"] = np.eye(width, dtype=np.float32)
+    for c, target in enumerate(channel_classes):
+        values["head.0.weight"][target, c] = 1.0
+    for parameter in network.get_parameters():
+        parameter.set_data(ms.Tensor(values[parameter.name]))
+    return network
+
+
+def color_image(channel, size=(40, 48), seed=0):
+    """An RGB uint8 image dominated by `channel` (0 red, 1 green, 2 blue), with noise."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 60, size=size + (3,))
+    image[..., channel] = rng.integers(200, 256, size=size)
+    return image.astype(np.uint8)

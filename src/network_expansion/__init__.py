@@ -6,10 +6,13 @@ Training Acceleration" (Ding et al., CVPR 2023), with the released checkpoint's 
 """
 
 from .card import HubCard, load_card, model_card, validate_card
-from .errors import (CardError, CheckpointError, ConfigError, DownloadError, NetworkExpansionError,
-                     UnknownModelError)
+from .errors import (CardError, CheckpointError, ConfigError, DownloadError, ImageError,
+                     NetworkExpansionError, PrecisionError, UnknownModelError)
+from .evaluate import evaluate
 from .hub import create_network, load
 from .model import ViTConfig, VisionTransformer
+from .predict import Classifier, Prediction, predict
+from .preprocess import DataConfig, Preprocess, data_config
 from .weights import convert, load_pretrained, save_weights
 
 __version__ = "1.0.0"
@@ -17,7 +20,8 @@ __version__ = "1.0.0"
 __all__ = [
     "create_network", "load", "VisionTransformer", "ViTConfig",
     "load_pretrained", "save_weights", "convert",
+    "Classifier", "Prediction", "predict", "evaluate", "Preprocess", "DataConfig", "data_config",
     "model_card", "load_card", "validate_card", "HubCard",
     "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
-    "DownloadError",
+    "DownloadError", "ImageError", "PrecisionError",
 ]

@@ -46,7 +46,70 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("destination", metavar="DST", help="the file to write (.ckpt, .safetensors, .npz)")
     convert.add_argument("--names", choices=("mindspore", "timm"), help="naming scheme of DST")
     convert.set_defaults(run=_convert)
+
+    predict = commands.add_parser("predict", help="classify images (ImageNet labels with the released weights)")
+    predict.add_argument("images", nargs="+", metavar="IMG", help="image files or folders of images")
+    _add_inference_options(predict)
+    predict.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser("evaluate", help="top-1/top-5 accuracy on an ImageFolder tree")
+    evaluate.add_argument("root", metavar="DIR", help="one sub-folder of images per class, sorted as the labels")
+    _add_inference_options(evaluate)
+    evaluate.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
+    evaluate.add_argument("--csv", metavar="FILE", help="write per-class accuracy to this CSV file")
+    evaluate.set_defaults(run=_evaluate)
     return parser
+
+
+def _add_inference_options(parser) -> None:
+    parser.add_argument("--weights", metavar="PATH", default=None,
+                        help="checkpoint path or URL (default: the released checkpoint, cached)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
+                        help="numeric precision where the device supports it (default float32)")
+
+
+def _classifier(args):
+    from .predict import Classifier
+
+    return Classifier(weights=args.weights or True, batch_size=args.batch_size, precision=args.precision)
+
+
+def _predict(args) -> int:
+    from pathlib import Path
+
+    from .datasets import IMAGE_SUFFIXES
+
+    inputs = []
+    for item in args.images:
+        path = Path(item)
+        if path.is_dir():
+            inputs += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            inputs.append(item)
+    results = _classifier(args).predict(inputs, topk=args.topk)
+    for result in results:
+        if args.json:
+            print(json.dumps(result.to_dict()))
+        elif result.ok:
+            print(result.source)
+            for label, index, probability in zip(result.labels, result.indices, result.probabilities):
+                print(f"  {probability:7.2%}  {label} ({index})")
+        else:
+            print(f"network-expansion: error: {result.error}", file=sys.stderr)
+    return 0 if all(result.ok for result in results) else 1
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(_classifier(args), args.root, workers=args.workers)
+    print(result)
+    if args.csv:
+        print(f"per-class accuracy written to {result.write_csv(args.csv)}")
+    return 0
 
 
 def _info(args) -> int:

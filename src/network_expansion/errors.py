@@ -50,3 +50,11 @@ class CheckpointError(NetworkExpansionError, ValueError):
         advice = f"\n{advice}" if advice else ""
         super().__init__(f"checkpoint {self.source} does not fit: {len(self.problems)} problem(s):\n"
                          f"{listing}{advice}")
+
+
+class ImageError(NetworkExpansionError, ValueError):
+    """An input that is not a usable image; the message names the file and the problem."""
+
+
+class PrecisionError(NetworkExpansionError, ValueError):
+    """A numeric precision the device cannot run."""

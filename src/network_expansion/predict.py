@@ -1,0 +1,184 @@
+"""From photos, PIL images or arrays to ImageNet labels: `Classifier` and `predict`.
+
+    >>> from network_expansion import Classifier
+    >>> classifier = Classifier()                      # the released weights
+    >>> classifier.predict("cat.jpg", topk=3)          # one Prediction
+    >>> classifier.predict(["a.jpg", "b.png"])         # a list; a bad file gets .error
+
+Labels: the released head has 1001 outputs, of which 0..999 are the ImageNet-1k classes
+in WordNet-id order (the order ImageFolder numbers the training folders) and output 1000
+was never trained; it is dropped before the softmax, so probabilities are over the 1000
+real classes. A 1000-way head maps directly; any other head is labelled by index (or by
+the `class_names` you pass).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .card import asset_path
+from .errors import ImageError, PrecisionError
+from .images import describe, load_image
+from .preprocess import data_config, preprocess_image
+
+IMAGENET_CLASSES = 1000
+PRECISIONS = ("float32", "float16", "bfloat16")
+
+
+@functools.lru_cache(maxsize=None)
+def imagenet_class_names() -> tuple:
+    """The 1000 ImageNet-1k class names in label order (first WordNet lemma of each)."""
+    names = []
+    for line in asset_path("imagenet-1k-classes.tsv").read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            _, _, lemmas = line.split("\t")
+            names.append(lemmas.split(",")[0].strip())
+    return tuple(names)
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one input, or the reason it has none (`error`)."""
+
+    source: str
+    labels: list = field(default_factory=list)
+    indices: list = field(default_factory=list)
+    probabilities: list = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self):
+        if self.error:
+            return f"{self.source}: ERROR {self.error}"
+        best = ", ".join(f"{label} {p:.1%}" for label, p in zip(self.labels, self.probabilities))
+        return f"{self.source}: {best}"
+
+
+class Classifier:
+    """A network in graph mode with its preprocessing and class names, for batches of images.
+
+    Args:
+        network: a `VisionTransformer`; by default `create_network(pretrained=weights)`.
+        weights: for the default network: True (released), a path or URL.
+        batch_size: images per forward pass; the last batch is padded, so the graph
+            compiles once.
+        precision: 'float32' (default), 'float16' or 'bfloat16' where the device has them
+            (MindSpore 2.10's CPU backend runs float16 slower than float32 and has no
+            bfloat16 MatMul: a `PrecisionError` says so).
+        class_names: labels for the outputs; ImageNet-1k for a 1000/1001-way head.
+    """
+
+    def __init__(self, network=None, *, weights=True, batch_size: int = 8, precision: str = "float32",
+                 class_names=None):
+        import mindspore as ms
+
+        if network is None:
+            from .hub import create_network
+
+            network = create_network("NetworkExpansion", pretrained=weights)
+        self.network = network
+        self.network.set_train(False)
+        self.batch_size = int(batch_size)
+        self.data_config = data_config(network)
+        self.num_outputs = network.config.num_classes
+        self.precision = _apply_precision(network, precision)
+        self.class_names = tuple(class_names) if class_names is not None else self._default_names()
+        self._forward = ms.jit(network.construct)
+
+    def _default_names(self) -> tuple:
+        if self.num_outputs in (IMAGENET_CLASSES, IMAGENET_CLASSES + 1):
+            return imagenet_class_names()
+        return tuple(str(i) for i in range(self.num_outputs))
+
+    # -- arrays ----------------------------------------------------------------------
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for preprocessed images (N, 3, S, S) float32."""
+        import mindspore as ms
+
+        batch = np.asarray(batch, dtype=np.float32)
+        outputs = []
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start:start + self.batch_size]
+            padded = np.zeros((self.batch_size,) + chunk.shape[1:], np.float32)
+            padded[:len(chunk)] = chunk
+            logits = self._forward(ms.Tensor(padded)).asnumpy().astype(np.float32)[:len(chunk)]
+            outputs.append(logits)
+        logits = np.concatenate(outputs) if outputs else np.zeros((0, self.num_outputs), np.float32)
+        if self.num_outputs == IMAGENET_CLASSES + 1:
+            logits = logits[:, :IMAGENET_CLASSES]  # the zoo's unused output 1000
+        logits = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    # -- images ----------------------------------------------------------------------
+
+    def predict(self, inputs, topk: int = 5):
+        """Top-k labels and probabilities.
+
+        `inputs`: a path, PIL image or HWC array (returns one `Prediction`, raising
+        `ImageError` if it is unusable), or a list of them (returns a list in the same
+        order; an unusable input gets a `Prediction` whose `error` says why).
+        """
+        single = not isinstance(inputs, (list, tuple))
+        if single:
+            prepared = self._prepare(inputs)  # raises ImageError
+            return self._top(self.probabilities(prepared[None]), [describe(inputs)], topk)[0]
+        results, batch, positions = [None] * len(inputs), [], []
+        for position, item in enumerate(inputs):
+            try:
+                batch.append(self._prepare(item))
+                positions.append(position)
+            except ImageError as error:
+                results[position] = Prediction(source=describe(item), error=str(error))
+        if batch:
+            predictions = self._top(self.probabilities(np.stack(batch)),
+                                    [describe(inputs[p]) for p in positions], topk)
+            for position, prediction in zip(positions, predictions):
+                results[position] = prediction
+        return results
+
+    __call__ = predict
+
+    def _prepare(self, item) -> np.ndarray:
+        return preprocess_image(load_image(item), self.data_config)
+
+    def _top(self, probabilities: np.ndarray, sources, topk: int) -> list:
+        topk = max(1, min(int(topk), probabilities.shape[1]))
+        # Sorted by probability, ties broken by the lower index: deterministic.
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :topk]
+        return [Prediction(source=source, indices=[int(i) for i in row],
+                           labels=[self.class_names[i] for i in row],
+                           probabilities=[float(probabilities[n, i]) for i in row])
+                for n, (source, row) in enumerate(zip(sources, order))]
+
+
+def predict(inputs, topk: int = 5, **classifier_options):
+    """`Classifier(**classifier_options).predict(inputs, topk)`, for one-off use."""
+    return Classifier(**classifier_options).predict(inputs, topk=topk)
+
+
+def _apply_precision(network, precision: str) -> str:
+    import mindspore as ms
+
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "float32":
+        return precision
+    device = ms.get_context("device_target")
+    if precision == "bfloat16" and device == "CPU":
+        raise PrecisionError(
+            "bfloat16 is not available on the CPU: MindSpore 2.10's CPU backend has no bfloat16 "
+            "MatMul ('Select CPU operator[MatMul] fail! Unsupported data type'). Use float32 on "
+            "the CPU (the fastest there), bfloat16 on GPU or Ascend.")
+    network.to_float(ms.float16 if precision == "float16" else ms.bfloat16)
+    return precision

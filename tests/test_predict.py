@@ -1,0 +1,113 @@
+"""Classifier.predict and evaluate, on hand-wired tiny networks whose answers are known."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import color_image, color_rigged_network, parameters_of
+from PIL import Image
+
+from network_expansion import Classifier, ImageError, PrecisionError, evaluate, save_weights
+from network_expansion.cli import main
+from network_expansion.predict import imagenet_class_names
+
+EGYPTIAN_CAT, TENCH, GOLDFISH = 285, 0, 1
+
+
+@pytest.fixture(scope="module")
+def imagenet_rig():
+    """1001 outputs like the released head: red -> Egyptian cat, green -> tench, blue ->
+    goldfish, and the untrained output 1000 given the largest bias of all."""
+    network = color_rigged_network(channel_classes=(EGYPTIAN_CAT, TENCH, GOLDFISH), num_classes=1001)
+    bias = np.zeros(1001, np.float32)
+    bias[[10, 20, 30]] = [0.3, 0.2, 0.1]  # a fixed order for the places after the first
+    bias[1000] = 50.0
+    network.head[0].bias.set_data(__import__("mindspore").Tensor(bias))
+    return Classifier(network, batch_size=4)
+
+
+def test_the_shipped_class_list_has_the_1000_imagenet_classes_in_wordnet_order():
+    names = imagenet_class_names()
+    assert len(names) == 1000
+    assert (names[0], names[1], names[285], names[999]) == ("tench", "goldfish", "Egyptian cat", "toilet tissue")
+
+
+def test_predict_gives_deterministic_topk_with_imagenet_labels_and_probabilities_summing_to_one(imagenet_rig):
+    red = color_image(0)
+    first = imagenet_rig.predict(red, topk=4)
+    again = imagenet_rig.predict(red, topk=4)
+    assert first == again
+    assert first.labels[0] == "Egyptian cat" and first.indices[0] == EGYPTIAN_CAT
+    assert first.indices[1:] == [10, 20, 30]
+    assert first.probabilities == sorted(first.probabilities, reverse=True)
+    assert 1000 not in first.indices  # the zoo's unused output is dropped
+    full = imagenet_rig.probabilities(np.zeros((1, 3, 32, 32), np.float32))
+    assert full.shape == (1, 1000) and abs(full.sum() - 1) < 1e-5
+
+
+def test_predict_accepts_paths_pil_images_and_arrays(imagenet_rig, tmp_path):
+    Image.fromarray(color_image(1)).save(tmp_path / "green.png")
+    results = imagenet_rig.predict([str(tmp_path / "green.png"), Image.fromarray(color_image(2)), color_image(0)],
+                                   topk=1)
+    assert [r.labels[0] for r in results] == ["tench", "goldfish", "Egyptian cat"]
+
+
+def test_a_batch_with_a_bad_file_returns_results_for_the_others(imagenet_rig, tmp_path):
+    Image.fromarray(color_image(2)).save(tmp_path / "blue.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    results = imagenet_rig.predict([str(tmp_path / "broken.jpg"), str(tmp_path / "blue.jpg"),
+                                    str(tmp_path / "missing.jpg")], topk=2)
+    assert [r.ok for r in results] == [False, True, False]
+    assert "broken.jpg: not an image Pillow can read" in results[0].error
+    assert results[1].labels[0] == "goldfish"
+    assert "missing.jpg: no such file" in results[2].error
+
+
+def test_a_single_bad_input_raises(imagenet_rig, tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        imagenet_rig.predict(str(tmp_path / "missing.jpg"))
+
+
+def test_bfloat16_on_the_cpu_says_why_not():
+    with pytest.raises(PrecisionError, match="no bfloat16 MatMul"):
+        Classifier(color_rigged_network(), precision="bfloat16")
+
+
+def _color_tree(root, per_class=4, channels=(0, 1, 2)):
+    """Folders 0_red, 1_green, 2_blue holding images dominated by `channels` in that order."""
+    for name, channel in zip(("0_red", "1_green", "2_blue"), channels):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(color_image(channel, seed=10 * channel + i)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_evaluate_reports_100_percent_on_a_tree_the_network_was_wired_to_get_right(tmp_path):
+    result = evaluate(Classifier(color_rigged_network(), batch_size=4), _color_tree(tmp_path / "tree"),
+                      progress=False)
+    assert (result.top1, result.top5, result.count) == (1.0, 1.0, 12)
+    assert result.per_class == [("0_red", 4, 1.0), ("1_green", 4, 1.0), ("2_blue", 4, 1.0)]
+
+
+def test_evaluate_reports_less_on_shuffled_labels_and_names_unreadable_files(tmp_path):
+    root = _color_tree(tmp_path / "tree", channels=(0, 2, 1))  # green and blue images swapped
+    (root / "0_red" / "damaged.png").write_bytes(b"\x89PNG broken")
+    result = evaluate(Classifier(color_rigged_network(), batch_size=4), root, progress=False)
+    assert result.top1 == pytest.approx(4 / 12) and result.count == 12
+    assert [path.endswith("damaged.png") for path, _ in result.errors] == [True]
+
+
+def test_predict_and_evaluate_commands(tmp_path, capsys):
+    weights = save_weights(color_rigged_network(), tmp_path / "rig.ckpt")
+    root = _color_tree(tmp_path / "tree")
+    assert main(["predict", str(root / "0_red" / "0.png"), "--weights", str(weights), "--topk", "2", "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["source"].endswith("0.png") and line["indices"][0] == 0 and line["labels"][0] == "0"
+    assert main(["evaluate", str(root), "--weights", str(weights), "--csv", str(tmp_path / "classes.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 100.00%" in out
+    assert (tmp_path / "classes.csv").read_text().splitlines()[1] == "0_red,4,1.000000"
+    (tmp_path / "bad.jpg").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "bad.jpg"), str(root / "2_blue"), "--weights", str(weights)]) == 1
+    captured = capsys.readouterr()
+    assert "bad.jpg: the file is empty" in captured.err and "3.png" in captured.out
