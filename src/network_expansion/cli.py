@@ -60,7 +60,140 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
     evaluate.add_argument("--csv", metavar="FILE", help="write per-class accuracy to this CSV file")
     evaluate.set_defaults(run=_evaluate)
+
+    train = commands.add_parser("train", help="train a ViT from scratch, with network expansion")
+    train.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree of training images")
+    train.add_argument("--val", metavar="DIR", help="ImageFolder tree of validation images")
+    train.add_argument("--schedule", default="6,12", help="depths of the stages (default 6,12); 'none' trains at "
+                                                          "--depth from the start")
+    train.add_argument("--stage-starts", help="epoch each stage starts at, e.g. 0,150 (default: equal stages)")
+    train.add_argument("--mode", choices=("insert", "stack"), default="insert", help="where new blocks go")
+    train.add_argument("--depth", type=int, default=12, help="depth without a schedule (default 12)")
+    train.add_argument("--num-classes", type=int, help="default: the number of class folders")
+    _add_training_options(train)
+    train.set_defaults(run=_train)
+
+    finetune = commands.add_parser("finetune", help="fine-tune pretrained weights on an ImageFolder tree")
+    finetune.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree of training images")
+    finetune.add_argument("--val", metavar="DIR", help="ImageFolder tree of validation images")
+    finetune.add_argument("--weights", default=None, help="checkpoint path or URL (default: the released one)")
+    finetune.add_argument("--freeze-backbone", action="store_true", help="train the new head only")
+    finetune.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75")
+    _add_training_options(finetune, epochs=10, lr=1e-4, warmup=1)
+    finetune.set_defaults(run=_finetune)
+
+    demo = commands.add_parser("demo", help="expansion against full depth on scikit-learn's digits: table and plot")
+    demo.add_argument("--epochs", type=int, help="epochs of each run")
+    demo.add_argument("--schedule", help="expansion schedule (default 6,12)")
+    demo.add_argument("--width", type=int, help="token width of the small ViT")
+    demo.add_argument("--output", default="expansion-demo", help="folder for logs, plot and summary")
+    demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_training_options(parser, epochs=100, lr=5e-4, warmup=5) -> None:
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    parser.add_argument("--warmup-epochs", type=int, default=warmup)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (DeiT: 0.8)")
+    parser.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (DeiT: 1.0)")
+    parser.add_argument("--clip-grad", type=float, help="clip the global gradient norm")
+    parser.add_argument("--drop-path", type=float, default=0.0, help="maximum stochastic-depth rate")
+    parser.add_argument("--ema-decay", type=float, default=0.99996)
+    parser.add_argument("--image-size", type=int, help="input size (default: the card's)")
+    parser.add_argument("--num-heads", type=int, help="attention heads (default 12)")
+    parser.add_argument("--workers", type=int, default=2, help="data loading workers")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="runs/network-expansion", help="folder for checkpoints and log.jsonl")
+    parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.ckpt")
+
+
+def _train_config(args, **extra):
+    from .train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup,
+                       cutmix=args.cutmix, clip_grad=args.clip_grad, ema_decay=args.ema_decay, seed=args.seed,
+                       **extra)
+
+
+def _run_training(args, model_factory, config):
+    from .preprocess import data_config
+    from .train import FolderData, Trainer
+
+    if args.resume:
+        probe = model_factory()
+        data = data_config(probe)
+        train = FolderData(args.data, data, args.batch_size, workers=args.workers)
+        val = FolderData(args.val, data, args.batch_size, train=False, workers=args.workers) if args.val else None
+        trainer = Trainer.resume(args.resume, train, val, output_dir=args.output)
+    else:
+        model = model_factory()
+        data = data_config(model)
+        train = FolderData(args.data, data, args.batch_size, workers=args.workers)
+        val = FolderData(args.val, data, args.batch_size, train=False, workers=args.workers) if args.val else None
+        trainer = Trainer(model, train, val, config, output_dir=args.output)
+    history = trainer.fit()
+    if history.interrupted:
+        return 130
+    final = history.final
+    print(f"done: depth {trainer.model.depth}, loss {final.get('loss', float('nan')):.4f}, "
+          f"train top-1 {final.get('train_top1', 0):.2%}"
+          + (f", val top-1 {final['val_top1']:.2%} (EMA {final['ema_val_top1']:.2%})" if "val_top1" in final else "")
+          + f"; weights in {args.output}/model.ckpt")
+    return 0
+
+
+def _model_overrides(args) -> dict:
+    overrides = {"drop_path_rate": args.drop_path}
+    if args.image_size:
+        overrides["image_size"] = args.image_size
+    if args.num_heads:
+        overrides["num_heads"] = args.num_heads
+    return overrides
+
+
+def _train(args) -> int:
+    from .datasets import ImageFolder
+    from .hub import create_network
+
+    schedule = None if args.schedule.lower() == "none" else args.schedule
+    num_classes = args.num_classes or len(ImageFolder.scan(args.data).classes)
+    first = int(schedule.split(",")[0]) if schedule else args.depth
+    config = _train_config(args, schedule=schedule, stage_starts=args.stage_starts, expansion_mode=args.mode)
+    return _run_training(args, lambda: create_network("NetworkExpansion", depth=first, num_classes=num_classes,
+                                                      **_model_overrides(args)), config)
+
+
+def _finetune(args) -> int:
+    from .datasets import ImageFolder
+    from .hub import create_network
+
+    num_classes = len(ImageFolder.scan(args.data).classes)
+    config = _train_config(args, freeze_backbone=args.freeze_backbone, layer_decay=args.layer_decay)
+    return _run_training(args, lambda: create_network("NetworkExpansion", pretrained=args.weights or True,
+                                                      num_classes=num_classes, **_model_overrides(args)), config)
+
+
+def _demo(args) -> int:
+    import dataclasses
+
+    from .demo import DemoSettings, compare
+
+    settings = DemoSettings()
+    changes = {k: v for k, v in (("epochs", args.epochs), ("schedule", args.schedule), ("width", args.width)) if v}
+    if "width" in changes:
+        changes["mlp_width"] = 2 * changes["width"]
+    settings = dataclasses.replace(settings, **changes)
+    print(f"training the same ViT twice on scikit-learn's digits ({settings.epochs} epochs each): "
+          f"full depth {settings.final_depth}, then expansion {settings.schedule}")
+    result = compare(settings, args.output)
+    print(result["table"])
+    print(f"plot: {result['plot']}; logs in {args.output}/")
+    return 0
 
 
 def _add_inference_options(parser) -> None:

@@ -149,6 +149,7 @@ class Attention(nn.Cell):
         self.to_k = _dense(config.width, config.width)
         self.to_v = _dense(config.width, config.width)
         self.to_out = _dense(config.width, config.width)
+        self.scores = ops.BatchMatMul(transpose_b=True)
         self.attention_dropout = nn.Dropout(p=config.attention_dropout)
         self.output_dropout = nn.Dropout(p=config.dropout)
 
@@ -159,7 +160,8 @@ class Attention(nn.Cell):
     def construct(self, tokens):
         b, n, d = tokens.shape
         q, k, v = self._heads(self.to_q(tokens)), self._heads(self.to_k(tokens)), self._heads(self.to_v(tokens))
-        weights = ops.softmax(ops.matmul(q * self.scale, k.transpose(0, 1, 3, 2)), axis=-1)
+        # q k^T with k transposed inside the batched matmul, not as a separate copy.
+        weights = ops.softmax(self.scores(q * self.scale, k), axis=-1)
         mixed = ops.matmul(self.attention_dropout(weights), v)
         mixed = mixed.transpose(0, 2, 1, 3).reshape(b, n, d)
         return self.output_dropout(self.to_out(mixed))

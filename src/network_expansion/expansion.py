@@ -1,0 +1,192 @@
+"""Network expansion (Ding et al., CVPR 2023): grow a ViT in depth during training.
+
+As the authors' code does it (`huawei-noah/Efficient-Computing`, TrainingAcceleration/
+NetworkExpansion): training runs in stages of fixed width and growing depth, e.g. 6 -> 12
+blocks; an exponential moving average (EMA) of the weights is kept; at the first epoch of
+a stage the model grows by `k` blocks, each an EMA copy of one of the last `k` trained
+blocks:
+
+* `insert` (the default): each of the last k blocks is followed by its EMA copy;
+  6 -> 12 gives [b0, e0, b1, e1, ..., b5, e5], 6 -> 9 gives [b0, b1, b2, b3, e3, b4, e4, b5, e5];
+* `stack`: the EMA copies of the last k blocks are appended after the last block.
+
+Then the drop-path rates are spread again over the new depth (`set_blocks` does it) and
+the trainer starts a fresh EMA and rebuilds its optimizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from .errors import ConfigError
+from .model import VisionTransformer
+
+MODES = ("insert", "stack")
+
+
+@dataclass(frozen=True)
+class ExpansionSchedule:
+    """Depths by stage and the epoch (or step) each stage starts at.
+
+    >>> ExpansionSchedule.even((6, 12), epochs=300).starts
+    (0, 150)
+    """
+
+    depths: tuple
+    starts: tuple
+
+    def __post_init__(self):
+        depths, starts = tuple(self.depths), tuple(self.starts)
+        problems = []
+        if not depths or any(not isinstance(d, int) or d < 1 for d in depths):
+            problems.append(f"depths must be positive integers, got {depths}")
+        elif any(b <= a for a, b in zip(depths, depths[1:])):
+            problems.append(f"depths must grow from stage to stage, got {depths}")
+        elif any(b > 2 * a for a, b in zip(depths, depths[1:])):
+            problems.append(f"a stage can at most double the depth (each new block copies one "
+                            f"trained block), got {depths}")
+        if len(starts) != len(depths) or (starts and starts[0] != 0) or any(b <= a for a, b in zip(starts, starts[1:])):
+            problems.append(f"starts must be increasing, begin at 0 and give one start per stage, got {starts}")
+        if problems:
+            raise ConfigError("invalid expansion schedule: " + "; ".join(problems))
+        object.__setattr__(self, "depths", depths)
+        object.__setattr__(self, "starts", starts)
+
+    @classmethod
+    def even(cls, depths, epochs: int) -> "ExpansionSchedule":
+        """The reference split: each stage lasts `epochs // len(depths)` epochs."""
+        depths = tuple(int(d) for d in depths)
+        length = epochs // len(depths)
+        if length < 1:
+            raise ConfigError(f"{epochs} epochs cannot hold {len(depths)} stages")
+        return cls(depths, tuple(i * length for i in range(len(depths))))
+
+    @classmethod
+    def parse(cls, text: str, epochs: int, starts: str | None = None) -> "ExpansionSchedule":
+        """From the command line: `'6,12'` (evenly split), with optional `starts` `'0,40'`."""
+        try:
+            depths = tuple(int(part) for part in str(text).split(","))
+            if starts is None:
+                return cls.even(depths, epochs)
+            return cls(depths, tuple(int(part) for part in str(starts).split(",")))
+        except ValueError as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(f"schedule {text!r}: expected depths separated by commas, e.g. 6,12") from error
+
+    @classmethod
+    def full(cls, depth: int) -> "ExpansionSchedule":
+        """No expansion: one stage at full depth."""
+        return cls((int(depth),), (0,))
+
+    @property
+    def final_depth(self) -> int:
+        return self.depths[-1]
+
+    def depth_at(self, epoch: int) -> int:
+        return self.depths[self.stage_at(epoch)]
+
+    def stage_at(self, epoch: int) -> int:
+        return max(i for i, start in enumerate(self.starts) if start <= epoch)
+
+    def grows_at(self, epoch: int) -> bool:
+        return epoch in self.starts[1:]
+
+    def block_work(self, epochs: int) -> float:
+        """The blocks' share of the work of full-depth training (e.g. 0.75 for 6 -> 12)."""
+        return sum(self.depth_at(e) for e in range(epochs)) / (self.final_depth * epochs)
+
+    def speedup_bound(self, epochs: int) -> float:
+        """Upper bound of the speed-up: patch embedding and head are small."""
+        return 1.0 / self.block_work(epochs)
+
+    def __str__(self):
+        return " -> ".join(f"{d} (from {s})" for d, s in zip(self.depths, self.starts))
+
+
+class EMA:
+    """An exponential moving average of a network's weights, as a second network.
+
+    `network` holds the averages (its parameters are named `ema.<name>`, so one graph can
+    hold both); `update()` moves them towards the live weights:
+    `ema = decay * ema + (1 - decay) * live`. Evaluate `ema.network` like the model.
+    """
+
+    def __init__(self, live: VisionTransformer, decay: float = 0.99996):
+        if not 0 <= decay < 1:
+            raise ConfigError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.live = live
+        self.network = VisionTransformer(live.config)
+        self.network.update_parameters_name("ema.")
+        self.network.set_train(False)
+        self.copy_from(live)
+        self._step = _EMAUpdate(self.network, live, self.decay)
+        self._jitted = ms.jit(self._step.construct)
+
+    def copy_from(self, network) -> None:
+        for mine, theirs in zip(self.network.get_parameters(), network.get_parameters()):
+            mine.set_data(theirs.value().copy())
+
+    def update(self) -> None:
+        self._jitted()
+
+    def block_copy(self, index: int):
+        """A new block holding the averaged weights of block `index`."""
+        block = self.live.new_block()
+        for mine, average in zip(block.get_parameters(), self.network.blocks[index].get_parameters()):
+            mine.set_data(average.value().copy())
+        return block
+
+    def state(self) -> dict:
+        """`{ema.<name>: array}` for a checkpoint."""
+        return {p.name: p.asnumpy() for p in self.network.get_parameters()}
+
+    def load_state(self, state: dict) -> None:
+        for parameter in self.network.get_parameters():
+            parameter.set_data(ms.Tensor(state[parameter.name]))
+
+
+class _EMAUpdate(nn.Cell):
+    def __init__(self, average, live, decay):
+        super().__init__()
+        self.average = ms.ParameterTuple(average.get_parameters())
+        self.live = ms.ParameterTuple(live.get_parameters())
+        self.decay = decay
+
+    def construct(self):
+        for average, live in zip(self.average, self.live):
+            ops.assign(average, average * self.decay + live * (1.0 - self.decay))
+        return True
+
+
+def expand(model: VisionTransformer, ema: EMA, depth: int, mode: str = "insert") -> list:
+    """Grow `model` to `depth` blocks with EMA copies of its last blocks; returns the new order.
+
+    The order is returned as labels (`'b3'` trained block 3, `'e3'` its EMA copy), the
+    way the method describes it.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"expansion mode {mode!r}: expected one of {', '.join(MODES)}")
+    n = model.depth
+    k = depth - n
+    if not 0 < k <= n:
+        raise ConfigError(f"cannot grow {n} blocks to {depth}: the growth must be 1 to {n} blocks")
+    trained = model.blocks
+    copies = {i: ema.block_copy(i) for i in range(n - k, n)}
+    if mode == "insert":
+        order = [label for i in range(n) for label in ((f"b{i}", f"e{i}") if i in copies else (f"b{i}",))]
+    else:
+        order = [f"b{i}" for i in range(n)] + [f"e{i}" for i in range(n - k, n)]
+    model.set_blocks([trained[int(label[1:])] if label[0] == "b" else copies[int(label[1:])] for label in order])
+    return order
+
+
+def parameter_count_by_depth(model: VisionTransformer) -> dict:
+    """Parameters in the blocks and elsewhere: what a stage of each depth trains."""
+    block = sum(int(np.prod(p.shape)) for p in model.blocks[0].get_parameters())
+    return {"per_block": block, "other": model.num_parameters() - block * model.depth}

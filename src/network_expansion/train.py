@@ -1,0 +1,537 @@
+"""Training and fine-tuning, with or without network expansion.
+
+    >>> trainer = Trainer(model, ArrayData(x, y, batch_size=64), val_data=..., config=TrainConfig(
+    ...     epochs=20, schedule="6,12", ema_decay=0.99), output_dir="runs/digits")
+    >>> history = trainer.fit()
+
+The recipe follows DeiT and the authors' code: AdamW without weight decay on biases,
+LayerNorm parameters, cls token and position embedding; cosine learning rate with linear
+warm-up; label smoothing; optional mixup/cutmix and gradient clipping; an EMA of the
+weights. With a `schedule` such as "6,12" the model starts shallow and grows at the first
+epoch of each stage (`expansion.expand`); then a fresh EMA is started, the optimizer is
+rebuilt for the new parameters (optionally carrying the AdamW moments of the blocks that
+already existed, which the reference code drops), the learning rate continues (or
+restarts without warm-up), weight decay is optionally scaled by depth, and the grown model
+is evaluated at once.
+
+Every epoch a checkpoint (model, EMA, optimizer, position, stage) is written atomically to
+`output_dir/checkpoint.ckpt`; `Trainer.resume(path, ...)` continues exactly, also across a
+growth and from the middle of an epoch (Ctrl-C saves there). Bit-exact resumption holds
+when dropout and drop-path are 0: MindSpore's random state is not part of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+from mindspore.nn.learning_rate_schedule import LearningRateSchedule
+
+from .errors import CheckpointError, ConfigError, NetworkExpansionError
+from .expansion import EMA, ExpansionSchedule, expand
+from .model import ViTConfig, VisionTransformer
+
+STATE_KEY = "network_expansion_trainer_state"
+
+
+class TrainingDiverged(NetworkExpansionError, FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run (defaults: DeiT-B / the authors' ImageNet recipe)."""
+
+    epochs: int = 300
+    lr: float = 5e-4                 # peak learning rate
+    min_lr: float = 1e-5
+    warmup_epochs: int = 5
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    mixup: float = 0.0               # Beta(alpha, alpha) of mixup; 0 switches it off (DeiT: 0.8)
+    cutmix: float = 0.0              # likewise for cutmix (DeiT: 1.0)
+    clip_grad: float | None = None   # global gradient norm
+    ema_decay: float = 0.99996
+    schedule: str | None = None      # expansion depths, e.g. "6,12"; None: fixed depth
+    stage_starts: str | None = None  # e.g. "0,150"; None: stages of equal length
+    expansion_mode: str = "insert"
+    carry_moments: bool = False      # keep AdamW moments of existing blocks at growth
+    restart_lr: bool = False         # restart the cosine per stage, without warm-up
+    scale_weight_decay: bool = False  # weight decay * depth / final depth
+    layer_decay: float | None = None  # layer-wise lr decay (fine-tuning), e.g. 0.75
+    freeze_backbone: bool = False    # train the head only
+    seed: int = 0
+
+    def expansion_schedule(self, depth: int) -> ExpansionSchedule:
+        if self.schedule is None:
+            return ExpansionSchedule.full(depth)
+        return ExpansionSchedule.parse(self.schedule, self.epochs, self.stage_starts)
+
+
+# -- data ----------------------------------------------------------------------------
+
+class ArrayData:
+    """In-memory preprocessed images (N, 3, H, W) float32 and integer labels, in batches.
+
+    The order of each epoch is drawn from (seed, epoch), so a resumed run sees the same
+    batches. `flip` mirrors half of the training images at random.
+    """
+
+    def __init__(self, images, labels, batch_size: int = 64, *, shuffle: bool = True, flip: bool = False,
+                 drop_remainder: bool = True, num_shards: int = 1, shard_id: int = 0):
+        self.images = np.ascontiguousarray(images, dtype=np.float32)
+        self.labels = np.asarray(labels, dtype=np.int32)
+        if len(self.images) != len(self.labels):
+            raise ConfigError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.batch_size, self.shuffle, self.flip = int(batch_size), shuffle, flip
+        self.drop_remainder = drop_remainder
+        self.num_shards, self.shard_id = num_shards, shard_id
+
+    def _indices(self, epoch: int, seed: int) -> np.ndarray:
+        order = np.arange(len(self.labels))
+        if self.shuffle:
+            order = np.random.default_rng([seed, epoch]).permutation(order)
+        per_shard = len(order) // self.num_shards
+        return order[self.shard_id * per_shard:(self.shard_id + 1) * per_shard]
+
+    def __len__(self):
+        count = len(self.labels) // self.num_shards
+        return count // self.batch_size if self.drop_remainder else math.ceil(count / self.batch_size)
+
+    def batches(self, epoch: int = 0, seed: int = 0, start: int = 0):
+        indices = self._indices(epoch, seed)
+        rng = np.random.default_rng([seed, epoch, 1])
+        flips = rng.random(len(indices)) < 0.5
+        for b in range(start, len(self)):
+            chosen = indices[b * self.batch_size:(b + 1) * self.batch_size]
+            images = self.images[chosen]
+            if self.flip:
+                mirror = flips[b * self.batch_size:(b + 1) * self.batch_size]
+                images = np.where(mirror[:, None, None, None], images[..., ::-1], images)
+            yield np.ascontiguousarray(images), self.labels[chosen]
+
+
+class FolderData:
+    """An ImageFolder tree through `mindspore.dataset` (parallel workers), in batches.
+
+    `train=True` uses random resized crops and flips (the zoo's training recipe without
+    AutoAugment); otherwise the eval recipe (resize, center crop).
+    """
+
+    def __init__(self, root, data_config, batch_size: int = 64, *, train: bool = True, workers: int = 2,
+                 num_shards: int = 1, shard_id: int = 0):
+        from .datasets import ImageFolder
+
+        self.root, self.data_config, self.batch_size = root, data_config, int(batch_size)
+        self.train, self.workers = train, workers
+        self.num_shards, self.shard_id = num_shards, shard_id
+        self.folder = ImageFolder.scan(root)
+
+    def __len__(self):
+        count = len(self.folder) // self.num_shards
+        return count // self.batch_size if self.train else math.ceil(count / self.batch_size)
+
+    def batches(self, epoch: int = 0, seed: int = 0, start: int = 0):
+        import mindspore.dataset as ds
+        import mindspore.dataset.vision as vision
+
+        from .datasets import imagefolder_dataset
+
+        ds.config.set_seed(seed * 100_003 + epoch)
+        augment = [vision.RandomResizedCrop(self.data_config.input_size, scale=(0.05, 1.0), ratio=(0.75, 1.333)),
+                   vision.RandomHorizontalFlip()] if self.train else None
+        dataset = imagefolder_dataset(self.root, self.data_config, batch_size=self.batch_size, workers=self.workers,
+                                      shuffle=self.train, drop_remainder=self.train, augment=augment,
+                                      num_shards=self.num_shards if self.num_shards > 1 else None,
+                                      shard_id=self.shard_id if self.num_shards > 1 else None)
+        for b, (images, labels) in enumerate(dataset.create_tuple_iterator(output_numpy=True)):
+            if b >= start:
+                yield images, labels.astype(np.int32)
+
+
+def soft_targets(labels, num_classes: int, config: TrainConfig, rng, images):
+    """Label smoothing, then mixup or cutmix (half the batches each when both are on)."""
+    smooth = config.label_smoothing
+    targets = np.full((len(labels), num_classes), smooth / num_classes, np.float32)
+    targets[np.arange(len(labels)), labels] += 1.0 - smooth
+    use_mixup, use_cutmix = config.mixup > 0, config.cutmix > 0
+    if not (use_mixup or use_cutmix):
+        return images, targets
+    if use_mixup and use_cutmix:
+        use_mixup = rng.random() < 0.5
+        use_cutmix = not use_mixup
+    if use_mixup:
+        lam = float(rng.beta(config.mixup, config.mixup))
+        images = lam * images + (1 - lam) * images[::-1]
+    else:
+        lam = float(rng.beta(config.cutmix, config.cutmix))
+        h, w = images.shape[2:]
+        cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = rng.integers(h), rng.integers(w)
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+        images = images.copy()
+        images[:, :, top:bottom, left:right] = images[::-1, :, top:bottom, left:right]
+        lam = 1 - (bottom - top) * (right - left) / (h * w)
+    return np.ascontiguousarray(images, dtype=np.float32), lam * targets + (1 - lam) * targets[::-1]
+
+
+# -- optimisation --------------------------------------------------------------------
+
+class WarmupCosine(LearningRateSchedule):
+    """Linear warm-up to `peak`, then cosine down to `floor`, as a function of the step."""
+
+    def __init__(self, peak: float, floor: float, warmup_steps: int, total_steps: int,
+                 scale: float = 1.0, offset: int = 0):
+        super().__init__()
+        self.peak, self.floor, self.scale = float(peak), float(floor), float(scale)
+        self.warmup, self.total, self.offset = int(warmup_steps), int(total_steps), int(offset)
+
+    def value(self, step: int) -> float:
+        """The same function in Python (for logs and tests)."""
+        step = step - self.offset
+        if step < self.warmup:
+            return self.scale * self.peak * (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.scale * (self.floor + 0.5 * (self.peak - self.floor) * (1 + math.cos(math.pi * progress)))
+
+    def construct(self, global_step):
+        step = global_step.astype(ms.float32) - self.offset
+        warm = self.peak * (step + 1.0) / max(1, self.warmup)
+        progress = ops.clamp((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
+        cosine = self.floor + 0.5 * (self.peak - self.floor) * (1.0 + ops.cos(math.pi * progress))
+        return self.scale * ops.select(step < self.warmup, warm, cosine)
+
+
+def no_weight_decay(name: str, parameter) -> bool:
+    """Biases, LayerNorm parameters, cls token and position embedding (DeiT's rule)."""
+    return len(parameter.shape) <= 1 or name in ("cls", "pos_embedding")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and head."""
+    if name.startswith("body.layers."):
+        return int(name.split(".")[2]) + 1
+    if name.startswith(("norm.", "head.")):
+        return depth + 1
+    return 0
+
+
+def build_optimizer(model, config: TrainConfig, steps_per_epoch: int, final_depth: int, offset: int = 0):
+    """AdamW with parameter groups by weight decay and (optionally) layer-wise lr scale."""
+    total = config.epochs * steps_per_epoch
+    warmup = 0 if (config.restart_lr and offset) else config.warmup_epochs * steps_per_epoch
+    decay = config.weight_decay * (model.depth / final_depth if config.scale_weight_decay else 1.0)
+    groups = {}
+    for parameter in model.trainable_params():
+        name = parameter.name
+        if config.freeze_backbone and not name.startswith("head."):
+            continue
+        scale = config.layer_decay ** (model.depth + 1 - layer_id(name, model.depth)) if config.layer_decay else 1.0
+        key = (no_weight_decay(name, parameter), round(scale, 8))
+        groups.setdefault(key, []).append(parameter)
+    if not groups:
+        raise ConfigError("nothing to train: the backbone is frozen and the network has no head")
+    offset_for_lr = offset if config.restart_lr else 0
+    length = total - offset_for_lr
+    param_groups = [{"params": params, "weight_decay": 0.0 if exempt else decay,
+                     "lr": WarmupCosine(config.lr, config.min_lr, warmup, length, scale, offset_for_lr)}
+                    for (exempt, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))]
+    schedule = WarmupCosine(config.lr, config.min_lr, warmup, length, 1.0, offset_for_lr)
+    optimizer = nn.AdamWeightDecay(param_groups, learning_rate=schedule)
+    optimizer.lr_schedule = schedule  # the unscaled schedule, for logs
+    optimizer.lr_scales = {p.name: scale for (_, scale), params in groups.items() for p in params}
+    return optimizer
+
+
+# -- the trainer ---------------------------------------------------------------------
+
+@dataclass
+class History:
+    """What happened: one record per epoch and per growth (also written to log.jsonl)."""
+
+    records: list = field(default_factory=list)
+    interrupted: bool = False
+    checkpoint: str | None = None
+
+    @property
+    def epochs(self) -> list:
+        return [r for r in self.records if r["event"] == "epoch"]
+
+    @property
+    def final(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+
+class Trainer:
+    """Trains `model` on `train_data`, growing it as `config.schedule` says.
+
+    `model` must start at the schedule's first depth (e.g. `create_network(depth=6)` for
+    "6,12"). `train_data`/`val_data`: `ArrayData` or `FolderData`. `output_dir` receives
+    `checkpoint.ckpt` (every epoch), `log.jsonl`, `model.ckpt` and `model_ema.ckpt` (at the
+    end; loadable with `create_network(pretrained=...)`).
+    """
+
+    def __init__(self, model: VisionTransformer, train_data, val_data=None, config: TrainConfig = TrainConfig(), *,
+                 output_dir=None, progress: bool = True, distributed=None):
+        self.model, self.train_data, self.val_data, self.config = model, train_data, val_data, config
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.progress = progress
+        self.distributed = distributed  # set by distributed.py: gradient reducer and rank
+        self.final_depth = self._final_depth()
+        self.schedule = config.expansion_schedule(self.final_depth)
+        self.epoch, self.position, self.step = 0, 0, 0
+        self.history = History()
+        self._started = time.perf_counter()
+        self._elapsed_before = 0.0
+        expected = self.schedule.depth_at(0)
+        if model.depth != expected:
+            raise ConfigError(f"the schedule {self.schedule} starts at depth {expected}, the model has "
+                              f"{model.depth}: build it with depth={expected}")
+        self._rebuild(ema=EMA(model, config.ema_decay))
+
+    def _final_depth(self) -> int:
+        if self.config.schedule:
+            return int(str(self.config.schedule).split(",")[-1])
+        return self.model.depth
+
+    # -- building blocks -------------------------------------------------------------
+
+    def _rebuild(self, ema: EMA, carry=None):
+        """(Re)build EMA, optimizer and the jitted steps for the model's current depth."""
+        self.ema = ema
+        stage_start = self.schedule.starts[self.schedule.stage_at(self.epoch)] * len(self.train_data)
+        self.optimizer = build_optimizer(self.model, self.config, len(self.train_data), self.final_depth,
+                                         offset=stage_start)
+        self.optimizer.global_step.set_data(ms.Tensor(np.array([self.step], np.int32)))
+        if carry:
+            for parameter, m1, m2 in zip(self.optimizer.parameters, self.optimizer.moments1, self.optimizer.moments2):
+                if id(parameter) in carry:
+                    m1.set_data(ms.Tensor(carry[id(parameter)][0]))
+                    m2.set_data(ms.Tensor(carry[id(parameter)][1]))
+        self._train_step = self._make_train_step()
+        self._eval_forward = ms.jit(self.model.construct)
+        self._ema_forward = ms.jit(self.ema.network.construct)
+
+    def _make_train_step(self):
+        model, optimizer, clip = self.model, self.optimizer, self.config.clip_grad
+        reducer = self.distributed.reducer(optimizer.parameters) if self.distributed else None
+
+        def forward(images, targets):
+            logits = model(images)
+            loss = -(targets * ops.log_softmax(logits, -1)).sum(-1).mean()
+            return loss, logits
+
+        gradients = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
+
+        def step(images, targets):
+            (loss, logits), grads = gradients(images, targets)
+            if reducer is not None:
+                grads = reducer(grads)
+            if clip:
+                grads = ops.clip_by_global_norm(grads, clip)
+            optimizer(grads)
+            return loss, logits
+
+        return ms.jit(step)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def fit(self) -> History:
+        """Train to `config.epochs`; returns the history (also on Ctrl-C, after saving)."""
+        from tqdm.auto import tqdm
+
+        try:
+            while self.epoch < self.config.epochs:
+                self._grow_if_due()
+                self.model.set_train(True)
+                rng_seed = self.config.seed
+                losses, hits, seen, train_seconds = [], 0, 0, 0.0
+                total = len(self.train_data)
+                bar = tqdm(total=total, initial=self.position, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                           unit="batch", disable=not self.progress or not self._is_main, file=sys.stderr,
+                           leave=False)
+                for images, labels in self.train_data.batches(self.epoch, rng_seed, start=self.position):
+                    start = time.perf_counter()
+                    rng = np.random.default_rng([rng_seed, self.epoch, self.position, 2])
+                    inputs, targets = soft_targets(labels, self.model.config.num_classes, self.config, rng, images)
+                    loss, logits = self._train_step(ms.Tensor(inputs), ms.Tensor(targets))
+                    loss = float(loss.asnumpy())
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"the loss became {loss} at epoch {self.epoch + 1}, batch {self.position + 1}: "
+                            f"training stopped. The last good checkpoint is "
+                            f"{self._checkpoint_path() or '(none: no output_dir)'}; lower the learning rate "
+                            f"or set clip_grad, then resume from it.")
+                    self.ema.update()
+                    train_seconds += time.perf_counter() - start
+                    hits += int((logits.asnumpy().argmax(-1) == labels).sum())
+                    seen += len(labels)
+                    losses.append(loss)
+                    self.position += 1
+                    self.step += 1
+                    bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{hits / seen:.1%}",
+                                    img_s=f"{seen / max(train_seconds, 1e-9):.0f}", depth=self.model.depth)
+                    bar.update(1)
+                bar.close()
+                self.epoch += 1
+                self.position = 0
+                self._record_epoch(losses, hits, seen, train_seconds)
+                self.save_checkpoint()
+        except KeyboardInterrupt:
+            self.history.interrupted = True
+            path = self.save_checkpoint()
+            if self._is_main:
+                print(f"\ninterrupted: saved {path} at epoch {self.epoch + 1}, batch {self.position}; "
+                      f"resume with Trainer.resume or --resume", file=sys.stderr)
+            return self.history
+        self._save_final()
+        return self.history
+
+    @property
+    def _is_main(self) -> bool:
+        return self.distributed is None or self.distributed.rank == 0
+
+    def _grow_if_due(self):
+        target = self.schedule.depth_at(self.epoch)
+        if self.model.depth >= target:
+            return
+        before = self.model.depth
+        carry = None
+        if self.config.carry_moments:
+            carry = {id(p): (m1.asnumpy(), m2.asnumpy())
+                     for p, m1, m2 in zip(self.optimizer.parameters, self.optimizer.moments1, self.optimizer.moments2)}
+        order = expand(self.model, self.ema, target, self.config.expansion_mode)
+        self._rebuild(ema=EMA(self.model, self.config.ema_decay), carry=carry)
+        record = {"event": "grow", "epoch": self.epoch, "from": before, "to": target, "order": order,
+                  "wall_seconds": self.wall_seconds}
+        record.update(self.evaluate())
+        self._log(record)
+
+    def evaluate(self) -> dict:
+        """Top-1 of the model and of its EMA on `val_data` (empty without it)."""
+        if self.val_data is None:
+            return {}
+        self.model.set_train(False)
+        results = {}
+        for key, forward in (("val_top1", self._eval_forward), ("ema_val_top1", self._ema_forward)):
+            hits = seen = 0
+            for images, labels in self.val_data.batches(0, 0):
+                hits += int((forward(ms.Tensor(images)).asnumpy().argmax(-1) == labels).sum())
+                seen += len(labels)
+            results[key] = hits / max(seen, 1)
+        self.model.set_train(True)
+        return results
+
+    @property
+    def wall_seconds(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._started
+
+    def _record_epoch(self, losses, hits, seen, train_seconds):
+        record = {"event": "epoch", "epoch": self.epoch, "depth": self.model.depth,
+                  "stage": self.schedule.stage_at(self.epoch - 1), "loss": float(np.mean(losses)) if losses else None,
+                  "train_top1": hits / max(seen, 1), "images_per_s": seen / max(train_seconds, 1e-9),
+                  "lr": self.optimizer.lr_schedule.value(self.step - 1),
+                  "train_seconds": train_seconds}
+        record.update(self.evaluate())
+        record["wall_seconds"] = self.wall_seconds
+        self._log(record)
+
+    def _log(self, record: dict):
+        self.history.records.append(record)
+        if self.output_dir and self._is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def _checkpoint_path(self):
+        return self.output_dir / "checkpoint.ckpt" if self.output_dir else None
+
+    def save_checkpoint(self, path=None):
+        """Model, EMA, optimizer and position, written to a temporary file, then renamed."""
+        path = Path(path) if path else self._checkpoint_path()
+        if path is None or not self._is_main:
+            return path
+        state = {"epoch": self.epoch, "position": self.position, "step": self.step,
+                 "depth": self.model.depth, "model_config": dataclasses.asdict(self.model.config),
+                 "train_config": dataclasses.asdict(self.config), "history": self.history.records,
+                 "wall_seconds": self.wall_seconds}
+        entries = [{"name": p.name, "data": p.value()} for p in self.model.get_parameters()]
+        entries += [{"name": p.name, "data": p.value()} for p in self.ema.network.get_parameters()]
+        entries += [{"name": p.name, "data": p.value()} for p in self.optimizer.moments1]
+        entries += [{"name": p.name, "data": p.value()} for p in self.optimizer.moments2]
+        _save_atomically(entries, path, {STATE_KEY: json.dumps(state)})
+        return path
+
+    def _save_final(self):
+        if not self.output_dir or not self._is_main:
+            return
+        from .weights import save_weights
+
+        save_weights(self.model, self.output_dir / "model.ckpt")
+        ema_model = VisionTransformer(self.model.config)
+        for mine, average in zip(ema_model.get_parameters(), self.ema.network.get_parameters()):
+            mine.set_data(average.value().copy())
+        save_weights(ema_model, self.output_dir / "model_ema.ckpt")
+        self.history.checkpoint = str(self.output_dir / "model.ckpt")
+
+    @classmethod
+    def resume(cls, path, train_data, val_data=None, *, output_dir=None, progress: bool = True,
+               distributed=None, config: TrainConfig | None = None) -> "Trainer":
+        """A trainer in the exact state `path` was saved in (model depth, EMA, optimizer)."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(path, ["no such file"], advice="Pass the checkpoint.ckpt a training run wrote.")
+        loaded = ms.load_checkpoint(str(path))
+        if STATE_KEY not in loaded:
+            raise CheckpointError(path, ["not a training checkpoint (no trainer state)"],
+                                  advice="To start from weights, use create_network(pretrained=...) instead.")
+        state = json.loads(loaded.pop(STATE_KEY))
+        config = config or TrainConfig(**state["train_config"])
+        schedule = config.expansion_schedule(int(str(config.schedule).split(",")[-1]) if config.schedule
+                                             else state["depth"])
+        model = VisionTransformer(ViTConfig(**{**state["model_config"], "depth": schedule.depth_at(0)}))
+        trainer = cls(model, train_data, val_data, config, output_dir=output_dir or path.parent,
+                      progress=progress, distributed=distributed)
+        if state["depth"] != model.depth:
+            model.set_blocks([model.new_block() for _ in range(state["depth"])])
+        trainer.epoch, trainer.position, trainer.step = state["epoch"], state["position"], state["step"]
+        trainer.history.records = state["history"]
+        trainer._elapsed_before = state["wall_seconds"]
+        trainer._started = time.perf_counter()
+        for parameter in model.get_parameters():
+            parameter.set_data(loaded[parameter.name].value())
+        ema = EMA(model, config.ema_decay)
+        ema.load_state({name: loaded[name].asnumpy() for name in loaded if name.startswith("ema.")})
+        trainer._rebuild(ema=ema)
+        for moment in list(trainer.optimizer.moments1) + list(trainer.optimizer.moments2):
+            moment.set_data(loaded[moment.name].value())
+        return trainer
+
+
+def _save_atomically(entries, path: Path, append: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.ckpt")
+    try:
+        ms.save_checkpoint(entries, str(temporary), append_dict=append)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def finetune_network(weights=True, num_classes: int = 10, **overrides) -> VisionTransformer:
+    """The released (or any) weights with a fresh head of `num_classes`, ready to train."""
+    from .hub import create_network
+
+    return create_network("NetworkExpansion", pretrained=weights, num_classes=num_classes, **overrides)

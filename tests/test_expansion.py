@@ -1,0 +1,89 @@
+"""The method: schedules, the exact block order of insert and stack, EMA."""
+
+import mindspore as ms
+import numpy as np
+import pytest
+from conftest import parameters_of, tiny_config
+
+from network_expansion import ConfigError, VisionTransformer, create_network, save_weights
+from network_expansion.expansion import EMA, ExpansionSchedule, expand
+
+
+def test_even_schedule_splits_the_epochs_like_the_reference_code():
+    assert ExpansionSchedule.even((6, 12), 300).starts == (0, 150)
+    assert ExpansionSchedule.even((4, 8, 12), 300).starts == (0, 100, 200)
+    schedule = ExpansionSchedule.parse("6,9,12", 10)
+    assert [schedule.depth_at(e) for e in range(10)] == [6, 6, 6, 9, 9, 9, 12, 12, 12, 12]
+    assert ExpansionSchedule.parse("6,12", 10, starts="0,3").starts == (0, 3)
+
+
+@pytest.mark.parametrize("depths,bound", [("6,12", 4 / 3), ("4,8,12", 1.5), ("8,12", 1.2)])
+def test_speedup_bound_is_the_inverse_of_the_blocks_share_of_work(depths, bound):
+    assert ExpansionSchedule.parse(depths, 300).speedup_bound(300) == pytest.approx(bound)
+
+
+@pytest.mark.parametrize("text,message", [("12,6", "must grow"), ("3,12", "at most double"), ("6,x", "expected depths")])
+def test_invalid_schedules_are_refused(text, message):
+    with pytest.raises(ConfigError, match=message):
+        ExpansionSchedule.parse(text, 10)
+
+
+def _distinct_ema(model):
+    """An EMA whose weights differ from the model's, so copies can be told apart."""
+    ema = EMA(model, decay=0.9)
+    rng = np.random.default_rng(4)
+    for p in ema.network.get_parameters():
+        p.set_data(ms.Tensor(rng.standard_normal(p.shape).astype(np.float32)))
+    return ema
+
+
+def _block_weights(network, i):
+    return network.blocks[i][0].cell[1].to_q.weight.asnumpy().copy()
+
+
+@pytest.mark.parametrize("start,end,mode,order", [
+    (2, 4, "insert", ["b0", "e0", "b1", "e1"]),
+    (3, 5, "insert", ["b0", "b1", "e1", "b2", "e2"]),
+    (6, 9, "insert", ["b0", "b1", "b2", "b3", "e3", "b4", "e4", "b5", "e5"]),
+    (2, 4, "stack", ["b0", "b1", "e0", "e1"]),
+    (3, 5, "stack", ["b0", "b1", "b2", "e1", "e2"]),
+    (6, 9, "stack", ["b0", "b1", "b2", "b3", "b4", "b5", "e3", "e4", "e5"]),
+])
+def test_growth_gives_exactly_the_documented_block_order_checked_by_weights(start, end, mode, order):
+    ms.set_seed(0)
+    model = VisionTransformer(tiny_config(depth=start, width=16, mlp_width=32))
+    ema = _distinct_ema(model)
+    trained = [_block_weights(model, i) for i in range(start)]
+    averaged = [ema.network.blocks[i][0].cell[1].to_q.weight.asnumpy().copy() for i in range(start)]
+    assert expand(model, ema, end, mode) == order
+    for position, label in enumerate(order):
+        source = (trained if label[0] == "b" else averaged)[int(label[1:])]
+        np.testing.assert_array_equal(_block_weights(model, position), source, err_msg=f"{position} {label}")
+    layers = sorted({int(n.split(".")[2]) for n in model.parameter_shapes() if n.startswith("body.layers.")})
+    assert layers == list(range(end)) and model.config.depth == end
+
+
+def test_a_grown_models_checkpoint_loads_into_a_fresh_model_of_the_new_depth(tmp_path):
+    model = VisionTransformer(tiny_config(depth=2))
+    expand(model, EMA(model, 0.9), 4)
+    path = save_weights(model, tmp_path / "grown.ckpt")
+    fresh = create_network("NetworkExpansion", pretrained=str(path), num_heads=4)
+    assert fresh.depth == 4
+    for name, value in parameters_of(model).items():
+        np.testing.assert_array_equal(parameters_of(fresh)[name], value)
+
+
+def test_growth_by_more_than_the_depth_is_refused():
+    model = VisionTransformer(tiny_config(depth=2))
+    with pytest.raises(ConfigError, match="growth must be 1 to 2 blocks"):
+        expand(model, EMA(model, 0.9), 5)
+
+
+def test_the_ema_moves_towards_the_live_weights_by_one_minus_decay():
+    model = VisionTransformer(tiny_config())
+    ema = EMA(model, decay=0.75)
+    before = ema.network.cls.asnumpy().copy()
+    model.cls.set_data(model.cls.value() + 4.0)
+    ema.update()
+    np.testing.assert_allclose(ema.network.cls.asnumpy(), before + 1.0, rtol=1e-6)
+    assert ema.network.get_parameters().__next__().name == "ema.cls"

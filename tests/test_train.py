@@ -1,0 +1,217 @@
+"""The trainer: growth during training, exact resume, interruption, divergence, fine-tuning."""
+
+import json
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from network_expansion import VisionTransformer, ViTConfig, create_network, save_weights
+from network_expansion.train import (ArrayData, Trainer, TrainConfig, TrainingDiverged, WarmupCosine,
+                                     build_optimizer)
+
+SMALL = dict(image_size=16, patch_size=4, width=16, num_heads=2, mlp_width=32, num_classes=4)
+
+
+def _data(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    images = rng.standard_normal((n, 3, 16, 16)).astype(np.float32) * 0.5
+    images[:, labels % 3, :4, :4] += 2.0  # a learnable signal
+    return images, labels
+
+
+def _trainer(output_dir=None, depth=2, epochs=4, **config):
+    images, labels = _data()
+    ms.set_seed(0)
+    np.random.seed(0)
+    model = VisionTransformer(ViTConfig(**SMALL, depth=depth))
+    settings = dict(epochs=epochs, schedule="2,4", warmup_epochs=1, lr=2e-3, ema_decay=0.9, seed=3)
+    settings.update(config)
+    return Trainer(model, ArrayData(images, labels, 16), ArrayData(images, labels, 48, shuffle=False,
+                                                                     drop_remainder=False),
+                   TrainConfig(**settings), output_dir=output_dir, progress=False)
+
+
+def _weights(network):
+    return {p.name: p.asnumpy().copy() for p in network.get_parameters()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Four epochs, 2 -> 4 blocks at epoch 2, nothing in the way."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    trainer = _trainer(out)
+    history = trainer.fit()
+    return trainer, history, out
+
+
+def test_the_model_grows_at_the_stage_start_and_keeps_training(uninterrupted):
+    trainer, history, out = uninterrupted
+    events = [(r["event"], r.get("depth", r.get("to"))) for r in history.records]
+    assert events == [("epoch", 2), ("epoch", 2), ("grow", 4), ("epoch", 4), ("epoch", 4)]
+    grow = history.records[2]
+    assert grow["order"] == ["b0", "e0", "b1", "e1"] and "val_top1" in grow
+    assert trainer.model.depth == 4
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in log] == ["epoch", "epoch", "grow", "epoch", "epoch"]
+    assert all(k in log[0] for k in ("loss", "train_top1", "images_per_s", "val_top1", "ema_val_top1", "lr"))
+
+
+def test_the_final_weights_load_with_create_network(uninterrupted):
+    _, _, out = uninterrupted
+    network = create_network("NetworkExpansion", pretrained=str(out / "model.ckpt"), num_heads=2)
+    assert network.depth == 4
+    assert (out / "model_ema.ckpt").is_file()
+
+
+def test_the_step_after_growth_trains_the_new_blocks():
+    trainer = _trainer(epochs=3, schedule="2,4", stage_starts="0,1")
+    trainer.train_data.batch_size = 48  # one step per epoch
+    trainer.epoch = 1
+    trainer._grow_if_due()
+    new_block_before = trainer.model.blocks[1][1].cell[1].ff1.dense.weight.asnumpy().copy()
+    images, labels = next(trainer.train_data.batches(1, 0))
+    targets = np.eye(4, dtype=np.float32)[labels]
+    trainer.model.set_train(True)
+    trainer._train_step(ms.Tensor(images), ms.Tensor(targets))
+    after = trainer.model.blocks[1][1].cell[1].ff1.dense.weight.asnumpy()
+    assert not np.allclose(after, new_block_before)
+
+
+def _stop_at_step(trainer, at):
+    """Ctrl-C (KeyboardInterrupt) just before the trainer's `at`-th step, whatever the depth."""
+    make = trainer._make_train_step
+
+    def make_interruptible():
+        step = make()
+
+        def run(*args):
+            if trainer.step == at:
+                raise KeyboardInterrupt
+            return step(*args)
+        return run
+
+    trainer._make_train_step = make_interruptible
+    trainer._train_step = make_interruptible()
+
+
+def _stop_before_growth(trainer):
+    grow = trainer._grow_if_due
+
+    def interrupted():
+        if trainer.model.depth < trainer.schedule.depth_at(trainer.epoch):
+            raise KeyboardInterrupt
+        grow()
+    trainer._grow_if_due = interrupted
+
+
+def _resume_and_finish(path, trainer):
+    resumed = Trainer.resume(path, trainer.train_data, trainer.val_data, progress=False)
+    state = (resumed.epoch, resumed.position, resumed.model.depth)
+    resumed.fit()
+    return state, _weights(resumed.model)
+
+
+def _assert_same(got, expected, where):
+    assert list(got) == list(expected)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=f"{where}: {name}")
+
+
+def test_resume_mid_stage_mid_epoch_reproduces_the_uninterrupted_run(uninterrupted, tmp_path):
+    trainer = _trainer(tmp_path)
+    _stop_at_step(trainer, 4)  # epoch 1 (0-based), batch 1 of 3
+    assert trainer.fit().interrupted
+    state, got = _resume_and_finish(tmp_path / "checkpoint.ckpt", trainer)
+    assert state == (1, 1, 2)
+    _assert_same(got, _weights(uninterrupted[0].model), "mid-stage")
+
+
+def test_resume_from_just_before_a_growth_grows_and_reproduces_the_run(uninterrupted, tmp_path):
+    trainer = _trainer(tmp_path)
+    _stop_before_growth(trainer)
+    assert trainer.fit().interrupted
+    state, got = _resume_and_finish(tmp_path / "checkpoint.ckpt", trainer)
+    assert state == (2, 0, 2)  # the growth is still to come, from the saved EMA
+    _assert_same(got, _weights(uninterrupted[0].model), "across the growth")
+
+
+def test_resume_after_a_growth_restores_the_grown_model(uninterrupted, tmp_path):
+    trainer = _trainer(tmp_path)
+    _stop_at_step(trainer, 8)  # inside epoch 2, after the growth
+    assert trainer.fit().interrupted
+    state, got = _resume_and_finish(tmp_path / "checkpoint.ckpt", trainer)
+    assert state == (2, 2, 4)
+    _assert_same(got, _weights(uninterrupted[0].model), "after the growth")
+
+
+def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path, epochs=3)
+    original = trainer.train_data.batches
+
+    def poisoned(epoch, seed, start=0):
+        for images, labels in original(epoch, seed, start):
+            yield (images * np.nan if epoch == 1 else images), labels
+
+    trainer.train_data.batches = poisoned
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, batch 1.*checkpoint\.ckpt"):
+        trainer.fit()
+    saved = Trainer.resume(tmp_path / "checkpoint.ckpt", trainer.train_data, progress=False)
+    assert saved.epoch == 1 and all(np.isfinite(v).all() for v in _weights(saved.model).values())
+
+
+def test_carrying_adamw_moments_keeps_those_of_the_existing_blocks():
+    for carry in (False, True):
+        trainer = _trainer(epochs=3, stage_starts="0,1", carry_moments=carry)
+        trainer.train_data.batch_size = 48
+        trainer.epoch = 0
+        images, labels = next(trainer.train_data.batches(0, 0))
+        trainer.model.set_train(True)
+        trainer._train_step(ms.Tensor(images), ms.Tensor(np.eye(4, dtype=np.float32)[labels]))
+        trainer.epoch = 1
+        trainer._grow_if_due()
+        moments = {m.name: m.asnumpy() for m in trainer.optimizer.moments1}
+        old_block = moments["adam_m.body.layers.0.0.cell.1.to_q.weight"]   # b0 stays at 0
+        new_block = moments["adam_m.body.layers.1.0.cell.1.to_q.weight"]   # e0, the EMA copy
+        assert np.abs(old_block).sum() > 0 if carry else np.abs(old_block).sum() == 0
+        assert np.abs(new_block).sum() == 0
+
+
+def test_warmup_cosine_in_the_graph_equals_its_python_twin():
+    schedule = WarmupCosine(1e-3, 1e-5, warmup_steps=5, total_steps=20)
+    for step in (0, 4, 5, 12, 19, 25):
+        value = float(schedule(ms.Tensor(np.array([step], np.int32))).asnumpy().reshape(-1)[0])
+        assert value == pytest.approx(schedule.value(step), rel=1e-5)
+    assert schedule.value(4) == pytest.approx(1e-3) and schedule.value(19) > 1e-5
+
+
+def test_frozen_backbone_and_layer_decay_make_the_right_groups():
+    model = VisionTransformer(ViTConfig(**SMALL, depth=2))
+    frozen = build_optimizer(model, TrainConfig(epochs=1, freeze_backbone=True), 10, 2)
+    assert sorted(p.name for p in frozen.parameters) == ["head.0.bias", "head.0.weight"]
+    decayed = build_optimizer(model, TrainConfig(epochs=1, layer_decay=0.5), 10, 2)
+    scales = decayed.lr_scales
+    assert (scales["cls"], scales["body.layers.0.0.cell.1.to_q.weight"],
+            scales["body.layers.1.1.cell.0.gamma"], scales["head.0.weight"]) == (0.125, 0.25, 0.5, 1.0)
+
+
+def test_finetune_command_trains_a_new_head_on_an_imagefolder(tmp_path, capsys):
+    from PIL import Image
+
+    from network_expansion.cli import main
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    source = VisionTransformer(ViTConfig(**{**SMALL, "num_classes": 7}, depth=2))
+    weights = save_weights(source, tmp_path / "source.ckpt")
+    assert main(["finetune", "--data", str(tmp_path / "data"), "--weights", str(weights), "--epochs", "1",
+                 "--batch-size", "4", "--output", str(tmp_path / "run"), "--num-heads", "2",
+                 "--freeze-backbone"]) == 0
+    tuned = create_network("NetworkExpansion", pretrained=str(tmp_path / "run" / "model.ckpt"), num_heads=2)
+    assert tuned.config.num_classes == 2
+    np.testing.assert_array_equal(tuned.cls.asnumpy(), source.cls.asnumpy())  # the backbone stayed frozen
+    assert not np.allclose(tuned.head[0].bias.asnumpy(), 0)                     # the new head trained
