@@ -58,7 +58,9 @@ def test_preprocess_compiles_into_the_same_graph_as_the_network():
     ms.set_seed(0)
     network = VisionTransformer(tiny_config())
     network.set_train(False)
+    names = list(network.parameter_shapes())
     both = WithPreprocess(network)
+    assert list(network.parameter_shapes()) == names  # wrapping keeps the checkpoint names
     photo = _photos()["coffee"]
     fused = ms.jit(both.construct)(ms.Tensor(photo[None])).asnumpy()
     separate = network(ms.Tensor(preprocess_image(photo, data_config(network))[None])).asnumpy()

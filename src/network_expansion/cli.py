@@ -88,7 +88,30 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--width", type=int, help="token width of the small ViT")
     demo.add_argument("--output", default="expansion-demo", help="folder for logs, plot and summary")
     demo.set_defaults(run=_demo)
+
+    export = commands.add_parser("export", help="export for serving: MindIR, or ONNX where MindSpore can")
+    export.add_argument("output", metavar="OUT", help="file to write (.mindir or .onnx is added if missing)")
+    export.add_argument("--format", choices=("mindir", "onnx"), default="mindir")
+    export.add_argument("--weights", default=None, help="checkpoint path or URL (default: the released one)")
+    export.add_argument("--batch", default="1", help="batch size of the graph, or 'dynamic' (default 1)")
+    export.add_argument("--with-preprocess", action="store_true",
+                        help="take uint8 NHWC pictures and resize, crop, normalise inside the graph")
+    export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="picture size with --with-preprocess (default: the resize size, square)")
+    export.set_defaults(run=_export)
     return parser
+
+
+def _export(args) -> int:
+    from .export import export
+    from .hub import create_network
+
+    batch = None if args.batch == "dynamic" else int(args.batch)
+    network = create_network("NetworkExpansion", pretrained=args.weights or True)
+    path = export(network, args.output, file_format=args.format, batch=batch,
+                  with_preprocess=args.with_preprocess, input_size=tuple(args.input_size) if args.input_size else None)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
 
 
 def _add_training_options(parser, epochs=100, lr=5e-4, warmup=5) -> None:

@@ -119,7 +119,9 @@ class WithPreprocess(nn.Cell):
     graph (for GPUs, and for exporting a model that takes raw pixels)."""
 
     def __init__(self, network, config: DataConfig | None = None):
-        super().__init__()
+        # auto_prefix=False: wrapping must not rename the network's parameters to
+        # `network.*`, which would break its checkpoint names.
+        super().__init__(auto_prefix=False)
         self.preprocess = Preprocess(config or data_config(network))
         self.network = network
 

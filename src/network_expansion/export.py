@@ -1,0 +1,78 @@
+"""Export for serving: MindIR (always), ONNX (where MindSpore can), with or without
+the device-side preprocessing in the graph.
+
+    network-expansion export --format mindir --with-preprocess --batch 8 model.mindir
+
+Without preprocessing the graph takes normalised float32 NCHW crops; with it, uint8 NHWC
+pictures of one fixed size (`input_size`, default the recipe's resize size), and it
+resizes, crops and normalises itself. `batch=None` exports a dynamic batch dimension.
+Files are written to a temporary folder and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+
+from .errors import NetworkExpansionError
+from .preprocess import WithPreprocess, data_config
+
+FORMATS = {"mindir": ("MINDIR", ".mindir"), "onnx": ("ONNX", ".onnx")}
+
+
+class ExportError(NetworkExpansionError, RuntimeError):
+    """MindSpore could not export the network in the asked format."""
+
+
+def example_input(network, *, batch: int | None = 1, with_preprocess: bool = False, input_size=None):
+    """The input the exported graph takes (a shape-only Tensor when the batch is dynamic)."""
+    if with_preprocess:
+        size = input_size or (data_config(network).resize_size,) * 2
+        shape, dtype = [batch, size[0], size[1], 3], ms.uint8
+    else:
+        size = network.config.image_size
+        shape, dtype = [batch, network.config.in_channels, size, size], ms.float32
+    if batch is None:
+        return ms.Tensor(shape=shape, dtype=dtype)
+    return ms.Tensor(np.zeros(shape, dtype=ms.dtype_to_nptype(dtype)))
+
+
+def export(network, path, *, file_format: str = "mindir", batch: int | None = 1, with_preprocess: bool = False,
+           input_size=None) -> Path:
+    """Write `network` (eval mode) to `path`; returns the path written."""
+    if file_format not in FORMATS:
+        raise ExportError(f"format {file_format!r}: expected one of {', '.join(FORMATS)}")
+    ms_format, suffix = FORMATS[file_format]
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        path = path.with_name(path.name + suffix)
+    network.set_train(False)
+    cell = WithPreprocess(network) if with_preprocess else network
+    cell.set_train(False)
+    inputs = example_input(network, batch=batch, with_preprocess=with_preprocess, input_size=input_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
+    try:
+        try:
+            ms.export(cell, inputs, file_name=str(folder / "model"), file_format=ms_format)
+        except Exception as error:  # MindSpore raises RuntimeError/TypeError/ValueError by converter
+            raise ExportError(f"MindSpore {ms.__version__} cannot export this network as {ms_format}"
+                              f"{' with a dynamic batch' if batch is None else ''}: "
+                              f"{str(error).strip().splitlines()[0]}") from error
+        written = list(folder.glob(f"model*{suffix}"))
+        if len(written) != 1:
+            raise ExportError(f"MindSpore wrote {[p.name for p in folder.iterdir()]}, expected one {suffix} file")
+        os.replace(written[0], path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return path
+
+
+def load_mindir(path):
+    """The exported graph as a callable `nn.GraphCell`."""
+    return ms.nn.GraphCell(ms.load(str(path)))
