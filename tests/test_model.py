@@ -129,3 +129,15 @@ def test_drop_path_acts_only_while_training(tiny_images):
 def test_config_rejects_values_that_cannot_be_built(overrides, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(**overrides)
+
+
+def test_compiled_forward_follows_the_blocks_after_growth(tiny, tiny_images):
+    from network_expansion.model import compiled_forward
+
+    x = ms.Tensor(tiny_images)
+    compiled_forward(tiny)(x)
+    tiny.set_blocks(tiny.blocks + [tiny.new_block()])
+    np.testing.assert_allclose(compiled_forward(tiny)(x).asnumpy(), tiny(x).asnumpy(), rtol=1e-5, atol=1e-6)
+    # The trap it avoids: MindSpore reuses the graph of `ms.jit(network.construct)` after surgery.
+    stale = ms.jit(tiny.construct)(x).asnumpy()
+    assert stale.shape == (2, 10)

@@ -111,3 +111,29 @@ def test_predict_and_evaluate_commands(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "bad.jpg"), str(root / "2_blue"), "--weights", str(weights)]) == 1
     captured = capsys.readouterr()
     assert "bad.jpg: the file is empty" in captured.err and "3.png" in captured.out
+
+
+def test_one_classifier_serves_many_threads_with_the_same_answers(imagenet_rig):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pictures = [color_image(i % 3, seed=i) for i in range(12)]
+    sequential = [imagenet_rig.predict(p, topk=3) for p in pictures]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threaded = list(pool.map(lambda p: imagenet_rig.predict(p, topk=3), pictures))
+    assert threaded == sequential
+
+
+def test_predict_stream_reads_lazily_and_keeps_order(imagenet_rig):
+    pulled = []
+
+    def camera():
+        for i in range(10):
+            pulled.append(i)
+            yield color_image(i % 3, seed=i) if i != 5 else b"not an image"
+
+    stream = imagenet_rig.predict_stream(camera(), topk=1)
+    first = next(stream)
+    assert first.labels == ["Egyptian cat"] and len(pulled) <= imagenet_rig.batch_size  # one batch in memory
+    rest = list(stream)
+    assert len(rest) == 9 and not rest[4].ok and "cannot read an image from a bytes" in rest[4].error
+    assert [r.labels[0] for r in rest if r.ok][:2] == ["tench", "goldfish"]

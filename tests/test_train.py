@@ -58,6 +58,19 @@ def test_the_model_grows_at_the_stage_start_and_keeps_training(uninterrupted):
     assert all(k in log[0] for k in ("loss", "train_top1", "images_per_s", "val_top1", "ema_val_top1", "lr"))
 
 
+def test_the_evaluation_right_after_growth_runs_the_grown_model():
+    trainer = _trainer(epochs=3, stage_starts="0,1")
+    x = ms.Tensor(_data()[0][:4])
+    trainer.model.set_train(False)
+    trainer._eval_forward(x)  # compiled at depth 2
+    trainer.epoch = 1
+    trainer._grow_if_due()
+    trainer.model.set_train(False)
+    np.testing.assert_allclose(trainer._eval_forward(x).asnumpy(), trainer.model(x).asnumpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(trainer._ema_forward(x).asnumpy(), trainer.ema.network(x).asnumpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_the_final_weights_load_with_create_network(uninterrupted):
     _, _, out = uninterrupted
     network = create_network("NetworkExpansion", pretrained=str(out / "model.ckpt"), num_heads=2)

@@ -245,17 +245,19 @@ def _predict(args) -> int:
             inputs += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         else:
             inputs.append(item)
-    results = _classifier(args).predict(inputs, topk=args.topk)
-    for result in results:
+    classifier = _classifier(args)
+    failed = 0
+    for result in classifier.predict_stream(inputs, topk=args.topk, progress=len(inputs) > classifier.batch_size):
+        failed += not result.ok
         if args.json:
-            print(json.dumps(result.to_dict()))
+            print(json.dumps(result.to_dict()), flush=True)
         elif result.ok:
             print(result.source)
             for label, index, probability in zip(result.labels, result.indices, result.probabilities):
                 print(f"  {probability:7.2%}  {label} ({index})")
         else:
             print(f"network-expansion: error: {result.error}", file=sys.stderr)
-    return 0 if all(result.ok for result in results) else 1
+    return 1 if failed else 0
 
 
 def _evaluate(args) -> int:

@@ -125,8 +125,12 @@ class EMA:
         self.network.update_parameters_name("ema.")
         self.network.set_train(False)
         self.copy_from(live)
-        self._step = _EMAUpdate(self.network, live, self.decay)
-        self._jitted = ms.jit(self._step.construct)
+        step = _EMAUpdate(self.network, live, self.decay)
+
+        def update():  # a fresh function: see model.compiled_forward
+            return step()
+
+        self._jitted = ms.jit(update)
 
     def copy_from(self, network) -> None:
         for mine, theirs in zip(self.network.get_parameters(), network.get_parameters()):

@@ -89,6 +89,21 @@ class ViTConfig:
         return [self.drop_path_rate * i / (self.depth - 1) for i in range(self.depth)]
 
 
+def compiled_forward(network):
+    """`network`'s forward pass in graph mode, compiled for its current blocks.
+
+    A fresh function each call, on purpose: MindSpore 2.10 caches `ms.jit(network.construct)`
+    by the bound method, so after `set_blocks` that would silently run the graph of the old
+    depth (checked in tests/test_model.py).
+    """
+    import mindspore as ms
+
+    def forward(images):
+        return network(images)
+
+    return ms.jit(forward)
+
+
 def truncated_normal(shape, std: float = 0.02) -> Tensor:
     """N(0, std) cut at two standard deviations (the timm/DeiT initialisation).
 

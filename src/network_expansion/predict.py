@@ -15,6 +15,10 @@ the `class_names` you pass).
 from __future__ import annotations
 
 import functools
+import itertools
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,6 +26,7 @@ import numpy as np
 from .card import asset_path
 from .errors import ImageError, PrecisionError
 from .images import describe, load_image
+from .model import compiled_forward
 from .preprocess import data_config, preprocess_image
 
 IMAGENET_CLASSES = 1000
@@ -66,6 +71,11 @@ class Prediction:
 class Classifier:
     """A network in graph mode with its preprocessing and class names, for batches of images.
 
+    Create it once and share it between threads: decoding and preprocessing run in
+    parallel, the forward passes one at a time (a lock; MindSpore executes one graph at a
+    time per process anyway). Between processes, create one Classifier in each process
+    (after the fork): MindSpore's runtime state is not shared across processes.
+
     Args:
         network: a `VisionTransformer`; by default `create_network(pretrained=weights)`.
         weights: for the default network: True (released), a path or URL.
@@ -92,7 +102,8 @@ class Classifier:
         self.num_outputs = network.config.num_classes
         self.precision = _apply_precision(network, precision)
         self.class_names = tuple(class_names) if class_names is not None else self._default_names()
-        self._forward = ms.jit(network.construct)
+        self._forward = compiled_forward(network)
+        self._lock = threading.Lock()
 
     def _default_names(self) -> tuple:
         if self.num_outputs in (IMAGENET_CLASSES, IMAGENET_CLASSES + 1):
@@ -111,7 +122,8 @@ class Classifier:
             chunk = batch[start:start + self.batch_size]
             padded = np.zeros((self.batch_size,) + chunk.shape[1:], np.float32)
             padded[:len(chunk)] = chunk
-            logits = self._forward(ms.Tensor(padded)).asnumpy().astype(np.float32)[:len(chunk)]
+            with self._lock:
+                logits = self._forward(ms.Tensor(padded)).asnumpy().astype(np.float32)[:len(chunk)]
             outputs.append(logits)
         logits = np.concatenate(outputs) if outputs else np.zeros((0, self.num_outputs), np.float32)
         if self.num_outputs == IMAGENET_CLASSES + 1:
@@ -148,6 +160,47 @@ class Classifier:
         return results
 
     __call__ = predict
+
+    def predict_stream(self, inputs, topk: int = 5, *, workers: int = 2, progress: bool = False, total=None):
+        """Predictions for an iterable of inputs (paths, PIL images, arrays), yielded in order.
+
+        Memory stays bounded: `batch_size` inputs are read, decoded (by `workers`
+        threads) and classified at a time, so an endless camera stream or a folder of a
+        million files works. Unusable inputs yield a `Prediction` with `error` set.
+        """
+        from tqdm.auto import tqdm
+
+        if total is None and hasattr(inputs, "__len__"):
+            total = len(inputs)
+        iterator = iter(inputs)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+                tqdm(total=total, unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
+            while chunk := list(itertools.islice(iterator, self.batch_size)):
+                prepared = list(pool.map(self._try_prepare, chunk))
+                good = [i for i, (array, _) in enumerate(prepared) if array is not None]
+                results = [Prediction(source=describe(item), error=error) for item, (_, error) in zip(chunk, prepared)]
+                if good:
+                    top = self._top(self.probabilities(np.stack([prepared[i][0] for i in good])),
+                                    [describe(chunk[i]) for i in good], topk)
+                    for i, prediction in zip(good, top):
+                        results[i] = prediction
+                bar.update(len(chunk))
+                yield from results
+
+    def predict_folder(self, folder, topk: int = 5, **options):
+        """`predict_stream` over the image files below `folder`, in sorted order."""
+        from pathlib import Path
+
+        from .datasets import IMAGE_SUFFIXES
+
+        files = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return self.predict_stream(files, topk, **options)
+
+    def _try_prepare(self, item):
+        try:
+            return self._prepare(item), None
+        except ImageError as error:
+            return None, str(error)
 
     def _prepare(self, item) -> np.ndarray:
         return preprocess_image(load_image(item), self.data_config)

@@ -38,7 +38,7 @@ from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 from .errors import CheckpointError, ConfigError, NetworkExpansionError
 from .expansion import EMA, ExpansionSchedule, expand
-from .model import ViTConfig, VisionTransformer
+from .model import ViTConfig, VisionTransformer, compiled_forward
 
 STATE_KEY = "network_expansion_trainer_state"
 
@@ -319,8 +319,8 @@ class Trainer:
                     m1.set_data(ms.Tensor(carry[id(parameter)][0]))
                     m2.set_data(ms.Tensor(carry[id(parameter)][1]))
         self._train_step = self._make_train_step()
-        self._eval_forward = ms.jit(self.model.construct)
-        self._ema_forward = ms.jit(self.ema.network.construct)
+        self._eval_forward = compiled_forward(self.model)
+        self._ema_forward = compiled_forward(self.ema.network)
 
     def _make_train_step(self):
         model, optimizer, clip = self.model, self.optimizer, self.config.clip_grad
