@@ -132,6 +132,8 @@ def _add_training_options(parser, epochs=100, lr=5e-4, warmup=5) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="runs/network-expansion", help="folder for checkpoints and log.jsonl")
     parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.ckpt")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data parallel across the processes msrun started (one per device)")
 
 
 def _train_config(args, **extra):
@@ -147,18 +149,21 @@ def _run_training(args, model_factory, config):
     from .preprocess import data_config
     from .train import FolderData, Trainer
 
+    job = None
+    if args.distributed:
+        from .distributed import init_data_parallel
+
+        job = init_data_parallel()
+    model = model_factory()
+    data = data_config(model)
+    train = FolderData(args.data, data, args.batch_size, workers=args.workers)
+    if job:
+        job.shard(train)
+    val = FolderData(args.val, data, args.batch_size, train=False, workers=args.workers) if args.val else None
     if args.resume:
-        probe = model_factory()
-        data = data_config(probe)
-        train = FolderData(args.data, data, args.batch_size, workers=args.workers)
-        val = FolderData(args.val, data, args.batch_size, train=False, workers=args.workers) if args.val else None
-        trainer = Trainer.resume(args.resume, train, val, output_dir=args.output)
+        trainer = Trainer.resume(args.resume, train, val, output_dir=args.output, distributed=job)
     else:
-        model = model_factory()
-        data = data_config(model)
-        train = FolderData(args.data, data, args.batch_size, workers=args.workers)
-        val = FolderData(args.val, data, args.batch_size, train=False, workers=args.workers) if args.val else None
-        trainer = Trainer(model, train, val, config, output_dir=args.output)
+        trainer = Trainer(model, train, val, config, output_dir=args.output, distributed=job)
     history = trainer.fit()
     if history.interrupted:
         return 130

@@ -1,0 +1,23 @@
+"""The demo: both runs, the table and the plot (on a tiny setting)."""
+
+import json
+
+from network_expansion.cli import main
+
+
+def test_demo_trains_both_runs_and_writes_table_plot_and_summary(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from network_expansion import demo
+
+    tiny = dataclasses.replace(demo.DemoSettings(), epochs=2, schedule="1,2", width=16, num_heads=2, mlp_width=32,
+                               batch_size=128)
+    monkeypatch.setattr(demo, "DemoSettings", lambda: tiny)
+    assert main(["demo", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| full depth 2 |" in out and "| expansion 1,2 |" in out
+    assert "speed-up" in out and "bound of the schedule 1.33x" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["bound"] == 4 / 3 and len(summary["expansion"]["growth"]) == 1
+    assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 10_000
+    assert (tmp_path / "expansion" / "model.ckpt").is_file()
