@@ -137,3 +137,18 @@ def test_predict_stream_reads_lazily_and_keeps_order(imagenet_rig):
     rest = list(stream)
     assert len(rest) == 9 and not rest[4].ok and "cannot read an image from a bytes" in rest[4].error
     assert [r.labels[0] for r in rest if r.ok][:2] == ["tench", "goldfish"]
+
+
+def test_threads_binds_the_process_to_that_many_cores():
+    import os
+
+    from network_expansion.predict import use_cores
+
+    before = os.sched_getaffinity(0)
+    try:
+        Classifier(color_rigged_network(), threads=1)
+        assert len(os.sched_getaffinity(0)) == 1
+        with pytest.raises(ValueError, match="threads=999: this process may use 1 to"):
+            use_cores(999)
+    finally:
+        os.sched_setaffinity(0, before)

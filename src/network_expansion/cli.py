@@ -230,12 +230,14 @@ def _add_inference_options(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
                         help="numeric precision where the device supports it (default float32)")
+    parser.add_argument("--threads", type=int, help="CPU cores to use (default: all)")
 
 
 def _classifier(args):
     from .predict import Classifier
 
-    return Classifier(weights=args.weights or True, batch_size=args.batch_size, precision=args.precision)
+    return Classifier(weights=args.weights or True, batch_size=args.batch_size, precision=args.precision,
+                      threads=args.threads)
 
 
 def _predict(args) -> int:
