@@ -2,9 +2,10 @@
 
 import json
 
+import mindspore as ms
 import numpy as np
 import pytest
-from conftest import color_image, color_rigged_network, parameters_of
+from conftest import color_image, color_rigged_network
 from PIL import Image
 
 from network_expansion import Classifier, ImageError, PrecisionError, evaluate, save_weights
@@ -22,7 +23,7 @@ def imagenet_rig():
     bias = np.zeros(1001, np.float32)
     bias[[10, 20, 30]] = [0.3, 0.2, 0.1]  # a fixed order for the places after the first
     bias[1000] = 50.0
-    network.head[0].bias.set_data(__import__("mindspore").Tensor(bias))
+    network.head[0].bias.set_data(ms.Tensor(bias))
     return Classifier(network, batch_size=4)
 
 

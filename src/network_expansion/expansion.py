@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mindspore as ms
-import numpy as np
 from mindspore import nn, ops
 
 from .errors import ConfigError
@@ -92,9 +91,6 @@ class ExpansionSchedule:
 
     def stage_at(self, epoch: int) -> int:
         return max(i for i, start in enumerate(self.starts) if start <= epoch)
-
-    def grows_at(self, epoch: int) -> bool:
-        return epoch in self.starts[1:]
 
     def block_work(self, epochs: int) -> float:
         """The blocks' share of the work of full-depth training (e.g. 0.75 for 6 -> 12)."""
@@ -188,9 +184,3 @@ def expand(model: VisionTransformer, ema: EMA, depth: int, mode: str = "insert")
         order = [f"b{i}" for i in range(n)] + [f"e{i}" for i in range(n - k, n)]
     model.set_blocks([trained[int(label[1:])] if label[0] == "b" else copies[int(label[1:])] for label in order])
     return order
-
-
-def parameter_count_by_depth(model: VisionTransformer) -> dict:
-    """Parameters in the blocks and elsewhere: what a stage of each depth trains."""
-    block = sum(int(np.prod(p.shape)) for p in model.blocks[0].get_parameters())
-    return {"per_block": block, "other": model.num_parameters() - block * model.depth}
