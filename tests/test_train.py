@@ -228,3 +228,17 @@ def test_finetune_command_trains_a_new_head_on_an_imagefolder(tmp_path, capsys):
     assert tuned.config.num_classes == 2
     np.testing.assert_array_equal(tuned.cls.asnumpy(), source.cls.asnumpy())  # the backbone stayed frozen
     assert not np.allclose(tuned.head[0].bias.asnumpy(), 0)                     # the new head trained
+
+
+def test_a_schedule_in_steps_grows_in_the_middle_of_an_epoch():
+    trainer = _trainer(epochs=3, stage_starts="0,5", stage_unit="step")
+    history = trainer.fit()
+    grow = [r for r in history.records if r["event"] == "grow"]
+    assert [(g["step"], g["epoch"], g["from"], g["to"]) for g in grow] == [(5, 1, 2, 4)]
+    assert [r["depth"] for r in history.epochs] == [2, 4, 4]  # epoch 2 ended grown
+
+
+def test_an_even_schedule_in_steps_splits_the_total_steps():
+    config = TrainConfig(epochs=4, schedule="2,4", stage_unit="step")
+    schedule = config.expansion_schedule(4, steps_per_epoch=3)
+    assert (schedule.starts, schedule.unit) == ((0, 6), "step")

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", default="6,12", help="depths of the stages (default 6,12); 'none' trains at "
                                                           "--depth from the start")
     train.add_argument("--stage-starts", help="epoch each stage starts at, e.g. 0,150 (default: equal stages)")
+    train.add_argument("--stage-unit", choices=("epoch", "step"), default="epoch",
+                       help="what --stage-starts counts (default epoch)")
     train.add_argument("--mode", choices=("insert", "stack"), default="insert", help="where new blocks go")
     train.add_argument("--depth", type=int, default=12, help="depth without a schedule (default 12)")
     train.add_argument("--num-classes", type=int, help="default: the number of class folders")
@@ -191,7 +193,8 @@ def _train(args) -> int:
     schedule = None if args.schedule.lower() == "none" else args.schedule
     num_classes = args.num_classes or len(ImageFolder.scan(args.data).classes)
     first = int(schedule.split(",")[0]) if schedule else args.depth
-    config = _train_config(args, schedule=schedule, stage_starts=args.stage_starts, expansion_mode=args.mode)
+    config = _train_config(args, schedule=schedule, stage_starts=args.stage_starts, stage_unit=args.stage_unit,
+                           expansion_mode=args.mode)
     return _run_training(args, lambda: create_network("NetworkExpansion", depth=first, num_classes=num_classes,
                                                       **_model_overrides(args)), config)
 

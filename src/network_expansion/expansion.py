@@ -29,7 +29,7 @@ MODES = ("insert", "stack")
 
 @dataclass(frozen=True)
 class ExpansionSchedule:
-    """Depths by stage and the epoch (or step) each stage starts at.
+    """Depths by stage and the epoch (or, with `unit='step'`, the step) each stage starts at.
 
     >>> ExpansionSchedule.even((6, 12), epochs=300).starts
     (0, 150)
@@ -37,6 +37,7 @@ class ExpansionSchedule:
 
     depths: tuple
     starts: tuple
+    unit: str = "epoch"
 
     def __post_init__(self):
         depths, starts = tuple(self.depths), tuple(self.starts)
@@ -50,28 +51,31 @@ class ExpansionSchedule:
                             f"trained block), got {depths}")
         if len(starts) != len(depths) or (starts and starts[0] != 0) or any(b <= a for a, b in zip(starts, starts[1:])):
             problems.append(f"starts must be increasing, begin at 0 and give one start per stage, got {starts}")
+        if self.unit not in ("epoch", "step"):
+            problems.append(f"unit must be 'epoch' or 'step', got {self.unit!r}")
         if problems:
             raise ConfigError("invalid expansion schedule: " + "; ".join(problems))
         object.__setattr__(self, "depths", depths)
         object.__setattr__(self, "starts", starts)
 
     @classmethod
-    def even(cls, depths, epochs: int) -> "ExpansionSchedule":
-        """The reference split: each stage lasts `epochs // len(depths)` epochs."""
+    def even(cls, depths, epochs: int, unit: str = "epoch") -> "ExpansionSchedule":
+        """The reference split: each stage lasts `epochs // len(depths)` epochs (or steps)."""
         depths = tuple(int(d) for d in depths)
         length = epochs // len(depths)
         if length < 1:
-            raise ConfigError(f"{epochs} epochs cannot hold {len(depths)} stages")
-        return cls(depths, tuple(i * length for i in range(len(depths))))
+            raise ConfigError(f"{epochs} {unit}s cannot hold {len(depths)} stages")
+        return cls(depths, tuple(i * length for i in range(len(depths))), unit)
 
     @classmethod
-    def parse(cls, text: str, epochs: int, starts: str | None = None) -> "ExpansionSchedule":
-        """From the command line: `'6,12'` (evenly split), with optional `starts` `'0,40'`."""
+    def parse(cls, text: str, epochs: int, starts: str | None = None, unit: str = "epoch") -> "ExpansionSchedule":
+        """From the command line: `'6,12'` (evenly split over `epochs`, which counts steps
+        when `unit='step'`), with optional `starts` `'0,40'`."""
         try:
             depths = tuple(int(part) for part in str(text).split(","))
             if starts is None:
-                return cls.even(depths, epochs)
-            return cls(depths, tuple(int(part) for part in str(starts).split(",")))
+                return cls.even(depths, epochs, unit)
+            return cls(depths, tuple(int(part) for part in str(starts).split(",")), unit)
         except ValueError as error:
             if isinstance(error, ConfigError):
                 raise

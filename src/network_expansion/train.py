@@ -63,6 +63,7 @@ class TrainConfig:
     ema_decay: float = 0.99996
     schedule: str | None = None      # expansion depths, e.g. "6,12"; None: fixed depth
     stage_starts: str | None = None  # e.g. "0,150"; None: stages of equal length
+    stage_unit: str = "epoch"        # what stage_starts count: "epoch" or "step"
     expansion_mode: str = "insert"
     carry_moments: bool = False      # keep AdamW moments of existing blocks at growth
     restart_lr: bool = False         # restart the cosine per stage, without warm-up
@@ -71,10 +72,11 @@ class TrainConfig:
     freeze_backbone: bool = False    # train the head only
     seed: int = 0
 
-    def expansion_schedule(self, depth: int) -> ExpansionSchedule:
+    def expansion_schedule(self, depth: int, steps_per_epoch: int = 1) -> ExpansionSchedule:
         if self.schedule is None:
             return ExpansionSchedule.full(depth)
-        return ExpansionSchedule.parse(self.schedule, self.epochs, self.stage_starts)
+        length = self.epochs * (steps_per_epoch if self.stage_unit == "step" else 1)
+        return ExpansionSchedule.parse(self.schedule, length, self.stage_starts, self.stage_unit)
 
 
 # -- data ----------------------------------------------------------------------------
@@ -288,7 +290,7 @@ class Trainer:
         self.progress = progress
         self.distributed = distributed  # set by distributed.py: gradient reducer and rank
         self.final_depth = self._final_depth()
-        self.schedule = config.expansion_schedule(self.final_depth)
+        self.schedule = config.expansion_schedule(self.final_depth, len(train_data))
         self.epoch, self.position, self.step = 0, 0, 0
         self.history = History()
         self._started = time.perf_counter()
@@ -309,7 +311,8 @@ class Trainer:
     def _rebuild(self, ema: EMA, carry=None):
         """(Re)build EMA, optimizer and the jitted steps for the model's current depth."""
         self.ema = ema
-        stage_start = self.schedule.starts[self.schedule.stage_at(self.epoch)] * len(self.train_data)
+        start = self.schedule.starts[self.schedule.stage_at(self._clock)]
+        stage_start = start if self.schedule.unit == "step" else start * len(self.train_data)
         self.optimizer = build_optimizer(self.model, self.config, len(self.train_data), self.final_depth,
                                          offset=stage_start)
         self.optimizer.global_step.set_data(ms.Tensor(np.array([self.step], np.int32)))
@@ -361,6 +364,8 @@ class Trainer:
                            unit="batch", disable=not self.progress or not self._is_main, file=sys.stderr,
                            leave=False)
                 for images, labels in self.train_data.batches(self.epoch, rng_seed, start=self.position):
+                    if self.schedule.unit == "step":
+                        self._grow_if_due()
                     start = time.perf_counter()
                     rng = np.random.default_rng([rng_seed, self.epoch, self.position, 2])
                     inputs, targets = soft_targets(labels, self.model.config.num_classes, self.config, rng, images)
@@ -401,8 +406,13 @@ class Trainer:
     def _is_main(self) -> bool:
         return self.distributed is None or self.distributed.rank == 0
 
+    @property
+    def _clock(self) -> int:
+        """Where training is, in the schedule's unit."""
+        return self.step if self.schedule.unit == "step" else self.epoch
+
     def _grow_if_due(self):
-        target = self.schedule.depth_at(self.epoch)
+        target = self.schedule.depth_at(self._clock)
         if self.model.depth >= target:
             return
         before = self.model.depth
@@ -412,7 +422,7 @@ class Trainer:
                      for p, m1, m2 in zip(self.optimizer.parameters, self.optimizer.moments1, self.optimizer.moments2)}
         order = expand(self.model, self.ema, target, self.config.expansion_mode)
         self._rebuild(ema=EMA(self.model, self.config.ema_decay), carry=carry)
-        record = {"event": "grow", "epoch": self.epoch, "from": before, "to": target, "order": order,
+        record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before, "to": target, "order": order,
                   "wall_seconds": self.wall_seconds}
         record.update(self.evaluate())
         self._log(record)
@@ -438,7 +448,7 @@ class Trainer:
 
     def _record_epoch(self, losses, hits, seen, train_seconds):
         record = {"event": "epoch", "epoch": self.epoch, "depth": self.model.depth,
-                  "stage": self.schedule.stage_at(self.epoch - 1), "loss": float(np.mean(losses)) if losses else None,
+                  "stage": self.schedule.stage_at(self._clock - 1), "loss": float(np.mean(losses)) if losses else None,
                   "train_top1": hits / max(seen, 1), "images_per_s": seen / max(train_seconds, 1e-9),
                   "lr": self.optimizer.lr_schedule.value(self.step - 1),
                   "train_seconds": train_seconds}
@@ -500,7 +510,7 @@ class Trainer:
         state = json.loads(loaded.pop(STATE_KEY))
         config = config or TrainConfig(**state["train_config"])
         schedule = config.expansion_schedule(int(str(config.schedule).split(",")[-1]) if config.schedule
-                                             else state["depth"])
+                                             else state["depth"], len(train_data))
         model = VisionTransformer(ViTConfig(**{**state["model_config"], "depth": schedule.depth_at(0)}))
         trainer = cls(model, train_data, val_data, config, output_dir=output_dir or path.parent,
                       progress=progress, distributed=distributed)
