@@ -48,7 +48,7 @@ class CheckpointError(NetworkExpansionError, ValueError):
         self.problems = list(problems)
         listing = "\n".join(f"  - {problem}" for problem in self.problems)
         advice = f"\n{advice}" if advice else ""
-        super().__init__(f"checkpoint {self.source} does not fit: {len(self.problems)} problem(s):\n"
+        super().__init__(f"checkpoint {self.source}: {len(self.problems)} problem(s):\n"
                          f"{listing}{advice}")
 
 
