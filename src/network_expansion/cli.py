@@ -246,13 +246,13 @@ def _classifier(args):
 def _predict(args) -> int:
     from pathlib import Path
 
-    from .datasets import IMAGE_SUFFIXES
+    from .datasets import image_files
 
     inputs = []
     for item in args.images:
         path = Path(item)
         if path.is_dir():
-            inputs += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            inputs += [str(p) for p in image_files(path)]
         else:
             inputs.append(item)
     classifier = _classifier(args)

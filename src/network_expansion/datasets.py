@@ -19,6 +19,12 @@ from .preprocess import DataConfig, host_transforms, normalize_transforms
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif")
 
 
+def image_files(folder) -> list:
+    """The image files below `folder` (by suffix), sorted."""
+    return sorted(path for path in Path(folder).rglob("*")
+                  if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
 @dataclass
 class ImageFolder:
     """The files of an ImageFolder tree: `samples` [(path, label)], `classes` [folder name]."""
@@ -35,9 +41,7 @@ class ImageFolder:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise ImageError(f"{root}: no class folders; expected {root}/<class name>/<image files>")
-        samples = [(path, label) for label, name in enumerate(classes)
-                   for path in sorted((root / name).rglob("*"))
-                   if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]
+        samples = [(path, label) for label, name in enumerate(classes) for path in image_files(root / name)]
         if not samples:
             raise ImageError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the class folders")
         return cls(root=root, classes=classes, samples=samples)

@@ -12,9 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import ImageFolder
-from .errors import ImageError
-from .images import load_image
-from .preprocess import preprocess_image
 
 
 @dataclass
@@ -62,10 +59,8 @@ def evaluate(classifier, root, *, label_map=None, workers: int = 2, progress: bo
 
     def load(sample):
         path, label = sample
-        try:
-            return preprocess_image(load_image(path), classifier.data_config), label, None
-        except ImageError as error:
-            return None, label, (str(path), str(error))
+        image, error = classifier.try_prepare(path)
+        return image, label, (str(path), error) if error else None
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
             tqdm(total=len(folder), unit="img", desc="evaluate", disable=not progress, file=sys.stderr) as bar:

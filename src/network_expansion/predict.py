@@ -181,7 +181,7 @@ class Classifier:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
                 tqdm(total=total, unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
             while chunk := list(itertools.islice(iterator, self.batch_size)):
-                prepared = list(pool.map(self._try_prepare, chunk))
+                prepared = list(pool.map(self.try_prepare, chunk))
                 good = [i for i, (array, _) in enumerate(prepared) if array is not None]
                 results = [Prediction(source=describe(item), error=error) for item, (_, error) in zip(chunk, prepared)]
                 if good:
@@ -194,14 +194,12 @@ class Classifier:
 
     def predict_folder(self, folder, topk: int = 5, **options):
         """`predict_stream` over the image files below `folder`, in sorted order."""
-        from pathlib import Path
+        from .datasets import image_files
 
-        from .datasets import IMAGE_SUFFIXES
+        return self.predict_stream([str(p) for p in image_files(folder)], topk, **options)
 
-        files = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        return self.predict_stream(files, topk, **options)
-
-    def _try_prepare(self, item):
+    def try_prepare(self, item):
+        """(preprocessed CHW array, None), or (None, the ImageError's message)."""
         try:
             return self._prepare(item), None
         except ImageError as error:

@@ -72,6 +72,10 @@ class TrainConfig:
     freeze_backbone: bool = False    # train the head only
     seed: int = 0
 
+    def final_depth(self, depth: int) -> int:
+        """The depth training ends at: the schedule's last stage, else `depth`."""
+        return int(str(self.schedule).split(",")[-1]) if self.schedule else depth
+
     def expansion_schedule(self, depth: int, steps_per_epoch: int = 1) -> ExpansionSchedule:
         if self.schedule is None:
             return ExpansionSchedule.full(depth)
@@ -289,7 +293,7 @@ class Trainer:
         self.output_dir = Path(output_dir) if output_dir else None
         self.progress = progress
         self.distributed = distributed  # set by distributed.py: gradient reducer and rank
-        self.final_depth = self._final_depth()
+        self.final_depth = config.final_depth(model.depth)
         self.schedule = config.expansion_schedule(self.final_depth, len(train_data))
         self.epoch, self.position, self.step = 0, 0, 0
         self.history = History()
@@ -300,11 +304,6 @@ class Trainer:
             raise ConfigError(f"the schedule {self.schedule} starts at depth {expected}, the model has "
                               f"{model.depth}: build it with depth={expected}")
         self._rebuild(ema=EMA(model, config.ema_decay))
-
-    def _final_depth(self) -> int:
-        if self.config.schedule:
-            return int(str(self.config.schedule).split(",")[-1])
-        return self.model.depth
 
     # -- building blocks -------------------------------------------------------------
 
@@ -509,8 +508,7 @@ class Trainer:
                                   advice="To start from weights, use create_network(pretrained=...) instead.")
         state = json.loads(loaded.pop(STATE_KEY))
         config = config or TrainConfig(**state["train_config"])
-        schedule = config.expansion_schedule(int(str(config.schedule).split(",")[-1]) if config.schedule
-                                             else state["depth"], len(train_data))
+        schedule = config.expansion_schedule(config.final_depth(state["depth"]), len(train_data))
         model = VisionTransformer(ViTConfig(**{**state["model_config"], "depth": schedule.depth_at(0)}))
         trainer = cls(model, train_data, val_data, config, output_dir=output_dir or path.parent,
                       progress=progress, distributed=distributed)
