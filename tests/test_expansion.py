@@ -87,3 +87,4 @@ def test_the_ema_moves_towards_the_live_weights_by_one_minus_decay():
     ema.update()
     np.testing.assert_allclose(ema.network.cls.asnumpy(), before + 1.0, rtol=1e-6)
     assert ema.network.get_parameters().__next__().name == "ema.cls"
+

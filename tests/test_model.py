@@ -141,3 +141,19 @@ def test_compiled_forward_follows_the_blocks_after_growth(tiny, tiny_images):
     # The trap it avoids: MindSpore reuses the graph of `ms.jit(network.construct)` after surgery.
     stale = ms.jit(tiny.construct)(x).asnumpy()
     assert stale.shape == (2, 10)
+
+
+def test_a_graph_that_has_run_keeps_its_weights_when_the_host_sets_new_ones(tiny, tiny_images):
+    """MindSpore 2.10 behaviour the trainer designs around: after a compiled graph has run,
+    `Parameter.set_data` from the host is not seen by it (updates made inside graphs are).
+    So the EMA gets a graph of its own instead of lending its weights to the model's graph.
+    Should this test fail after a MindSpore upgrade, that graph can go."""
+    from network_expansion.model import compiled_forward
+
+    x = ms.Tensor(tiny_images)
+    forward = compiled_forward(tiny)
+    before = forward(x).asnumpy()
+    for parameter in tiny.get_parameters():
+        parameter.set_data(parameter.value() * 2)
+    assert not np.allclose(tiny(x).asnumpy(), before)            # the network itself changed
+    np.testing.assert_array_equal(forward(x).asnumpy(), before)   # its compiled graph did not

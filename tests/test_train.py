@@ -71,6 +71,30 @@ def test_the_evaluation_right_after_growth_runs_the_grown_model():
                                rtol=1e-5, atol=1e-6)
 
 
+def test_evaluation_pads_the_last_batch_and_scores_model_and_ema_on_every_image():
+    trainer = _trainer(epochs=2, ema_decay=0.5)
+    images, labels = _data(50, seed=5)
+    trainer.val_data = ArrayData(images, labels, 32, shuffle=False, drop_remainder=False)  # 32 + 18
+    trainer.fit()
+    trainer.model.set_train(False)
+    expected = {"val_top1": trainer.model(ms.Tensor(images)).asnumpy().argmax(-1),
+                "ema_val_top1": trainer.ema.network(ms.Tensor(images)).asnumpy().argmax(-1)}
+    got = trainer.evaluate()
+    for key, predictions in expected.items():
+        assert got[key] == pytest.approx(float((predictions == labels).mean()))
+
+
+def test_reading_results_back_late_changes_no_weight_and_no_logged_number():
+    runs = {}
+    for every in (1, 100):
+        trainer = _trainer(log_every=every)
+        history = trainer.fit()
+        runs[every] = (_weights(trainer.model), [(r["event"], r.get("loss"), r.get("train_top1"), r.get("val_top1"))
+                                                 for r in history.records])
+    _assert_same(runs[100][0], runs[1][0], "log_every")
+    assert runs[100][1] == runs[1][1]
+
+
 def test_the_final_weights_load_with_create_network(uninterrupted):
     _, _, out = uninterrupted
     network = create_network("NetworkExpansion", pretrained=str(out / "model.ckpt"), num_heads=2)
@@ -163,12 +187,12 @@ def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
     trainer = _trainer(tmp_path, epochs=3)
     original = trainer.train_data.batches
 
-    def poisoned(epoch, seed, start=0):
-        for images, labels in original(epoch, seed, start):
-            yield (images * np.nan if epoch == 1 else images), labels
+    def poisoned(epoch, seed, start=0):  # from the second batch of the second epoch on
+        for batch, (images, labels) in enumerate(original(epoch, seed, start), start):
+            yield (images * np.nan if (epoch, batch) >= (1, 1) else images), labels
 
     trainer.train_data.batches = poisoned
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, batch 1.*checkpoint\.ckpt"):
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, batch 2.*checkpoint\.ckpt"):
         trainer.fit()
     saved = Trainer.resume(tmp_path / "checkpoint.ckpt", trainer.train_data, progress=False)
     assert saved.epoch == 1 and all(np.isfinite(v).all() for v in _weights(saved.model).values())

@@ -132,6 +132,8 @@ def _add_training_options(parser, epochs=100, lr=5e-4, warmup=5) -> None:
     parser.add_argument("--num-heads", type=int, help="attention heads (default 12)")
     parser.add_argument("--workers", type=int, default=2, help="data loading workers")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=20, metavar="STEPS",
+                        help="steps between reading loss and accuracy back from the device (and the NaN check)")
     parser.add_argument("--output", default="runs/network-expansion", help="folder for checkpoints and log.jsonl")
     parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.ckpt")
     parser.add_argument("--distributed", action="store_true",
@@ -144,7 +146,7 @@ def _train_config(args, **extra):
     return TrainConfig(epochs=args.epochs, lr=args.lr, warmup_epochs=args.warmup_epochs,
                        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup,
                        cutmix=args.cutmix, clip_grad=args.clip_grad, ema_decay=args.ema_decay, seed=args.seed,
-                       **extra)
+                       log_every=args.log_every, **extra)
 
 
 def _run_training(args, model_factory, config):

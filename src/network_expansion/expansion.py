@@ -133,8 +133,14 @@ class EMA:
         self._jitted = ms.jit(update)
 
     def copy_from(self, network) -> None:
+        """Set the averages to `network`'s weights."""
         for mine, theirs in zip(self.network.get_parameters(), network.get_parameters()):
             mine.set_data(theirs.value().copy())
+
+    def copy_to(self, network) -> None:
+        """Write the averages into `network` (of the same architecture)."""
+        for mine, theirs in zip(self.network.get_parameters(), network.get_parameters()):
+            theirs.set_data(mine.value().copy())
 
     def update(self) -> None:
         self._jitted()

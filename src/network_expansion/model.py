@@ -104,6 +104,19 @@ def compiled_forward(network):
     return ms.jit(forward)
 
 
+def pad_batch(images: np.ndarray, size: int) -> np.ndarray:
+    """`images` zero-padded to `size` along the batch axis.
+
+    A compiled graph is specialised to its input shape: feeding a short last batch
+    compiles the whole network again. Pad, run, and keep the first `len(images)` outputs.
+    """
+    if len(images) == size:
+        return images
+    padded = np.zeros((size,) + images.shape[1:], images.dtype)
+    padded[:len(images)] = images
+    return padded
+
+
 def truncated_normal(shape, std: float = 0.02) -> Tensor:
     """N(0, std) cut at two standard deviations (the timm/DeiT initialisation).
 

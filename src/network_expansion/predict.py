@@ -26,7 +26,7 @@ import numpy as np
 from .card import asset_path
 from .errors import ImageError, PrecisionError
 from .images import describe, load_image
-from .model import compiled_forward
+from .model import compiled_forward, pad_batch
 from .preprocess import data_config, preprocess_image
 
 IMAGENET_CLASSES = 1000
@@ -125,10 +125,9 @@ class Classifier:
         outputs = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start:start + self.batch_size]
-            padded = np.zeros((self.batch_size,) + chunk.shape[1:], np.float32)
-            padded[:len(chunk)] = chunk
             with self._lock:
-                logits = self._forward(ms.Tensor(padded)).asnumpy().astype(np.float32)[:len(chunk)]
+                logits = self._forward(ms.Tensor(pad_batch(chunk, self.batch_size))).asnumpy()
+            logits = logits.astype(np.float32)[:len(chunk)]
             outputs.append(logits)
         logits = np.concatenate(outputs) if outputs else np.zeros((0, self.num_outputs), np.float32)
         if self.num_outputs == IMAGENET_CLASSES + 1:

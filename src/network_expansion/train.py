@@ -38,7 +38,7 @@ from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 from .errors import CheckpointError, ConfigError, NetworkExpansionError
 from .expansion import EMA, ExpansionSchedule, expand
-from .model import ViTConfig, VisionTransformer, compiled_forward
+from .model import ViTConfig, VisionTransformer, compiled_forward, pad_batch
 
 STATE_KEY = "network_expansion_trainer_state"
 
@@ -70,7 +70,12 @@ class TrainConfig:
     scale_weight_decay: bool = False  # weight decay * depth / final depth
     layer_decay: float | None = None  # layer-wise lr decay (fine-tuning), e.g. 0.75
     freeze_backbone: bool = False    # train the head only
+    log_every: int = 20              # steps between reading loss and accuracy back (and the NaN check)
     seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.log_every, int) or self.log_every < 1:
+            raise ConfigError(f"log_every must be a whole number of steps >= 1, got {self.log_every!r}")
 
     def final_depth(self, depth: int) -> int:
         """The depth training ends at: the schedule's last stage, else `depth`."""
@@ -321,6 +326,8 @@ class Trainer:
                     m1.set_data(ms.Tensor(carry[id(parameter)][0]))
                     m2.set_data(ms.Tensor(carry[id(parameter)][1]))
         self._train_step = self._make_train_step()
+        # Two graphs, not one with the EMA's weights swapped in: a graph that has run does
+        # not see Parameter.set_data from the host (MindSpore 2.10; tests/test_model.py).
         self._eval_forward = compiled_forward(self.model)
         self._ema_forward = compiled_forward(self.ema.network)
 
@@ -342,7 +349,7 @@ class Trainer:
             if clip:
                 grads = ops.clip_by_global_norm(grads, clip)
             optimizer(grads)
-            return loss, logits
+            return loss, logits.argmax(-1)
 
         return ms.jit(step)
 
@@ -352,47 +359,41 @@ class Trainer:
         """Train to `config.epochs`; returns the history (also on Ctrl-C, after saving)."""
         from tqdm.auto import tqdm
 
+        meter = None
         try:
             while self.epoch < self.config.epochs:
                 self._grow_if_due()
                 self.model.set_train(True)
                 rng_seed = self.config.seed
-                losses, hits, seen, train_seconds = [], 0, 0, 0.0
-                total = len(self.train_data)
-                bar = tqdm(total=total, initial=self.position, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-                           unit="batch", disable=not self.progress or not self._is_main, file=sys.stderr,
-                           leave=False)
+                bar = tqdm(total=len(self.train_data), initial=self.position, leave=False,
+                           desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch",
+                           disable=not self.progress or not self._is_main, file=sys.stderr)
+                meter = _EpochMeter(bar)
                 for images, labels in self.train_data.batches(self.epoch, rng_seed, start=self.position):
-                    if self.schedule.unit == "step":
+                    if self.schedule.unit == "step" and self.schedule.depth_at(self.step) > self.model.depth:
+                        self._read_back(meter)  # grow from weights known to be finite
                         self._grow_if_due()
                     start = time.perf_counter()
                     rng = np.random.default_rng([rng_seed, self.epoch, self.position, 2])
                     inputs, targets = soft_targets(labels, self.model.config.num_classes, self.config, rng, images)
-                    loss, logits = self._train_step(ms.Tensor(inputs), ms.Tensor(targets))
-                    loss = float(loss.asnumpy())
-                    if not math.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"the loss became {loss} at epoch {self.epoch + 1}, batch {self.position + 1}: "
-                            f"training stopped. The last good checkpoint is "
-                            f"{self._checkpoint_path() or '(none: no output_dir)'}; lower the learning rate "
-                            f"or set clip_grad, then resume from it.")
+                    loss, predictions = self._train_step(ms.Tensor(inputs), ms.Tensor(targets))
                     self.ema.update()
-                    train_seconds += time.perf_counter() - start
-                    hits += int((logits.asnumpy().argmax(-1) == labels).sum())
-                    seen += len(labels)
-                    losses.append(loss)
+                    meter.queue(loss, predictions, labels, self.epoch, self.position)
                     self.position += 1
                     self.step += 1
-                    bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{hits / seen:.1%}",
-                                    img_s=f"{seen / max(train_seconds, 1e-9):.0f}", depth=self.model.depth)
-                    bar.update(1)
+                    meter.seconds += time.perf_counter() - start
+                    if meter.queued >= self.config.log_every:
+                        self._read_back(meter)
+                self._read_back(meter)
                 bar.close()
                 self.epoch += 1
                 self.position = 0
-                self._record_epoch(losses, hits, seen, train_seconds)
+                self._record_epoch(meter)
                 self.save_checkpoint()
         except KeyboardInterrupt:
             self.history.interrupted = True
+            if meter is not None:
+                self._read_back(meter)  # a NaN raises here: nothing diverged is saved
             path = self.save_checkpoint()
             if self._is_main:
                 print(f"\ninterrupted: saved {path} at epoch {self.epoch + 1}, batch {self.position}; "
@@ -400,6 +401,24 @@ class Trainer:
             return self.history
         self._save_final()
         return self.history
+
+    def _read_back(self, meter: "_EpochMeter") -> None:
+        """Wait for the queued steps and take in their loss and accuracy.
+
+        The steps run asynchronously; reading a result back every step would make the host
+        wait for each one and cost a fixed ~30 ms per step on CPU, which is what kept a
+        6-block step at 70% of a 12-block one rather than about half (benchmarks/train_step.py).
+        """
+        start = time.perf_counter()
+        diverged = meter.read_back()
+        meter.seconds += time.perf_counter() - start
+        if diverged:
+            loss, epoch, position = diverged
+            raise TrainingDiverged(
+                f"the loss became {loss} at epoch {epoch + 1}, batch {position + 1}: training stopped. "
+                f"The last good checkpoint is {self._checkpoint_path() or '(none: no output_dir)'}; lower the "
+                f"learning rate or set clip_grad, then resume from it.")
+        meter.show(self.model.depth)
 
     @property
     def _is_main(self) -> bool:
@@ -431,26 +450,32 @@ class Trainer:
         if self.val_data is None:
             return {}
         self.model.set_train(False)
-        results = {}
-        for key, forward in (("val_top1", self._eval_forward), ("ema_val_top1", self._ema_forward)):
-            hits = seen = 0
-            for images, labels in self.val_data.batches(0, 0):
-                hits += int((forward(ms.Tensor(images)).asnumpy().argmax(-1) == labels).sum())
-                seen += len(labels)
-            results[key] = hits / max(seen, 1)
+        results = {"val_top1": self._top1(self._eval_forward), "ema_val_top1": self._top1(self._ema_forward)}
         self.model.set_train(True)
         return results
+
+    def _top1(self, forward) -> float:
+        """Top-1 on `val_data`, every batch padded to one shape (a short last batch would
+        compile the network again)."""
+        hits = seen = 0
+        size = None
+        for images, labels in self.val_data.batches(0, 0):
+            size = size or len(labels)
+            logits = forward(ms.Tensor(pad_batch(images, size))).asnumpy()[:len(labels)]
+            hits += int((logits.argmax(-1) == labels).sum())
+            seen += len(labels)
+        return hits / max(seen, 1)
 
     @property
     def wall_seconds(self) -> float:
         return self._elapsed_before + time.perf_counter() - self._started
 
-    def _record_epoch(self, losses, hits, seen, train_seconds):
+    def _record_epoch(self, meter: "_EpochMeter"):
         record = {"event": "epoch", "epoch": self.epoch, "depth": self.model.depth,
-                  "stage": self.schedule.stage_at(self._clock - 1), "loss": float(np.mean(losses)) if losses else None,
-                  "train_top1": hits / max(seen, 1), "images_per_s": seen / max(train_seconds, 1e-9),
+                  "stage": self.schedule.stage_at(self._clock - 1), "loss": meter.mean_loss,
+                  "train_top1": meter.top1, "images_per_s": meter.images_per_second,
                   "lr": self.optimizer.lr_schedule.value(self.step - 1),
-                  "train_seconds": train_seconds}
+                  "train_seconds": meter.seconds}
         record.update(self.evaluate())
         record["wall_seconds"] = self.wall_seconds
         self._log(record)
@@ -490,8 +515,7 @@ class Trainer:
 
         save_weights(self.model, self.output_dir / "model.ckpt")
         ema_model = VisionTransformer(self.model.config)
-        for mine, average in zip(ema_model.get_parameters(), self.ema.network.get_parameters()):
-            mine.set_data(average.value().copy())
+        self.ema.copy_to(ema_model)
         save_weights(ema_model, self.output_dir / "model_ema.ckpt")
         self.history.checkpoint = str(self.output_dir / "model.ckpt")
 
@@ -526,6 +550,52 @@ class Trainer:
         for moment in list(trainer.optimizer.moments1) + list(trainer.optimizer.moments2):
             moment.set_data(loaded[moment.name].value())
         return trainer
+
+
+class _EpochMeter:
+    """Loss and accuracy of an epoch's steps, read back from the device in batches."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.pending = []  # (loss tensor, predictions tensor, labels, epoch, position)
+        self.losses, self.hits, self.seen, self.seconds = [], 0, 0, 0.0
+
+    @property
+    def queued(self) -> int:
+        return len(self.pending)
+
+    def queue(self, loss, predictions, labels, epoch: int, position: int) -> None:
+        self.pending.append((loss, predictions, labels, epoch, position))
+
+    def read_back(self):
+        """Take in the queued steps; returns (loss, epoch, position) of the first that diverged."""
+        pending, self.pending = self.pending, []
+        for loss, predictions, labels, epoch, position in pending:
+            loss = float(loss.asnumpy())
+            if not math.isfinite(loss):
+                return loss, epoch, position
+            self.losses.append(loss)
+            self.hits += int((predictions.asnumpy() == labels).sum())
+            self.seen += len(labels)
+        self.bar.update(len(pending))
+        return None
+
+    def show(self, depth: int) -> None:
+        if self.seen:
+            self.bar.set_postfix(loss=f"{self.mean_loss:.3f}", acc=f"{self.top1:.1%}",
+                                 img_s=f"{self.images_per_second:.0f}", depth=depth)
+
+    @property
+    def mean_loss(self):
+        return float(np.mean(self.losses)) if self.losses else None
+
+    @property
+    def top1(self) -> float:
+        return self.hits / max(self.seen, 1)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.seen / max(self.seconds, 1e-9)
 
 
 def _save_atomically(entries, path: Path, append: dict):
