@@ -1,14 +1,19 @@
 """Network expansion against full-depth training: speed-up and accuracy, several seeds.
 
-    .venv/bin/python benchmarks/expansion.py [--seeds 0 1 2] [--epochs 24] [--schedules 6,12 4,8,12 8,12]
-        [--carry-moments]
+    .venv/bin/python benchmarks/expansion.py [--seeds 0 1 2] [--epochs 48] [--schedules 6,12 4,8,12 8,12]
+        [--carry-moments] [--output DIR]
 
 The longer version of `network-expansion demo` (scikit-learn's digits, the same small ViT
 for every run). For every seed it trains the full-depth baseline and each schedule from the
-same initial weights, then prints one table: mean wall time, speed-up over the baseline,
-the schedule's bound (blocks' share of the work), the share of the bound reached, and mean
-top-1 of the model and its EMA with their spread over seeds. Wall time includes graph
-compilation (again after each growth) and the per-epoch evaluations, as a user pays them.
+same initial weights and data split, taking turns every epoch (`demo.race`: the machine's
+drift falls on all runs alike), then prints one table: mean wall time, speed-up over the
+baseline, the schedule's bound (blocks' share of the work), the share of the bound reached,
+mean top-1 of the model and its EMA with their spread over seeds, and the paired difference
+to the baseline of the same seed. Wall time includes graph compilation (again after each
+growth), the per-epoch evaluations and checkpoints, as a user pays them.
+
+`--carry-moments` adds, for each schedule, a run that carries the AdamW moments across
+growths (row `6,12 carried`). `DIR/results.json` is written after every seed.
 """
 
 from __future__ import annotations
@@ -20,46 +25,61 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from network_expansion.demo import DemoSettings, run
+from network_expansion.demo import DemoSettings, race
 from network_expansion.expansion import ExpansionSchedule
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=48)
     parser.add_argument("--schedules", nargs="+", default=["6,12", "4,8,12", "8,12"])
-    parser.add_argument("--carry-moments", action="store_true", help="carry AdamW moments across growths")
-    parser.add_argument("--output", default=None, help="folder for the runs' logs (default: a temporary one)")
+    parser.add_argument("--carry-moments", action="store_true",
+                        help="also run each schedule with the AdamW moments carried across growths")
+    parser.add_argument("--output", default=None, help="folder for logs and results.json (default: a temporary one)")
     args = parser.parse_args()
     base = dataclasses.replace(DemoSettings(), epochs=args.epochs)
     output = Path(args.output or tempfile.mkdtemp(prefix="expansion-benchmark-"))
-    results = {}
+    variants = {"full": (None, False), **{s: (s, False) for s in args.schedules}}
+    if args.carry_moments:
+        variants.update({f"{s} carried": (s, True) for s in args.schedules})
+    runs = {key: [] for key in variants}
     for seed in args.seeds:
-        settings = dataclasses.replace(base, seed=seed)
-        for schedule in [None] + args.schedules:
-            key = schedule or "full"
-            summary = run(settings, schedule, output / f"{key}-seed{seed}", progress=False,
-                          carry_moments=args.carry_moments)
-            results.setdefault(key, []).append(summary)
-            print(f"seed {seed} {key:>8}: {summary['wall_seconds']:.1f} s, top-1 {summary['top1']:.2%}, "
+        results = race(dataclasses.replace(base, seed=seed), variants, output / f"seed{seed}", progress=False)
+        for key, summary in results.items():
+            runs[key].append({"seed": seed, **summary})
+            print(f"seed {seed} {key:>14}: {summary['wall_seconds']:.1f} s, top-1 {summary['top1']:.2%}, "
                   f"EMA {summary['ema_top1']:.2%}", flush=True)
-    (output / "results.json").write_text(json.dumps(results, indent=1))
-    full_time = statistics.mean(r["wall_seconds"] for r in results["full"])
-    print(f"\n{len(args.seeds)} seeds, {args.epochs} epochs, {base.width}-wide ViT on digits "
-          f"(carry moments: {args.carry_moments}); logs in {output}\n")
-    print("| schedule | wall s | speed-up | bound | share of bound | top-1 | EMA top-1 |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for key, runs in results.items():
-        wall = statistics.mean(r["wall_seconds"] for r in runs)
-        bound = 1.0 if key == "full" else ExpansionSchedule.parse(key, args.epochs).speedup_bound(args.epochs)
-        speedup = full_time / wall
-        top1 = [100 * r["top1"] for r in runs]
-        ema = [100 * r["ema_top1"] for r in runs]
-        spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
-        print(f"| {key} | {wall:.1f} | {speedup:.2f}x | {bound:.2f}x | {speedup / bound:.0%} | "
-              f"{statistics.mean(top1):.2f} ± {spread(top1):.2f} | {statistics.mean(ema):.2f} ± {spread(ema):.2f} |")
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "results.json").write_text(json.dumps({"epochs": args.epochs, "runs": runs}, indent=1))
+    print(f"\nseeds {' '.join(map(str, args.seeds))}, {args.epochs} epochs, {base.width}-wide ViT on digits, "
+          f"runs of a seed taking turns every epoch; logs in {output}\n")
+    print(table(runs, args.epochs))
 
+
+def table(runs: dict, epochs: int) -> str:
+    """The results as a Markdown table (each row paired, seed by seed, with the baseline)."""
+    spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+    by_seed = {key: {r["seed"]: r for r in rows} for key, rows in runs.items()}
+    full = by_seed["full"]
+    full_time = statistics.mean(r["wall_seconds"] for r in full.values())
+    lines = ["| schedule | wall s | speed-up | bound | share of bound | top-1 | EMA top-1 | top-1 - full (paired) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, rows in by_seed.items():
+        if not rows:
+            continue
+        wall = statistics.mean(r["wall_seconds"] for r in rows.values())
+        schedule = key.split()[0]
+        bound = 1.0 if key == "full" else ExpansionSchedule.parse(schedule, epochs).speedup_bound(epochs)
+        speedup = full_time / wall
+        top1 = [100 * r["top1"] for r in rows.values()]
+        ema = [100 * r["ema_top1"] for r in rows.values()]
+        # same seed: same data split, same initial weights; the difference the method makes
+        paired = [100 * (r["top1"] - full[seed]["top1"]) for seed, r in rows.items() if seed in full]
+        lines.append(f"| {key} | {wall:.1f} | {speedup:.2f}x | {bound:.2f}x | {speedup / bound:.0%} | "
+                     f"{statistics.mean(top1):.2f} ± {spread(top1):.2f} | {statistics.mean(ema):.2f} ± "
+                     f"{spread(ema):.2f} | {statistics.mean(paired):+.2f} ± {spread(paired):.2f} |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,6 @@ two evaluation graphs: what every growth pays again.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 
@@ -39,9 +38,8 @@ def build(settings: DemoSettings, depth: int, log_every: int, data) -> Trainer:
 
 def one_epoch(trainer: Trainer) -> float:
     """Train exactly one more epoch (no evaluation); returns its training seconds."""
-    trainer.config = dataclasses.replace(trainer.config, epochs=trainer.epoch + 1)
     val_data, trainer.val_data = trainer.val_data, None
-    history = trainer.fit()
+    history = trainer.fit(until=trainer.epoch + 1)
     trainer.val_data = val_data
     return history.epochs[-1]["train_seconds"]
 

@@ -1,6 +1,7 @@
 """The trainer: growth during training, exact resume, interruption, divergence, fine-tuning."""
 
 import json
+import time
 
 import mindspore as ms
 import numpy as np
@@ -266,3 +267,15 @@ def test_an_even_schedule_in_steps_splits_the_total_steps():
     config = TrainConfig(epochs=4, schedule="2,4", stage_unit="step")
     schedule = config.expansion_schedule(4, steps_per_epoch=3)
     assert (schedule.starts, schedule.unit) == ((0, 6), "step")
+
+
+def test_fit_until_an_epoch_then_again_is_the_uninterrupted_run_and_counts_only_its_own_time(uninterrupted):
+    trainer = _trainer()
+    trainer.fit(until=2)
+    assert trainer.epoch == 2 and trainer.model.depth == 2 and not trainer.history.checkpoint  # not finished
+    paused = trainer.wall_seconds
+    time.sleep(0.5)
+    assert trainer.wall_seconds == paused  # the clock stands between calls
+    trainer.fit()
+    assert trainer.epoch == 4 and trainer.model.depth == 4
+    _assert_same(_weights(trainer.model), _weights(uninterrupted[0].model), "fit(until=2), then fit()")

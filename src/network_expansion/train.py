@@ -293,8 +293,9 @@ class Trainer:
     """
 
     def __init__(self, model: VisionTransformer, train_data, val_data=None, config: TrainConfig = TrainConfig(), *,
-                 output_dir=None, progress: bool = True, distributed=None):
+                 output_dir=None, progress: bool = True, distributed=None, name: str = ""):
         self.model, self.train_data, self.val_data, self.config = model, train_data, val_data, config
+        self.name = name  # shown in the progress bar
         self.output_dir = Path(output_dir) if output_dir else None
         self.progress = progress
         self.distributed = distributed  # set by distributed.py: gradient reducer and rank
@@ -302,7 +303,7 @@ class Trainer:
         self.schedule = config.expansion_schedule(self.final_depth, len(train_data))
         self.epoch, self.position, self.step = 0, 0, 0
         self.history = History()
-        self._started = time.perf_counter()
+        self._started = None        # the clock runs only inside fit()
         self._elapsed_before = 0.0
         expected = self.schedule.depth_at(0)
         if model.depth != expected:
@@ -355,18 +356,28 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------
 
-    def fit(self) -> History:
-        """Train to `config.epochs`; returns the history (also on Ctrl-C, after saving)."""
+    def fit(self, until: int | None = None) -> History:
+        """Train to `config.epochs`, or only to epoch `until` (call again to go on); returns the
+        history (also on Ctrl-C, after saving). `model.ckpt` and `model_ema.ckpt` are written
+        when the last epoch is done."""
+        self._started = time.perf_counter()
+        try:
+            return self._fit(self.config.epochs if until is None else min(int(until), self.config.epochs))
+        finally:
+            self._elapsed_before, self._started = self.wall_seconds, None
+
+    def _fit(self, end: int) -> History:
         from tqdm.auto import tqdm
 
         meter = None
         try:
-            while self.epoch < self.config.epochs:
+            while self.epoch < end:
                 self._grow_if_due()
                 self.model.set_train(True)
                 rng_seed = self.config.seed
                 bar = tqdm(total=len(self.train_data), initial=self.position, leave=False,
-                           desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch",
+                           desc=f"{self.name + ': ' if self.name else ''}epoch {self.epoch + 1}/{self.config.epochs}",
+                           unit="batch",
                            disable=not self.progress or not self._is_main, file=sys.stderr)
                 meter = _EpochMeter(bar)
                 for images, labels in self.train_data.batches(self.epoch, rng_seed, start=self.position):
@@ -399,15 +410,17 @@ class Trainer:
                 print(f"\ninterrupted: saved {path} at epoch {self.epoch + 1}, batch {self.position}; "
                       f"resume with Trainer.resume or --resume", file=sys.stderr)
             return self.history
-        self._save_final()
+        if self.epoch >= self.config.epochs:
+            self._save_final()
         return self.history
 
     def _read_back(self, meter: "_EpochMeter") -> None:
         """Wait for the queued steps and take in their loss and accuracy.
 
-        The steps run asynchronously; reading a result back every step would make the host
-        wait for each one and cost a fixed ~30 ms per step on CPU, which is what kept a
-        6-block step at 70% of a 12-block one rather than about half (benchmarks/train_step.py).
+        Steps are dispatched asynchronously and read back every `log_every` steps, so the
+        host never waits on the device just to log (on a GPU it queues the next steps
+        meanwhile). On this CPU, reading back every step measured no different
+        (benchmarks/train_step.py: epochs vary by +-15% either way).
         """
         start = time.perf_counter()
         diverged = meter.read_back()
@@ -468,7 +481,9 @@ class Trainer:
 
     @property
     def wall_seconds(self) -> float:
-        return self._elapsed_before + time.perf_counter() - self._started
+        """Seconds spent in fit() (over all calls, and before a resume)."""
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self._elapsed_before + running
 
     def _record_epoch(self, meter: "_EpochMeter"):
         record = {"event": "epoch", "epoch": self.epoch, "depth": self.model.depth,
@@ -541,7 +556,6 @@ class Trainer:
         trainer.epoch, trainer.position, trainer.step = state["epoch"], state["position"], state["step"]
         trainer.history.records = state["history"]
         trainer._elapsed_before = state["wall_seconds"]
-        trainer._started = time.perf_counter()
         for parameter in model.get_parameters():
             parameter.set_data(loaded[parameter.name].value())
         ema = EMA(model, config.ema_decay)
