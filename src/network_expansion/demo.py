@@ -21,7 +21,7 @@ from .expansion import ExpansionSchedule
 
 @dataclass(frozen=True)
 class DemoSettings:
-    epochs: int = 12
+    epochs: int = 32                 # long enough to amortise the ~10 s recompilation at the growth
     schedule: str = "6,12"
     width: int = 64
     num_heads: int = 4
@@ -82,17 +82,19 @@ def race(settings: DemoSettings, runs: dict, output_dir: Path, progress: bool = 
     """Train several runs of `settings` in turn, an epoch each, every run on its own clock.
 
     `runs` maps a name (also the run's folder under `output_dir`) to
-    `(schedule or None, carry_moments)`. This machine's speed drifts
-    by up to 20% within minutes: runs trained one after the other put that drift into the
-    speed-up, runs that take turns every epoch share it. A run's wall time is its own time
-    in `fit` (graph compilation, training, evaluation, checkpoints), nothing of the others'.
-    Returns `{name: summary}`.
+    `(schedule or None, carry_moments)`. This machine's speed drifts by up to 20% within
+    minutes: runs trained one after the other put that drift into the speed-up, runs that
+    take turns every epoch (in a rotating order) share it. A run's wall time is its own
+    time in `fit` (graph compilation, training, evaluation, checkpoints), nothing of the
+    others'. Returns `{name: summary}`.
     """
     trainers = {name: trainer_for(settings, schedule, Path(output_dir) / name.replace(" ", "-"), progress,
                                   carry, name=name)
                 for name, (schedule, carry) in runs.items()}
+    order = list(trainers.values())
     for epoch in range(1, settings.epochs + 1):
-        for trainer in trainers.values():
+        turn = epoch % len(order)  # who goes first rotates: no run always follows the same one
+        for trainer in order[turn:] + order[:turn]:
             trainer.fit(until=epoch)
     return {name: summary(trainer, name) for name, trainer in trainers.items()}
 
