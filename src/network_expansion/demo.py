@@ -121,10 +121,10 @@ def compare(settings: DemoSettings = DemoSettings(), output_dir="expansion-demo"
     speedup = full["wall_seconds"] / grown["wall_seconds"]
     table = format_table([full, grown], speedup, bound)
     plot_path = plot([full, grown], output_dir / "accuracy_vs_time.png")
-    summary_ = {"settings": dataclasses.asdict(settings), "full": full, "expansion": grown,
-                "speedup": speedup, "bound": bound, "plot": str(plot_path)}
-    (output_dir / "summary.json").write_text(json.dumps(summary_, indent=2))
-    return {**summary_, "table": table}
+    report = {"settings": dataclasses.asdict(settings), "full": full, "expansion": grown,
+              "speedup": speedup, "bound": bound, "plot": str(plot_path)}
+    (output_dir / "summary.json").write_text(json.dumps(report, indent=2))
+    return {**report, "table": table}
 
 
 def format_table(runs, speedup: float, bound: float) -> str:
