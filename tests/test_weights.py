@@ -239,3 +239,72 @@ def test_our_names_round_trip_through_every_format_with_the_architecture(tmp_pat
     for name in ours:
         np.testing.assert_array_equal(back.state[name], ours[name], err_msg=name)
     assert sorted(p.name for p in tmp_path.iterdir()) == [file_name]
+
+
+# -- what a new user's trial broke (issue 10) -------------------------------------------
+
+def test_zoo_named_weights_without_metadata_rebuild_the_zoo_architecture_through_timm_and_back(tmp_path):
+    """A plain mindspore.save_checkpoint file (no metadata, like the released one) is the zoo's
+    network: tanh GELU and LayerNorm epsilon 1e-7. Converted to timm names, the file says so,
+    and reading it back builds the same network, with the same logits."""
+    zoo = VisionTransformer(tiny_config(layer_norm_eps=1e-7, gelu_approximate=True))
+    plain = write_ckpt(tmp_path / "plain.ckpt", parameters_of(zoo))
+    assert main(["convert", str(plain), str(tmp_path / "plain.safetensors")]) == 0
+    assert main(["convert", str(tmp_path / "plain.safetensors"), str(tmp_path / "back.ckpt")]) == 0
+    images = ms.Tensor(_images())
+    zoo.set_train(False)
+    for path in (plain, tmp_path / "plain.safetensors", tmp_path / "back.ckpt"):
+        network = create_network("NetworkExpansion", pretrained=str(path), num_heads=4)
+        assert (network.config.gelu_approximate, network.config.layer_norm_eps) == (True, 1e-7), path
+        network.set_train(False)
+        np.testing.assert_array_equal(network(images).asnumpy(), zoo(images).asnumpy())
+
+
+def test_zoo_weights_without_metadata_still_load_into_a_network_built_otherwise(tmp_path):
+    """The zoo architecture is assumed, not recorded: a user's own network with exact GELU loads
+    a plain checkpoint of itself without being told to rebuild."""
+    network = VisionTransformer(tiny_config(gelu_approximate=False, layer_norm_eps=1e-6))
+    plain = write_ckpt(tmp_path / "mine.ckpt", parameters_of(network))
+    load_pretrained(VisionTransformer(tiny_config(gelu_approximate=False, layer_norm_eps=1e-6)), plain)
+
+
+@pytest.mark.parametrize("mode", ["pynative", "own_jit", "package_forward"])
+def test_weights_loaded_after_a_graph_has_run_are_seen_by_that_graph(tmp_path, mode):
+    from network_expansion.model import compiled_forward
+
+    ms.set_seed(0)
+    network = VisionTransformer(tiny_config())
+    network.set_train(False)
+    trained = VisionTransformer(tiny_config())  # other random weights
+    trained.set_train(False)
+    path = save_weights(trained, tmp_path / "trained.ckpt")
+    images = ms.Tensor(_images())
+
+    def own(x):
+        return network(x) * 1.0
+
+    forward = {"pynative": network, "own_jit": ms.jit(own), "package_forward": compiled_forward(network)}[mode]
+    before = forward(images).asnumpy()
+    load_pretrained(network, path)
+    after = forward(images).asnumpy()
+    expected = trained(images).asnumpy()
+    assert not np.allclose(before, expected)
+    np.testing.assert_allclose(after, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_class_names_travel_with_the_weights_through_every_format(tmp_path):
+    network = VisionTransformer(tiny_config(num_classes=3))
+    network.class_names = ("cat", "dog", "fox")
+    for name in ("w.ckpt", "w.safetensors", "w.npz"):
+        path = save_weights(network, tmp_path / name)
+        assert read_weights(path).class_names == ("cat", "dog", "fox")
+        assert create_network("NetworkExpansion", pretrained=str(path)).class_names == ("cat", "dog", "fox")
+    assert create_network("NetworkExpansion", pretrained=str(tmp_path / "w.ckpt"), num_classes=5).class_names is None
+
+
+def test_class_names_that_do_not_fit_the_head_are_refused(tmp_path):
+    network = VisionTransformer(tiny_config(num_classes=3))
+    network.class_names = ("cat", "dog")
+    path = save_weights(network, tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match="names 2 classes, its head has 3 outputs"):
+        read_weights(path)

@@ -6,8 +6,9 @@ Training Acceleration" (Ding et al., CVPR 2023), with the released checkpoint's 
 """
 
 from .card import HubCard, load_card, model_card, validate_card
-from .errors import (CardError, CheckpointError, ConfigError, DownloadError, ImageError,
-                     NetworkExpansionError, PrecisionError, UnknownModelError)
+from .errors import (CardError, CheckpointError, ConfigError, DataError, DownloadError, ExportError,
+                     ImageError, NetworkExpansionError, PrecisionError, TrainingDiverged,
+                     UnknownModelError)
 from .evaluate import evaluate
 from .hub import create_network, load
 from .model import ViTConfig, VisionTransformer
@@ -23,5 +24,5 @@ __all__ = [
     "Classifier", "Prediction", "predict", "evaluate", "Preprocess", "DataConfig", "data_config",
     "model_card", "load_card", "validate_card", "HubCard",
     "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
-    "DownloadError", "ImageError", "PrecisionError",
+    "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError",
 ]

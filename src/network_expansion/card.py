@@ -138,7 +138,8 @@ def _assets_folder() -> Path:
     for folder in (here.parents[1] / "assets", here / "assets"):
         if folder.is_dir():
             return folder
-    raise FileNotFoundError(f"network_expansion's assets/ folder is missing (looked beside {here})")
+    raise CardError(here, ["network_expansion's assets/ folder is missing (the card and the class names "
+                           "live there); reinstall the package, or keep assets/ beside src/ in a checkout"])
 
 
 def asset_path(*parts: str) -> Path:

@@ -58,3 +58,16 @@ class ImageError(NetworkExpansionError, ValueError):
 
 class PrecisionError(NetworkExpansionError, ValueError):
     """A numeric precision the device cannot run."""
+
+
+class DataError(NetworkExpansionError, ValueError):
+    """A dataset that cannot be used as asked: too few images for a batch, class folders
+    that cannot be matched to the network's outputs, a malformed label map."""
+
+
+class TrainingDiverged(NetworkExpansionError, FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class ExportError(NetworkExpansionError, RuntimeError):
+    """MindSpore could not export the network in the asked format."""

@@ -19,14 +19,10 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 
-from .errors import NetworkExpansionError
+from .errors import ExportError
 from .preprocess import WithPreprocess, data_config
 
 FORMATS = {"mindir": ("MINDIR", ".mindir"), "onnx": ("ONNX", ".onnx")}
-
-
-class ExportError(NetworkExpansionError, RuntimeError):
-    """MindSpore could not export the network in the asked format."""
 
 
 def example_input(network, *, batch: int | None = 1, with_preprocess: bool = False, input_size=None):

@@ -304,6 +304,9 @@ class VisionTransformer(nn.Cell):
         self.body = Transformer([TransformerBlock(c, rate) for rate in c.drop_path_rates()])
         self.norm = nn.LayerNorm((c.width,), epsilon=c.layer_norm_eps)
         self.head = self._new_head(c.num_classes)
+        # Labels of the head's outputs where known (a trained ImageFolder's folder names,
+        # read from and saved in the weights' metadata); None: ImageNet for 1000/1001 outputs.
+        self.class_names = None
 
     # -- forward ---------------------------------------------------------------------
 
@@ -367,6 +370,7 @@ class VisionTransformer(nn.Cell):
         """A new, freshly initialised head for `num_classes` (0 removes the head)."""
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
         self.head = self._new_head(num_classes)
+        self.class_names = None
         self.update_parameters_name()
 
     def _new_head(self, num_classes: int) -> nn.SequentialCell:

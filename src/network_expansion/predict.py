@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .card import asset_path
-from .errors import ImageError, PrecisionError
+from .errors import ConfigError, ImageError, PrecisionError
 from .images import describe, load_image
 from .model import compiled_forward, pad_batch
 from .preprocess import data_config, preprocess_image
@@ -223,7 +223,7 @@ def use_cores(count: int) -> list:
 
     allowed = sorted(os.sched_getaffinity(0))
     if not 1 <= int(count) <= len(allowed):
-        raise ValueError(f"threads={count}: this process may use 1 to {len(allowed)} cores ({allowed})")
+        raise ConfigError(f"threads={count}: this process may use 1 to {len(allowed)} cores ({allowed})")
     chosen = allowed[:int(count)]
     os.sched_setaffinity(0, chosen)
     return chosen

@@ -36,15 +36,11 @@ import numpy as np
 from mindspore import nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
-from .errors import CheckpointError, ConfigError, NetworkExpansionError
+from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .expansion import EMA, ExpansionSchedule, expand
 from .model import ViTConfig, VisionTransformer, compiled_forward, pad_batch
 
 STATE_KEY = "network_expansion_trainer_state"
-
-
-class TrainingDiverged(NetworkExpansionError, FloatingPointError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)

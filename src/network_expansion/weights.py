@@ -28,7 +28,7 @@ import numpy as np
 
 from .card import model_card
 from .download import fetch
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 FORMATS = (".ckpt", ".safetensors", ".npz")
 METADATA_KEY = "network_expansion_metadata"
@@ -67,6 +67,9 @@ MINDSPORE_QKV = tuple(f"body.layers.{{i}}.0.cell.1.to_{x}.{{kind}}" for x in "qk
 
 # What timm-trained weights need (DeiT/timm: exact GELU, LayerNorm epsilon 1e-6).
 TIMM_ARCHITECTURE = {"gelu_approximate": False, "layer_norm_eps": 1e-6}
+# What zoo-named weights without metadata are taken to be (any mindspore.save_checkpoint
+# file, the released one included): the zoo's nn.GELU() (tanh) and nn.LayerNorm (1e-7).
+ZOO_ARCHITECTURE = {"gelu_approximate": True, "layer_norm_eps": 1e-7}
 ARCHITECTURE_FIELDS = ("gelu_approximate", "layer_norm_eps", "num_heads")
 
 
@@ -77,8 +80,12 @@ class Weights:
     state: dict                      # name -> np.ndarray
     source: str
     scheme: str                      # 'mindspore' or 'timm': the names the file had
-    architecture: dict = field(default_factory=dict)  # recorded or implied ViTConfig fields
+    architecture: dict = field(default_factory=dict)  # ViTConfig fields recorded or certain from the names
     ignored: list = field(default_factory=list)       # optimizer entries and the like
+    # Fields assumed where nothing is recorded (zoo names: the zoo's architecture). They
+    # build the network and are written on conversion, but loading does not insist on them.
+    assumed: dict = field(default_factory=dict)
+    class_names: tuple | None = None                  # labels of the head's outputs, if recorded
 
     @property
     def num_classes(self) -> int:
@@ -92,7 +99,7 @@ class Weights:
 
     def config_fields(self) -> dict:
         """The `ViTConfig` fields these weights imply (what `create_network` builds)."""
-        fields = dict(self.architecture)
+        fields = {**self.assumed, **self.architecture}
         fields["num_classes"] = self.num_classes
         if self.depth:
             fields["depth"] = self.depth
@@ -150,12 +157,19 @@ def read_weights(source=None, *, cache_dir=None, sha256=None, progress=True) -> 
     if any(name == "cls_token" or name.startswith("blocks.") for name in model):
         state, unmapped = timm_to_mindspore(model)
         state.update(unmapped)  # reported as unexpected by the check
-        architecture = dict(TIMM_ARCHITECTURE)
-        scheme = "timm"
+        architecture, assumed, scheme = dict(TIMM_ARCHITECTURE), {}, "timm"
     else:
-        state, scheme, architecture = model, "mindspore", {}
-    architecture.update(_architecture_from(metadata))
-    return Weights(state=state, source=str(path), scheme=scheme, architecture=architecture, ignored=ignored)
+        state, scheme, architecture, assumed = model, "mindspore", {}, dict(ZOO_ARCHITECTURE)
+    recorded = _architecture_from(metadata, path)
+    architecture.update(recorded)
+    assumed = {k: v for k, v in assumed.items() if k not in recorded}
+    weights = Weights(state=state, source=str(path), scheme=scheme, architecture=architecture, ignored=ignored,
+                      assumed=assumed, class_names=_class_names_from(metadata, path))
+    if weights.class_names is not None and len(weights.class_names) != weights.num_classes:
+        raise CheckpointError(path, [f"its metadata names {len(weights.class_names)} classes, its head has "
+                                     f"{weights.num_classes} outputs"],
+                              advice="Write the file again with save_weights, or remove the metadata.")
+    return weights
 
 
 def resolve(source=None, *, cache_dir=None, sha256=None, progress=True) -> Path:
@@ -236,9 +250,24 @@ def _bfloat16_tensor(path: Path, name: str) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
 
 
-def _architecture_from(metadata: dict) -> dict:
+def _architecture_from(metadata, path) -> dict:
     recorded = metadata.get("architecture", {}) if isinstance(metadata, dict) else {}
+    if not isinstance(recorded, dict):
+        raise CheckpointError(path, [f"its metadata's 'architecture' is a {type(recorded).__name__}, "
+                                     f"expected a mapping of ViTConfig fields"],
+                              advice="The file was not written by this package, or was edited: "
+                                     "remove the metadata or write it again with save_weights.")
     return {k: v for k, v in recorded.items() if k in ARCHITECTURE_FIELDS}
+
+
+def _class_names_from(metadata, path):
+    names = metadata.get("class_names") if isinstance(metadata, dict) else None
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(path, ["its metadata's 'class_names' is not a list of strings"],
+                              advice="Write the file again with save_weights, or remove the metadata.")
+    return tuple(names)
 
 
 # -- name maps -----------------------------------------------------------------------
@@ -305,7 +334,7 @@ def load_pretrained(network, source=None, *, head="strict", cache_dir=None, sha2
             parameter and every architecture mismatch; the network is left unchanged.
     """
     if head not in ("strict", "keep"):
-        raise ValueError(f"head must be 'strict' or 'keep', got {head!r}")
+        raise ConfigError(f"head must be 'strict' or 'keep', got {head!r}")
     weights = source if isinstance(source, Weights) else read_weights(
         source, cache_dir=cache_dir, sha256=sha256, progress=progress)
     parameters = {p.name: p for p in network.get_parameters()}
@@ -356,14 +385,28 @@ def load_pretrained(network, source=None, *, head="strict", cache_dir=None, sha2
     if problems:
         raise CheckpointError(weights.source, problems, advice=" ".join(advice))
 
-    from mindspore import Tensor
-
     for name, parameter in parameters.items():
         if name not in kept:
-            parameter.set_data(Tensor(np.asarray(state[name], dtype=np.float32)))
+            assign(parameter, state[name])
+    if head == "strict":
+        network.class_names = weights.class_names
     return LoadReport(source=weights.source, scheme=weights.scheme,
                       loaded=len(parameters) - len(kept), kept=kept, resized=resized,
                       ignored=weights.ignored)
+
+
+def assign(parameter, value) -> None:
+    """Write `value` into `parameter`'s own memory.
+
+    Not `set_data`: that gives the parameter a new buffer, and every graph that has already
+    run keeps reading the old one (MindSpore 2.10), so a network compiled before loading
+    would go on predicting with its old weights. `ops.assign` writes in place, which every
+    graph sees (tests/test_weights.py).
+    """
+    import mindspore as ms
+    from mindspore import ops
+
+    ops.assign(parameter, ms.Tensor(np.asarray(value, dtype=ms.dtype_to_nptype(parameter.dtype))))
 
 
 def _resample_positions(positions: np.ndarray, wanted: tuple):
@@ -397,20 +440,26 @@ def save_weights(network_or_weights, path, *, names: str = "mindspore") -> Path:
     same network. Written to a temporary file, then renamed: never half a file.
     """
     if names not in ("mindspore", "timm"):
-        raise ValueError(f"names must be 'mindspore' or 'timm', got {names!r}")
+        raise ConfigError(f"names must be 'mindspore' or 'timm', got {names!r}")
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise CheckpointError(path, [f"cannot write format {path.suffix or '(no suffix)'!r}"],
                               advice=f"Use one of {', '.join(FORMATS)}.")
     if isinstance(network_or_weights, Weights):
-        state, architecture = network_or_weights.state, dict(network_or_weights.architecture)
+        weights = network_or_weights
+        state, architecture = weights.state, {**weights.assumed, **weights.architecture}
+        class_names = weights.class_names
     else:
         config = network_or_weights.config
         state = network_state(network_or_weights)
         architecture = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
+        class_names = getattr(network_or_weights, "class_names", None)
     if names == "timm":
         state = mindspore_to_timm(state)
-    metadata = json.dumps({"names": names, "architecture": architecture})
+    fields = {"names": names, "architecture": architecture}
+    if class_names is not None:
+        fields["class_names"] = list(class_names)
+    metadata = json.dumps(fields)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
