@@ -7,7 +7,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from network_expansion import VisionTransformer, ViTConfig, create_network, save_weights
+from network_expansion import ConfigError, VisionTransformer, ViTConfig, create_network, save_weights
 from network_expansion.train import (ArrayData, Trainer, TrainConfig, TrainingDiverged, WarmupCosine,
                                      build_optimizer)
 
@@ -279,3 +279,75 @@ def test_fit_until_an_epoch_then_again_is_the_uninterrupted_run_and_counts_only_
     trainer.fit()
     assert trainer.epoch == 4 and trainer.model.depth == 4
     _assert_same(_weights(trainer.model), _weights(uninterrupted[0].model), "fit(until=2), then fit()")
+
+
+# -- what a new user's trial broke (issue 10) -------------------------------------------
+
+def test_validation_scores_every_sample_even_from_data_built_with_drop_remainder(uninterrupted):
+    """`ArrayData(vx, vy, 256)` keeps drop_remainder=True for training; as validation data it
+    still scores all 50 samples, also when there are fewer than one batch."""
+    trainer = uninterrupted[0]
+    images, labels = _data(50, seed=9)
+    trainer.model.set_train(False)
+    predictions = trainer.model(ms.Tensor(images)).asnumpy().argmax(-1)
+    for batch_size in (32, 256):
+        trainer.val_data = ArrayData(images, labels, batch_size)
+        assert trainer.evaluate()["val_top1"] == pytest.approx(float((predictions == labels).mean()))
+
+
+def test_training_data_smaller_than_one_batch_says_so():
+    from network_expansion import DataError
+
+    images, labels = _data(10)
+    with pytest.raises(DataError, match="10 sample.*fewer than one batch of 16: use a batch size of at most 10"):
+        Trainer(VisionTransformer(ViTConfig(**SMALL, depth=2)), ArrayData(images, labels, 16),
+                config=TrainConfig(epochs=1), progress=False)
+
+
+def test_the_console_tells_each_epoch_and_growth_in_one_line(uninterrupted):
+    from network_expansion.train import describe_record
+
+    _, history, _ = uninterrupted
+    lines = [describe_record(r, 4) for r in history.records]
+    assert lines[0].startswith("epoch 1/4  depth 2  loss ")
+    for part in ("train ", "val ", "EMA ", " img/s", "lr "):
+        assert part in lines[0]
+    assert lines[2].startswith("grew 2 -> 4 blocks at epoch 3: EMA copies of blocks 0, 1, inserted (b0 e0 b1 e1); "
+                               "val top-1 right after: ")
+    assert lines[2].endswith(" s") and "took " in lines[2]
+
+
+def test_the_trainer_logs_its_story(caplog):
+    import logging
+
+    trainer = _trainer(epochs=1, schedule=None)
+    trainer.name = "mine"
+    with caplog.at_level(logging.INFO, logger="network_expansion"):
+        trainer.fit()
+    assert [m for m in caplog.messages if m.startswith("mine: epoch 1/1  depth 2  loss ")]
+
+
+def test_class_names_of_the_data_are_saved_with_the_trained_weights(tmp_path):
+    images, labels = _data(32)
+    ms.set_seed(0)
+    model = VisionTransformer(ViTConfig(**SMALL, depth=1))
+    names = ("ant", "bee", "cat", "dog")
+    Trainer(model, ArrayData(images, labels, 16, class_names=names), config=TrainConfig(epochs=1, warmup_epochs=0),
+            output_dir=tmp_path, progress=False).fit()
+    for file in ("model.ckpt", "model_ema.ckpt"):
+        assert create_network("NetworkExpansion", pretrained=str(tmp_path / file), num_heads=2).class_names == names
+
+
+def test_resume_honours_more_epochs_and_keeps_the_planned_growth(uninterrupted):
+    trainer, _, out = uninterrupted
+    resumed = Trainer.resume(out / "checkpoint.ckpt", trainer.train_data, trainer.val_data, progress=False,
+                             output_dir=out.parent / "longer", changes={"epochs": 5, "log_every": 3})
+    assert (resumed.config.epochs, resumed.config.log_every, resumed.schedule.starts) == (5, 3, (0, 2))
+    history = resumed.fit()
+    assert [r["depth"] for r in history.epochs] == [2, 2, 4, 4, 4]
+
+
+def test_resume_refuses_a_changed_recipe(uninterrupted):
+    trainer, _, out = uninterrupted
+    with pytest.raises(ConfigError, match=r"lr=0.1 \(saved 0.002\).*Only epochs, log_every can change"):
+        Trainer.resume(out / "checkpoint.ckpt", trainer.train_data, progress=False, changes={"lr": 0.1})

@@ -63,10 +63,11 @@ def imagefolder_dataset(root, config: DataConfig, *, batch_size: int = 32, worke
     Decoding (with `load_image`) and the host transforms run in `workers` parallel
     workers. `augment`: transforms to run on the RGB uint8 image before the resize (e.g.
     random crops for training); `num_shards`/`shard_id` split it for data parallelism.
+    `root` may also be an `ImageFolder` already scanned.
     """
     import mindspore.dataset as ds
 
-    folder = ImageFolder.scan(root)
+    folder = root if isinstance(root, ImageFolder) else ImageFolder.scan(root)
     dataset = ds.GeneratorDataset(folder, column_names=["image", "label"], shuffle=shuffle,
                                   num_parallel_workers=workers, num_shards=num_shards, shard_id=shard_id)
     transforms = list(augment) + normalize_transforms(config) if augment else host_transforms(config)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -41,6 +42,7 @@ from .expansion import EMA, ExpansionSchedule, expand
 from .model import ViTConfig, VisionTransformer, compiled_forward, pad_batch
 
 STATE_KEY = "network_expansion_trainer_state"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,18 +92,26 @@ class ArrayData:
     """In-memory preprocessed images (N, 3, H, W) float32 and integer labels, in batches.
 
     The order of each epoch is drawn from (seed, epoch), so a resumed run sees the same
-    batches. `flip` mirrors half of the training images at random.
+    batches. `flip` mirrors half of the training images at random. Training may drop a
+    short last batch (`drop_remainder`); `evaluation_batches` always yields every sample.
+    `class_names`: labels of the classes, saved with the trained weights.
     """
 
     def __init__(self, images, labels, batch_size: int = 64, *, shuffle: bool = True, flip: bool = False,
-                 drop_remainder: bool = True, num_shards: int = 1, shard_id: int = 0):
+                 drop_remainder: bool = True, num_shards: int = 1, shard_id: int = 0, class_names=None):
         self.images = np.ascontiguousarray(images, dtype=np.float32)
         self.labels = np.asarray(labels, dtype=np.int32)
         if len(self.images) != len(self.labels):
-            raise ConfigError(f"{len(self.images)} images but {len(self.labels)} labels")
-        self.batch_size, self.shuffle, self.flip = int(batch_size), shuffle, flip
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.batch_size, self.shuffle, self.flip = _batch_size(batch_size), shuffle, flip
         self.drop_remainder = drop_remainder
         self.num_shards, self.shard_id = num_shards, shard_id
+        self.class_names = tuple(class_names) if class_names is not None else None
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this process trains on (its shard)."""
+        return len(self.labels) // self.num_shards
 
     def _indices(self, epoch: int, seed: int) -> np.ndarray:
         order = np.arange(len(self.labels))
@@ -111,7 +121,7 @@ class ArrayData:
         return order[self.shard_id * per_shard:(self.shard_id + 1) * per_shard]
 
     def __len__(self):
-        count = len(self.labels) // self.num_shards
+        count = self.num_samples
         return count // self.batch_size if self.drop_remainder else math.ceil(count / self.batch_size)
 
     def batches(self, epoch: int = 0, seed: int = 0, start: int = 0):
@@ -126,43 +136,70 @@ class ArrayData:
                 images = np.where(mirror[:, None, None, None], images[..., ::-1], images)
             yield np.ascontiguousarray(images), self.labels[chosen]
 
+    def evaluation_batches(self):
+        """Every sample once, in order, unflipped; the last batch may be short."""
+        for start in range(0, len(self.labels), self.batch_size):
+            yield self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
+
 
 class FolderData:
     """An ImageFolder tree through `mindspore.dataset` (parallel workers), in batches.
 
     `train=True` uses random resized crops and flips (the zoo's training recipe without
-    AutoAugment); otherwise the eval recipe (resize, center crop).
+    AutoAugment) and drops a short last batch; otherwise the eval recipe (resize, center
+    crop). `evaluation_batches` always yields every image with the eval recipe. The tree is
+    scanned once; its folder names are the `class_names`.
     """
 
     def __init__(self, root, data_config, batch_size: int = 64, *, train: bool = True, workers: int = 2,
                  num_shards: int = 1, shard_id: int = 0):
         from .datasets import ImageFolder
 
-        self.root, self.data_config, self.batch_size = root, data_config, int(batch_size)
+        self.root, self.data_config, self.batch_size = root, data_config, _batch_size(batch_size)
         self.train, self.workers = train, workers
         self.num_shards, self.shard_id = num_shards, shard_id
         self.folder = ImageFolder.scan(root)
+        self.class_names = tuple(self.folder.classes)
+
+    @property
+    def num_samples(self) -> int:
+        """Images this process trains on (its shard)."""
+        return len(self.folder) // self.num_shards
 
     def __len__(self):
-        count = len(self.folder) // self.num_shards
+        count = self.num_samples
         return count // self.batch_size if self.train else math.ceil(count / self.batch_size)
 
     def batches(self, epoch: int = 0, seed: int = 0, start: int = 0):
         import mindspore.dataset as ds
         import mindspore.dataset.vision as vision
 
-        from .datasets import imagefolder_dataset
-
         ds.config.set_seed(seed * 100_003 + epoch)
         augment = [vision.RandomResizedCrop(self.data_config.input_size, scale=(0.05, 1.0), ratio=(0.75, 1.333)),
                    vision.RandomHorizontalFlip()] if self.train else None
-        dataset = imagefolder_dataset(self.root, self.data_config, batch_size=self.batch_size, workers=self.workers,
-                                      shuffle=self.train, drop_remainder=self.train, augment=augment,
-                                      num_shards=self.num_shards if self.num_shards > 1 else None,
-                                      shard_id=self.shard_id if self.num_shards > 1 else None)
+        dataset = self._dataset(shuffle=self.train, drop_remainder=self.train, augment=augment,
+                                num_shards=self.num_shards if self.num_shards > 1 else None,
+                                shard_id=self.shard_id if self.num_shards > 1 else None)
         for b, (images, labels) in enumerate(dataset.create_tuple_iterator(output_numpy=True)):
             if b >= start:
                 yield images, labels.astype(np.int32)
+
+    def evaluation_batches(self):
+        """Every image once, in order, with the eval recipe; the last batch may be short."""
+        for images, labels in self._dataset().create_tuple_iterator(output_numpy=True):
+            yield images, labels.astype(np.int32)
+
+    def _dataset(self, **options):
+        from .datasets import imagefolder_dataset
+
+        return imagefolder_dataset(self.folder, self.data_config, batch_size=self.batch_size,
+                                   workers=self.workers, **options)
+
+
+def _batch_size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def soft_targets(labels, num_classes: int, config: TrainConfig, rng, images):
@@ -295,6 +332,13 @@ class Trainer:
         self.output_dir = Path(output_dir) if output_dir else None
         self.progress = progress
         self.distributed = distributed  # set by distributed.py: gradient reducer and rank
+        if len(train_data) == 0:
+            raise DataError(
+                f"the training data has {train_data.num_samples} sample(s) per process, fewer than one batch of "
+                f"{train_data.batch_size}: use a batch size of at most {max(train_data.num_samples, 1)}")
+        names = getattr(train_data, "class_names", None)
+        if names is not None and len(names) == model.config.num_classes:
+            model.class_names = tuple(names)  # saved with the weights: predictions say "cat", not "3"
         self.final_depth = config.final_depth(model.depth)
         self.schedule = config.expansion_schedule(self.final_depth, len(train_data))
         self.epoch, self.position, self.step = 0, 0, 0
@@ -442,7 +486,7 @@ class Trainer:
         target = self.schedule.depth_at(self._clock)
         if self.model.depth >= target:
             return
-        before = self.model.depth
+        before, started = self.model.depth, time.perf_counter()
         carry = None
         if self.config.carry_moments:
             carry = {id(p): (m1.asnumpy(), m2.asnumpy())
@@ -450,8 +494,10 @@ class Trainer:
         order = expand(self.model, self.ema, target, self.config.expansion_mode)
         self._rebuild(ema=EMA(self.model, self.config.ema_decay), carry=carry)
         record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before, "to": target, "order": order,
-                  "wall_seconds": self.wall_seconds}
+                  "mode": self.config.expansion_mode}
         record.update(self.evaluate())
+        record["seconds"] = time.perf_counter() - started
+        record["wall_seconds"] = self.wall_seconds
         self._log(record)
 
     def evaluate(self) -> dict:
@@ -468,7 +514,7 @@ class Trainer:
         compile the network again)."""
         hits = seen = 0
         size = None
-        for images, labels in self.val_data.batches(0, 0):
+        for images, labels in self.val_data.evaluation_batches():
             size = size or len(labels)
             logits = forward(ms.Tensor(pad_batch(images, size))).asnumpy()[:len(labels)]
             hits += int((logits.argmax(-1) == labels).sum())
@@ -493,6 +539,8 @@ class Trainer:
 
     def _log(self, record: dict):
         self.history.records.append(record)
+        if self._is_main:
+            logger.info("%s%s", f"{self.name}: " if self.name else "", describe_record(record, self.config.epochs))
         if self.output_dir and self._is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.output_dir / "log.jsonl", "a") as f:
@@ -511,7 +559,7 @@ class Trainer:
         state = {"epoch": self.epoch, "position": self.position, "step": self.step,
                  "depth": self.model.depth, "model_config": dataclasses.asdict(self.model.config),
                  "train_config": dataclasses.asdict(self.config), "history": self.history.records,
-                 "wall_seconds": self.wall_seconds}
+                 "wall_seconds": self.wall_seconds, "class_names": self.model.class_names}
         entries = [{"name": p.name, "data": p.value()} for p in self.model.get_parameters()]
         entries += [{"name": p.name, "data": p.value()} for p in self.ema.network.get_parameters()]
         entries += [{"name": p.name, "data": p.value()} for p in self.optimizer.moments1]
@@ -527,31 +575,46 @@ class Trainer:
         save_weights(self.model, self.output_dir / "model.ckpt")
         ema_model = VisionTransformer(self.model.config)
         self.ema.copy_to(ema_model)
+        ema_model.class_names = self.model.class_names
         save_weights(ema_model, self.output_dir / "model_ema.ckpt")
         self.history.checkpoint = str(self.output_dir / "model.ckpt")
 
     @classmethod
     def resume(cls, path, train_data, val_data=None, *, output_dir=None, progress: bool = True,
-               distributed=None, config: TrainConfig | None = None) -> "Trainer":
-        """A trainer in the exact state `path` was saved in (model depth, EMA, optimizer)."""
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(path, ["no such file"], advice="Pass the checkpoint.ckpt a training run wrote.")
-        loaded = ms.load_checkpoint(str(path))
-        if STATE_KEY not in loaded:
-            raise CheckpointError(path, ["not a training checkpoint (no trainer state)"],
-                                  advice="To start from weights, use create_network(pretrained=...) instead.")
-        state = json.loads(loaded.pop(STATE_KEY))
-        config = config or TrainConfig(**state["train_config"])
+               distributed=None, changes: dict | None = None) -> "Trainer":
+        """A trainer in the exact state `path` was saved in (model depth, EMA, optimizer).
+
+        `changes`: `TrainConfig` fields to change on the way, only those of `RESUMABLE`
+        (e.g. `{"epochs": 400}`: the cosine stretches to the new end; the stages start
+        where they were planned). Anything else would not be the same run: `ConfigError`.
+        """
+        loaded, state = read_training_checkpoint(path)
+        saved = TrainConfig(**state["train_config"])
+        config = saved
+        if changes:
+            refused = sorted(k for k, v in changes.items() if k not in RESUMABLE and v != getattr(saved, k, v))
+            if refused:
+                raise ConfigError(
+                    "a resumed run keeps its recipe; these differ from the checkpoint's: "
+                    + ", ".join(f"{k}={changes[k]!r} (saved {getattr(saved, k)!r})" for k in refused)
+                    + f". Only {', '.join(RESUMABLE)} can change; start a new run for the others")
+            config = dataclasses.replace(saved, **{k: v for k, v in changes.items() if k in RESUMABLE})
+            if config.epochs != saved.epochs and saved.schedule and saved.stage_starts is None:
+                planned = saved.expansion_schedule(saved.final_depth(state["depth"]), len(train_data)).starts
+                config = dataclasses.replace(config, stage_starts=",".join(str(s) for s in planned))
+        if config.epochs < state["epoch"]:
+            raise ConfigError(f"epochs={config.epochs}: the checkpoint is already at epoch {state['epoch']}")
         schedule = config.expansion_schedule(config.final_depth(state["depth"]), len(train_data))
         model = VisionTransformer(ViTConfig(**{**state["model_config"], "depth": schedule.depth_at(0)}))
-        trainer = cls(model, train_data, val_data, config, output_dir=output_dir or path.parent,
+        trainer = cls(model, train_data, val_data, config, output_dir=output_dir or Path(path).parent,
                       progress=progress, distributed=distributed)
         if state["depth"] != model.depth:
             model.set_blocks([model.new_block() for _ in range(state["depth"])])
         trainer.epoch, trainer.position, trainer.step = state["epoch"], state["position"], state["step"]
         trainer.history.records = state["history"]
         trainer._elapsed_before = state["wall_seconds"]
+        if state.get("class_names") is not None:
+            model.class_names = tuple(state["class_names"])
         for parameter in model.get_parameters():
             parameter.set_data(loaded[parameter.name].value())
         ema = EMA(model, config.ema_decay)
@@ -560,6 +623,45 @@ class Trainer:
         for moment in list(trainer.optimizer.moments1) + list(trainer.optimizer.moments2):
             moment.set_data(loaded[moment.name].value())
         return trainer
+
+
+# What a resumed run may change: how long it goes on and how often it reads results back.
+RESUMABLE = ("epochs", "log_every")
+
+
+def read_training_checkpoint(path):
+    """`(MindSpore's {name: Parameter}, trainer state)` of a `checkpoint.ckpt` a run wrote."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, ["no such file"], advice="Pass the checkpoint.ckpt a training run wrote.")
+    try:
+        loaded = ms.load_checkpoint(str(path))
+    except Exception as error:  # MindSpore raises ValueError/RuntimeError for a damaged file
+        raise CheckpointError(path, [f"cannot be read: {str(error).strip().splitlines()[0]}"],
+                              advice="Resume from another checkpoint, or start a new run.") from None
+    if STATE_KEY not in loaded:
+        raise CheckpointError(path, ["not a training checkpoint (no trainer state)"],
+                              advice="To start from weights, use create_network(pretrained=...) instead.")
+    return loaded, json.loads(loaded.pop(STATE_KEY))
+
+
+def describe_record(record: dict, epochs: int) -> str:
+    """One line of the console's story of a run: an epoch, or a growth."""
+    def top1(key, label):
+        return f"  {label} {record[key]:.1%}" if key in record else ""
+
+    if record["event"] == "grow":
+        order = record["order"]
+        copied = [label[1:] for label in order if label.startswith("e")]
+        after = (f"; val top-1 right after: {record['val_top1']:.1%} (EMA {record['ema_val_top1']:.1%})"
+                 if "val_top1" in record else "")
+        return (f"grew {record['from']} -> {record['to']} blocks at epoch {record['epoch'] + 1}: EMA copies of "
+                f"block{'s' if len(copied) > 1 else ''} {', '.join(copied)}, {record.get('mode', 'insert')}ed "
+                f"({' '.join(order)}){after}; took {record.get('seconds', 0.0):.1f} s")
+    loss = record.get("loss")
+    return (f"epoch {record['epoch']}/{epochs}  depth {record['depth']}  loss "
+            f"{'-' if loss is None else f'{loss:.4f}'}{top1('train_top1', 'train')}{top1('val_top1', 'val')}"
+            f"{top1('ema_val_top1', 'EMA')}  {record['images_per_s']:.0f} img/s  lr {record['lr']:.2e}")
 
 
 class _EpochMeter:
