@@ -1,15 +1,18 @@
 """A loopback HTTP file server for download tests: Range requests, cut connections, 404."""
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FileServer:
     """Serves `files` ({'/name': bytes}) on 127.0.0.1. `cut_next[path] = n` makes the next
-    request for `path` send only n bytes of its body, then close the connection."""
+    request for `path` send only n bytes of its body, then close the connection. `pause`
+    seconds are spent half-way through every body (for overlapping downloads)."""
 
     def __init__(self):
         self.files, self.cut_next, self.requests = {}, {}, []
+        self.pause = 0.0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,7 +38,13 @@ class FileServer:
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 cut = server.cut_next.pop(self.path, None)
-                self.wfile.write(body[start:start + cut] if cut is not None else body[start:])
+                body = body[start:start + cut] if cut is not None else body[start:]
+                if server.pause:
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    time.sleep(server.pause)
+                    body = body[len(body) // 2:]
+                self.wfile.write(body)
                 if cut is not None:
                     self.close_connection = True
 

@@ -1,9 +1,12 @@
 """The `network-expansion` command."""
 
 import json
+import re
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 from conftest import REPO
 
 from network_expansion.cli import main
@@ -37,3 +40,104 @@ def test_the_console_script_is_installed():
                           str(REPO / "assets/noahsark/gpu/1.8/networkexpansion_v1.0_imagenet2012.md")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "valid" in out.stdout
+
+
+def _run(argv, capsys):
+    """(exit code, stdout, stderr) of the command, as a shell would see them."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv,flag,given,accepted", [
+    (["predict", "cat.jpg", "--threads", "99"], "--threads", "'99'", "a whole number from 1 to"),
+    (["predict", "cat.jpg", "--batch-size", "0"], "--batch-size", "'0'", "a whole number >= 1"),
+    (["predict", "cat.jpg", "--topk", "0"], "--topk", "'0'", "a whole number >= 1"),
+    (["evaluate", "val", "--workers", "-1"], "--workers", "'-1'", "a whole number >= 1"),
+    (["train", "--data", "d", "--schedule", "2x32"], "--schedule", "'2x32'", "depths separated by commas"),
+    (["train", "--data", "d", "--schedule", "12,6"], "--schedule", "(12, 6)", "grow from stage to stage"),
+    (["train", "--data", "d", "--epochs", "0"], "--epochs", "'0'", "a whole number >= 1"),
+    (["train", "--data", "d", "--lr", "-1"], "--lr", "'-1'", "a number > 0"),
+    (["train", "--data", "d", "--batch-size", "-4"], "--batch-size", "'-4'", "a whole number >= 1"),
+    (["train", "--data", "d", "--ema-decay", "1"], "--ema-decay", "'1'", "a number >= 0 and < 1"),
+    (["train", "--data", "d", "--stage-starts", "0,x"], "--stage-starts", "'0,x'", "one start per stage"),
+    (["export", "m.mindir", "--batch", "0"], "--batch", "'0'", "a whole number >= 1 or 'dynamic'"),
+    (["export", "m.mindir", "--batch", "abc"], "--batch", "'abc'", "a whole number >= 1 or 'dynamic'"),
+    (["export", "m.mindir", "--input-size", "0", "0"], "--input-size", "'0'", "a whole number >= 1"),
+    (["finetune", "--data", "d", "--layer-decay", "0"], "--layer-decay", "'0'", "a number > 0 and <= 1"),
+    (["predict", "cat.jpg", "--precision", "int4"], "--precision", "'int4'", "float32"),
+])
+def test_a_mistake_on_the_command_line_is_one_line_naming_flag_value_and_what_is_accepted(
+        capsys, argv, flag, given, accepted):
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"argument {flag}" in err and given in err and accepted in err
+
+
+def test_version_and_python_dash_m():
+    out = subprocess.run([sys.executable, "-m", "network_expansion", "--version"], capture_output=True, text=True,
+                         timeout=120)
+    from network_expansion import __version__
+
+    assert out.returncode == 0 and out.stdout.strip() == f"network-expansion {__version__}"
+
+
+@pytest.mark.parametrize("command,defaults", [
+    ("train", ["default 300", "default 6,12", "default 0.0005", "default 64", "default insert"]),
+    ("finetune", ["default 10", "default 0.0001", "default: the released one"]),
+    ("export", ["default 1", "default mindir"]),
+    ("demo", ["about 8 minutes", "default 32", "default 6,12"]),
+])
+def test_help_shows_the_defaults(capsys, command, defaults):
+    code, out, _ = _run([command, "--help"], capsys)
+    text = " ".join(out.split())
+    assert code == 0 and all(d in text for d in defaults), text
+
+
+def test_every_exception_class_is_in_errors_and_exported():
+    import inspect
+
+    import network_expansion
+    from network_expansion import errors
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
+    assert len(classes) >= 10
+    for cls in classes:
+        assert issubclass(cls, errors.NetworkExpansionError)
+        assert getattr(network_expansion, cls.__name__) is cls and cls.__name__ in network_expansion.__all__
+    raised = set()
+    for path in (REPO / "src" / "network_expansion").glob("*.py"):
+        raised |= set(re.findall(r"raise ([A-Z]\w*)\(", path.read_text()))
+    assert raised <= {c.__name__ for c in classes}, raised - {c.__name__ for c in classes}
+
+
+def test_a_small_training_folder_trains_with_a_smaller_batch_and_says_so(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("ant", "bee"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    code, out, err = _run(["train", "--data", str(tmp_path / "data"), "--schedule", "none", "--depth", "1",
+                           "--epochs", "1", "--image-size", "16", "--patch-size", "8", "--width", "16",
+                           "--num-heads", "2", "--mlp-width", "32", "--output", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    assert "fewer than --batch-size 64: training with batches of 6" in out
+    assert "epoch 1/1  depth 1  loss " in out and "compiled again" not in err
+    import network_expansion as ne
+
+    assert ne.create_network("NetworkExpansion", pretrained=str(tmp_path / "run" / "model.ckpt"),
+                             num_heads=2).class_names == ("ant", "bee")
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    code, _, err = _run(["train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "file" / "run")],
+                        capsys)
+    assert code == 2 and err.startswith("network-expansion: error: --output ") and "cannot write there" in err

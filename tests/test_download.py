@@ -25,7 +25,7 @@ def test_download_shows_progress_and_records_the_digest(server, tmp_path, capsys
     path = fetch(server.url(f"/models/{NAME}"), folder=tmp_path)
     assert path == tmp_path / NAME and path.read_bytes() == BODY
     assert (tmp_path / f"{NAME}.sha256").read_text().strip() == DIGEST
-    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME, f"{NAME}.sha256"]  # no .part left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME, f"{NAME}.lock", f"{NAME}.sha256"]  # no .part
     progress = capsys.readouterr().err
     assert NAME in progress and "3.00M" in progress and "B/s" in progress
 
@@ -53,7 +53,7 @@ def test_a_digest_mismatch_raises_and_leaves_no_file(server, tmp_path):
     wrong = "0" * 64
     with pytest.raises(DownloadError, match=f"sha256 is {DIGEST}, not the expected {wrong}; the file was deleted"):
         fetch(server.url(f"/models/{NAME}"), folder=tmp_path, sha256=wrong, progress=False)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [f"{NAME}.lock"]  # the empty lock only
 
 
 def test_the_digest_variable_is_checked(server, tmp_path, monkeypatch):
@@ -98,7 +98,50 @@ def test_connection_refused_gives_the_offline_advice(tmp_path):
         fetch(url, folder=tmp_path, progress=False)
 
 
+@pytest.mark.parametrize("door,advice", [
+    ("create_network", "create_network('NetworkExpansion', pretrained='/path/to/{name}')"),
+    ("Classifier", "Classifier(weights='/path/to/{name}')"),
+    ("command", "--weights /path/to/{name}"),
+])
+def test_offline_advice_fits_the_door_the_user_came_through(tmp_path, capsys, door, advice):
+    import network_expansion as ne
+    from network_expansion.cli import main
+
+    url = f"http://127.0.0.1:{_closed_port()}/{NAME}"
+    if door == "command":
+        assert main(["predict", "cat.jpg", "--weights", url]) == 2
+        message = capsys.readouterr().err
+        assert message.startswith("network-expansion: error: cannot download") and "Traceback" not in message
+    else:
+        with pytest.raises(DownloadError) as caught:
+            ne.create_network("NetworkExpansion", pretrained=url) if door == "create_network" \
+                else ne.Classifier(weights=url)
+        message = str(caught.value)
+        assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no chained traceback
+    assert message.rstrip().endswith(advice.format(name=NAME)), message
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_two_processes_fetching_one_file_download_it_once(server, tmp_path):
+    """Two notebooks (or msrun workers on one host) at once: the second waits on the lock
+    beside the cache file, then uses the file the first completed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    server.pause = 1.0
+    code = ("import sys; from network_expansion.download import fetch; "
+            "print(fetch(sys.argv[1], folder=sys.argv[2], progress=False))")
+    url = server.url(f"/models/{NAME}")
+    children = [subprocess.Popen([sys.executable, "-c", code, url, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    paths = [child.communicate(timeout=120)[0].strip() for child in children]
+    assert [child.returncode for child in children] == [0, 0]
+    assert paths == [str(tmp_path / NAME)] * 2 and (tmp_path / NAME).read_bytes() == BODY
+    assert server.requests == [(f"/models/{NAME}", None)]  # one download, not two, not a resumed one
+    assert not list(Path(tmp_path).glob("*.part"))

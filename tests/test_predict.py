@@ -74,9 +74,9 @@ def test_bfloat16_on_the_cpu_says_why_not():
         Classifier(color_rigged_network(), precision="bfloat16")
 
 
-def _color_tree(root, per_class=4, channels=(0, 1, 2)):
-    """Folders 0_red, 1_green, 2_blue holding images dominated by `channels` in that order."""
-    for name, channel in zip(("0_red", "1_green", "2_blue"), channels):
+def _color_tree(root, per_class=4, channels=(0, 1, 2), names=("0_red", "1_green", "2_blue")):
+    """Folders 0_red, 1_green, 2_blue (or `names`) holding images dominated by `channels` in that order."""
+    for name, channel in zip(names, channels):
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             Image.fromarray(color_image(channel, seed=10 * channel + i)).save(root / name / f"{i}.png")
@@ -153,3 +153,57 @@ def test_threads_binds_the_process_to_that_many_cores():
             use_cores(999)
     finally:
         os.sched_setaffinity(0, before)
+
+
+# -- class folders scored against the right outputs (issue 10) ---------------------------
+
+def test_a_subset_of_imagenet_folders_is_scored_by_wordnet_id_not_by_position(imagenet_rig, tmp_path):
+    """Red pictures in the Egyptian cat's folder (n02124075), green in the tench's (n01440764):
+    sorted position would send the cats to output 1 and score 0%."""
+    root = _color_tree(tmp_path / "val", channels=(0, 1), names=("n02124075", "n01440764"))
+    result = evaluate(imagenet_rig, root, progress=False)
+    assert (result.top1, result.count) == (1.0, 8)
+
+
+def test_folders_that_name_no_class_and_do_not_count_every_output_are_refused(imagenet_rig, tmp_path):
+    from network_expansion import DataError
+
+    root = _color_tree(tmp_path / "val", channels=(0, 1), names=("cats", "fish"))
+    with pytest.raises(DataError, match=r"2 class folders \('cats', 'fish'\) cannot be matched to the network's "
+                                        r"1000 outputs.*label map"):
+        evaluate(imagenet_rig, root, progress=False)
+    (tmp_path / "val" / "n01440764").mkdir()
+    (tmp_path / "val" / "fish").rename(tmp_path / "val" / "n01440764" / "fish")
+    with pytest.raises(DataError, match=r"1 of 2 class folders are not classes of the network: 'cats'"):
+        evaluate(imagenet_rig, root, progress=False)
+
+
+@pytest.mark.parametrize("text", ['{"cats": 285, "fish": 0}', "cats\t285\nfish 0\n"])
+def test_a_label_map_file_maps_any_folder_names(imagenet_rig, tmp_path, text):
+    root = _color_tree(tmp_path / "val", channels=(0, 1), names=("cats", "fish"))
+    (tmp_path / "map.txt").write_text(text)
+    assert evaluate(imagenet_rig, root, label_map=tmp_path / "map.txt", progress=False).top1 == 1.0
+
+
+def test_a_model_trained_with_class_names_scores_a_subset_of_its_folders_by_name(tmp_path):
+    network = color_rigged_network()
+    network.class_names = ("red", "green", "blue")
+    root = _color_tree(tmp_path / "val", channels=(2, 1), names=("blue", "green"))
+    classifier = Classifier(network, batch_size=4)
+    assert evaluate(classifier, root, progress=False).top1 == 1.0
+    assert classifier.predict(color_image(2)).labels[0] == "blue"
+
+
+def test_class_names_and_label_map_from_the_command_line(tmp_path, capsys):
+    weights = save_weights(color_rigged_network(), tmp_path / "rig.ckpt")
+    root = _color_tree(tmp_path / "val", channels=(2, 0), names=("sky", "fire"))
+    (tmp_path / "names.txt").write_text("red\ngreen\nblue\n")
+    (tmp_path / "map.tsv").write_text("sky\t2\nfire\t0\n")
+    assert main(["predict", str(root / "sky" / "0.png"), "--weights", str(weights),
+                 "--class-names", str(tmp_path / "names.txt"), "--topk", "1"]) == 0
+    assert "blue (2)" in capsys.readouterr().out
+    assert main(["evaluate", str(root), "--weights", str(weights), "--label-map", str(tmp_path / "map.tsv")]) == 0
+    assert "top-1 100.00%" in capsys.readouterr().out
+    assert main(["evaluate", str(root), "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("network-expansion: error: 2 class folders") and "--label-map" in err

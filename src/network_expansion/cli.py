@@ -1,13 +1,23 @@
-"""The `network-expansion` command."""
+"""The `network-expansion` command.
+
+A user's mistake (a flag's value, a missing file, weights that do not fit) prints one
+`network-expansion: error: ...` message naming what was given and what is accepted, and
+exits 2; a traceback means a bug in the package. Defaults are read from the dataclasses
+and module constants they belong to, never typed here a second time.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
+import os
 import sys
 
-from .errors import NetworkExpansionError
+from .errors import ConfigError, DownloadError, NetworkExpansionError
+
+PROG = "network-expansion"
 
 
 def main(argv=None) -> int:
@@ -16,17 +26,138 @@ def main(argv=None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    _quiet_mindspore(args.verbose)
+    handler = _StoryHandler()
+    package_logger = logging.getLogger("network_expansion")
+    package_logger.addHandler(handler)
+    level = package_logger.level
+    package_logger.setLevel(logging.INFO)
     try:
         return args.run(args) or 0
+    except DownloadError as error:
+        return _fail(error.advise("--weights /path/to/{name}"))
     except NetworkExpansionError as error:
-        print(f"network-expansion: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(level)
 
+
+def _fail(error) -> int:
+    print(f"{PROG}: error: {error}", file=sys.stderr)
+    return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (not the usage block), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _StoryHandler(logging.Handler):
+    """The package's log as the console's story of a run: information on stdout,
+    warnings on stderr."""
+
+    def emit(self, record):
+        if record.levelno >= logging.WARNING:
+            print(f"{PROG}: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+        else:
+            print(record.getMessage(), flush=True)
+
+
+def _quiet_mindspore(verbose: bool) -> None:
+    """MindSpore's own warnings ('... has been compiled again') stay out unless --verbose."""
+    if verbose:
+        return
+    os.environ["GLOG_v"] = "3"  # errors only; read when MindSpore's Python logger is set up
+    logging.getLogger(f"ME.mindspore.log.{os.getpid()}").setLevel(logging.ERROR)  # if it already is
+
+
+# -- values a flag accepts -----------------------------------------------------------
+
+def _whole(minimum: int = 1, maximum: int | None = None):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            accepted = f"a whole number from {minimum} to {maximum}" if maximum is not None else \
+                f"a whole number >= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}")
+        return value
+    return parse
+
+
+def _real(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = True):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        ok = value == value and (value > low if low_open else value >= low)
+        ok = ok and (high is None or (value < high if high_open else value <= high))
+        if not ok:
+            lower = f"{'>' if low_open else '>='} {low:g}"
+            accepted = f"a number {lower}" if high is None else \
+                f"a number {lower} and {'<' if high_open else '<='} {high:g}"
+            raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}")
+        return value
+    return parse
+
+
+def _schedule(text):
+    from .expansion import ExpansionSchedule, parse_numbers
+
+    try:
+        depths = parse_numbers(text, "schedule", "depths separated by commas, e.g. 6,12")
+        ExpansionSchedule.even(depths, len(depths))  # growing, at most doubling
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+NO_SCHEDULE = "none"
+
+
+def _schedule_or_none(text):
+    return NO_SCHEDULE if text.lower() == NO_SCHEDULE else _schedule(text)
+
+
+def _starts(text):
+    from .expansion import parse_numbers
+
+    try:
+        parse_numbers(text, "stage starts", "one start per stage, e.g. 0,150")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _batch(text):
+    if text == "dynamic":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'dynamic', got {text!r}")
+    return int(text)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# -- the parser ----------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="network-expansion",
-        description="NetworkExpansion ViT-B/16 (Ding et al., CVPR 2023) for MindSpore.")
+    from . import __version__
+
+    parser = _Parser(prog=PROG, description="NetworkExpansion ViT-B/16 (Ding et al., CVPR 2023) for MindSpore.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="also show MindSpore's own warnings")
     commands = parser.add_subparsers(title="commands")
 
     info = commands.add_parser("info", help="print the hub card, the architecture and the parameter count")
@@ -37,166 +168,250 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("cards", nargs="+", metavar="CARD", help="path of a card (.md)")
     check.set_defaults(run=_check_card)
 
+    from .weights import FORMATS, NAMING_SCHEMES
+
     convert = commands.add_parser(
         "convert", help="convert weights between .ckpt/.safetensors/.npz and MindSpore/timm names",
         description="Convert a checkpoint. The source's names (MindSpore model zoo or timm/DeiT) are "
                     "recognised; the destination gets MindSpore names for .ckpt and timm names for "
                     ".safetensors and .npz unless --names says otherwise.")
-    convert.add_argument("source", metavar="SRC", help="a .ckpt, .safetensors or .npz file, or a URL")
-    convert.add_argument("destination", metavar="DST", help="the file to write (.ckpt, .safetensors, .npz)")
-    convert.add_argument("--names", choices=("mindspore", "timm"), help="naming scheme of DST")
+    convert.add_argument("source", metavar="SRC", help=f"a {', '.join(FORMATS)} file, or a URL")
+    convert.add_argument("destination", metavar="DST", help=f"the file to write ({', '.join(FORMATS)})")
+    convert.add_argument("--names", choices=NAMING_SCHEMES, help="naming scheme of DST (default: by its suffix)")
     convert.set_defaults(run=_convert)
 
     predict = commands.add_parser("predict", help="classify images (ImageNet labels with the released weights)")
     predict.add_argument("images", nargs="+", metavar="IMG", help="image files or folders of images")
     _add_inference_options(predict)
-    predict.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    predict.add_argument("--topk", type=_whole(1), default=5, help="classes per image (default 5)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.set_defaults(run=_predict)
 
     evaluate = commands.add_parser("evaluate", help="top-1/top-5 accuracy on an ImageFolder tree")
-    evaluate.add_argument("root", metavar="DIR", help="one sub-folder of images per class, sorted as the labels")
+    evaluate.add_argument("root", metavar="DIR", help="one sub-folder of images per class, named by class "
+                                                      "(ImageNet: WordNet ids such as n01440764)")
     _add_inference_options(evaluate)
-    evaluate.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
+    evaluate.add_argument("--workers", type=_whole(1), default=2, help="image decoding threads (default 2)")
+    evaluate.add_argument("--label-map", metavar="FILE", help="folder name -> output index, for folders named "
+                                                              "otherwise (JSON object or lines 'folder<TAB>index')")
     evaluate.add_argument("--csv", metavar="FILE", help="write per-class accuracy to this CSV file")
     evaluate.set_defaults(run=_evaluate)
 
+    from .expansion import MODES
+    from .model import ViTConfig
+    from .train import TrainConfig
+
+    vit = ViTConfig(image_size=224, num_classes=1000)
     train = commands.add_parser("train", help="train a ViT from scratch, with network expansion")
     train.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree of training images")
     train.add_argument("--val", metavar="DIR", help="ImageFolder tree of validation images")
-    train.add_argument("--schedule", default="6,12", help="depths of the stages (default 6,12); 'none' trains at "
-                                                          "--depth from the start")
-    train.add_argument("--stage-starts", help="epoch each stage starts at, e.g. 0,150 (default: equal stages)")
-    train.add_argument("--stage-unit", choices=("epoch", "step"), default="epoch",
-                       help="what --stage-starts counts (default epoch)")
-    train.add_argument("--mode", choices=("insert", "stack"), default="insert", help="where new blocks go")
-    train.add_argument("--depth", type=int, default=12, help="depth without a schedule (default 12)")
-    train.add_argument("--num-classes", type=int, help="default: the number of class folders")
-    _add_training_options(train)
+    train.add_argument("--schedule", type=_schedule_or_none, help=f"depths of the stages (default {DEFAULT_SCHEDULE}); "
+                                                                   f"'none' trains at --depth from the start")
+    train.add_argument("--stage-starts", type=_starts, help="epoch each stage starts at, e.g. 0,150 "
+                                                            "(default: equal stages)")
+    train.add_argument("--stage-unit", choices=("epoch", "step"),
+                       help=f"what --stage-starts counts (default {TrainConfig.stage_unit})")
+    train.add_argument("--mode", choices=MODES, help=f"where new blocks go (default {TrainConfig.expansion_mode})")
+    train.add_argument("--depth", type=_whole(1), help=f"depth without a schedule (default {vit.depth}; "
+                                                       f"--depth alone trains at that depth throughout)")
+    train.add_argument("--width", type=_whole(1), help=f"token width (default {vit.width})")
+    train.add_argument("--mlp-width", type=_whole(1), help=f"MLP hidden width (default {vit.mlp_width})")
+    train.add_argument("--patch-size", type=_whole(1), help=f"patch size (default {vit.patch_size})")
+    train.add_argument("--num-classes", type=_whole(1), help="default: the number of class folders")
+    _add_training_options(train, TrainConfig())
     train.set_defaults(run=_train)
+
+    from .train import FINETUNE_DEFAULTS
 
     finetune = commands.add_parser("finetune", help="fine-tune pretrained weights on an ImageFolder tree")
     finetune.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree of training images")
     finetune.add_argument("--val", metavar="DIR", help="ImageFolder tree of validation images")
     finetune.add_argument("--weights", default=None, help="checkpoint path or URL (default: the released one)")
     finetune.add_argument("--freeze-backbone", action="store_true", help="train the new head only")
-    finetune.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay, e.g. 0.75")
-    _add_training_options(finetune, epochs=10, lr=1e-4, warmup=1)
+    finetune.add_argument("--layer-decay", type=_real(0, 1, low_open=True, high_open=False),
+                          help="layer-wise learning-rate decay, e.g. 0.75 (default: none)")
+    _add_training_options(finetune, TrainConfig(**FINETUNE_DEFAULTS))
     finetune.set_defaults(run=_finetune)
 
-    demo = commands.add_parser("demo", help="expansion against full depth on scikit-learn's digits: table and plot")
-    demo.add_argument("--epochs", type=int, help="epochs of each run")
-    demo.add_argument("--schedule", help="expansion schedule (default 6,12)")
-    demo.add_argument("--width", type=int, help="token width of the small ViT")
-    demo.add_argument("--output", default="expansion-demo", help="folder for logs, plot and summary")
+    from .demo import DemoSettings
+
+    demo_settings = DemoSettings()
+    about = ("expansion against full depth on scikit-learn's digits: table and plot (about 8 minutes on two "
+             "CPU cores; needs the demo extra: pip install -e '.[demo]')")
+    demo = commands.add_parser("demo", help=about, description=about)
+    demo.add_argument("--epochs", type=_whole(1), help=f"epochs of each run (default {demo_settings.epochs})")
+    demo.add_argument("--schedule", type=_schedule, help=f"expansion schedule (default {demo_settings.schedule})")
+    demo.add_argument("--width", type=_whole(1), help=f"token width of the small ViT (default {demo_settings.width})")
+    demo.add_argument("--output", default="expansion-demo", help="folder for logs, plot and summary "
+                                                                 "(default expansion-demo)")
     demo.set_defaults(run=_demo)
+
+    from .export import FORMATS as EXPORT_FORMATS
 
     export = commands.add_parser("export", help="export for serving: MindIR, or ONNX where MindSpore can")
     export.add_argument("output", metavar="OUT", help="file to write (.mindir or .onnx is added if missing)")
-    export.add_argument("--format", choices=("mindir", "onnx"), default="mindir")
+    export.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="mindir", help="default mindir")
     export.add_argument("--weights", default=None, help="checkpoint path or URL (default: the released one)")
-    export.add_argument("--batch", default="1", help="batch size of the graph, or 'dynamic' (default 1)")
+    export.add_argument("--batch", type=_batch, default=1, help="batch size of the graph, or 'dynamic' (default 1)")
     export.add_argument("--with-preprocess", action="store_true",
                         help="take uint8 NHWC pictures and resize, crop, normalise inside the graph")
-    export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+    export.add_argument("--input-size", type=_whole(1), nargs=2, metavar=("H", "W"),
                         help="picture size with --with-preprocess (default: the resize size, square)")
     export.set_defaults(run=_export)
     return parser
 
 
-def _export(args) -> int:
-    from .export import export
-    from .hub import create_network
+def _add_training_options(parser, defaults) -> None:
+    """The recipe's flags. Their defaults are `defaults` (a TrainConfig); a flag left out is
+    None here, so that a resumed run can tell what the user asked to change."""
+    from .train import DEFAULT_BATCH_SIZE
 
-    batch = None if args.batch == "dynamic" else int(args.batch)
-    network = create_network("NetworkExpansion", pretrained=args.weights or True)
-    path = export(network, args.output, file_format=args.format, batch=batch,
-                  with_preprocess=args.with_preprocess, input_size=tuple(args.input_size) if args.input_size else None)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    return 0
-
-
-def _add_training_options(parser, epochs=100, lr=5e-4, warmup=5) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=lr, help="peak learning rate")
-    parser.add_argument("--warmup-epochs", type=int, default=warmup)
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (DeiT: 0.8)")
-    parser.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (DeiT: 1.0)")
-    parser.add_argument("--clip-grad", type=float, help="clip the global gradient norm")
-    parser.add_argument("--drop-path", type=float, default=0.0, help="maximum stochastic-depth rate")
-    parser.add_argument("--ema-decay", type=float, default=0.99996)
-    parser.add_argument("--image-size", type=int, help="input size (default: the card's)")
-    parser.add_argument("--num-heads", type=int, help="attention heads (default 12)")
-    parser.add_argument("--workers", type=int, default=2, help="data loading workers")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=20, metavar="STEPS",
-                        help="steps between reading loss and accuracy back from the device (and the NaN check)")
-    parser.add_argument("--output", default="runs/network-expansion", help="folder for checkpoints and log.jsonl")
-    parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.ckpt")
+    d = defaults
+    parser.add_argument("--epochs", type=_whole(1), help=f"default {d.epochs}")
+    parser.add_argument("--batch-size", type=_whole(1), help=f"images per step (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--lr", type=_real(0, low_open=True), help=f"peak learning rate (default {d.lr:g})")
+    parser.add_argument("--warmup-epochs", type=_whole(0), help=f"default {d.warmup_epochs}")
+    parser.add_argument("--weight-decay", type=_real(0), help=f"default {d.weight_decay:g}")
+    parser.add_argument("--label-smoothing", type=_real(0, 1), help=f"default {d.label_smoothing:g}")
+    parser.add_argument("--mixup", type=_real(0), help=f"mixup alpha, 0 off (default {d.mixup:g}; DeiT: 0.8)")
+    parser.add_argument("--cutmix", type=_real(0), help=f"cutmix alpha, 0 off (default {d.cutmix:g}; DeiT: 1.0)")
+    parser.add_argument("--clip-grad", type=_real(0, low_open=True), help="clip the global gradient norm "
+                                                                          "(default: no clipping)")
+    parser.add_argument("--drop-path", type=_real(0, 1), help="maximum stochastic-depth rate (default 0)")
+    parser.add_argument("--ema-decay", type=_real(0, 1), help=f"default {d.ema_decay:g}")
+    parser.add_argument("--image-size", type=_whole(1), help="input size (default: the card's, or the weights')")
+    parser.add_argument("--num-heads", type=_whole(1), help="attention heads (default 12, or the weights')")
+    parser.add_argument("--workers", type=_whole(1), default=2, help="data loading workers (default 2)")
+    parser.add_argument("--seed", type=_whole(0), help=f"default {d.seed}")
+    parser.add_argument("--log-every", type=_whole(1), metavar="STEPS",
+                        help=f"steps between reading loss and accuracy back from the device, and the NaN check "
+                             f"(default {d.log_every})")
+    parser.add_argument("--output", default="runs/network-expansion",
+                        help="folder for checkpoints and log.jsonl (default runs/network-expansion)")
+    parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.ckpt; --epochs, --log-every "
+                                                         "and --output may change, the rest must stay")
     parser.add_argument("--distributed", action="store_true",
                         help="data parallel across the processes msrun started (one per device)")
+    parser.set_defaults(recipe=defaults)
 
 
-def _train_config(args, **extra):
-    from .train import TrainConfig
+# Flags of the recipe -> TrainConfig fields.
+_RECIPE_FLAGS = {"epochs": "epochs", "lr": "lr", "warmup_epochs": "warmup_epochs", "weight_decay": "weight_decay",
+                 "label_smoothing": "label_smoothing", "mixup": "mixup", "cutmix": "cutmix",
+                 "clip_grad": "clip_grad", "ema_decay": "ema_decay", "seed": "seed", "log_every": "log_every",
+                 "schedule": "schedule", "stage_starts": "stage_starts", "stage_unit": "stage_unit",
+                 "mode": "expansion_mode", "freeze_backbone": "freeze_backbone", "layer_decay": "layer_decay"}
+# Flags of the architecture -> ViTConfig fields.
+_MODEL_FLAGS = {"depth": "depth", "width": "width", "mlp_width": "mlp_width", "patch_size": "patch_size",
+                "num_heads": "num_heads", "image_size": "image_size", "drop_path": "drop_path_rate",
+                "num_classes": "num_classes"}
 
-    return TrainConfig(epochs=args.epochs, lr=args.lr, warmup_epochs=args.warmup_epochs,
-                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup,
-                       cutmix=args.cutmix, clip_grad=args.clip_grad, ema_decay=args.ema_decay, seed=args.seed,
-                       log_every=args.log_every, **extra)
+
+def _given(args, flags: dict) -> dict:
+    """{field: value} of the flags the user typed (store_true flags: only when set)."""
+    given = {field: getattr(args, flag) for flag, field in flags.items()
+             if getattr(args, flag, None) not in (None, False)}
+    if given.get("schedule") == NO_SCHEDULE:
+        given["schedule"] = None
+    return given
 
 
-def _run_training(args, model_factory, config):
+def _train_config(args, **fixed):
+    return dataclasses.replace(args.recipe, **{**_given(args, _RECIPE_FLAGS), **fixed})
+
+
+def _run_training(args, model_factory, config) -> int:
+    from .model import ViTConfig
     from .preprocess import data_config
-    from .train import FolderData, Trainer
+    from .train import DEFAULT_BATCH_SIZE, FolderData, Trainer, read_training_state
 
+    state = read_training_state(args.resume) if args.resume else None
+    batch_size = args.batch_size or (state or {}).get("batch_size") or DEFAULT_BATCH_SIZE
+    if state:
+        _refuse_changed(args, state, batch_size)
     job = None
     if args.distributed:
         from .distributed import init_data_parallel
 
         job = init_data_parallel()
-    model = model_factory()
-    data = data_config(model)
-    train = FolderData(args.data, data, args.batch_size, workers=args.workers)
+    model = None if state else model_factory()  # a resumed run builds its own: nothing to download
+    data = data_config(ViTConfig(**state["model_config"]) if state else model)
+    train = FolderData(args.data, data, batch_size, workers=args.workers)
     if job:
         job.shard(train)
-    val = FolderData(args.val, data, args.batch_size, train=False, workers=args.workers) if args.val else None
-    if args.resume:
-        trainer = Trainer.resume(args.resume, train, val, output_dir=args.output, distributed=job)
+    if len(train) == 0 and not state and train.num_samples > 0:
+        print(f"note: {args.data} has {train.num_samples} training image(s) per process, fewer than --batch-size "
+              f"{batch_size}: training with batches of {train.num_samples}")
+        train.batch_size = train.num_samples
+    val = FolderData(args.val, data, train.batch_size, train=False, workers=args.workers) if args.val else None
+    if state:
+        trainer = Trainer.resume(args.resume, train, val, output_dir=args.output, distributed=job,
+                                 changes=_given(args, _RECIPE_FLAGS))
     else:
         trainer = Trainer(model, train, val, config, output_dir=args.output, distributed=job)
     history = trainer.fit()
     if history.interrupted:
         return 130
     final = history.final
-    print(f"done: depth {trainer.model.depth}, loss {final.get('loss', float('nan')):.4f}, "
+    print(f"done: depth {trainer.model.depth}, loss {final.get('loss') or float('nan'):.4f}, "
           f"train top-1 {final.get('train_top1', 0):.2%}"
           + (f", val top-1 {final['val_top1']:.2%} (EMA {final['ema_val_top1']:.2%})" if "val_top1" in final else "")
           + f"; weights in {args.output}/model.ckpt")
     return 0
 
 
+def _refuse_changed(args, state: dict, batch_size: int) -> None:
+    """A resumed run is the same run: architecture and batch size stay (the recipe is
+    checked by `Trainer.resume`)."""
+    saved = dict(state["model_config"])
+    differing = [f"--{flag.replace('_', '-')} {value} (saved {saved[field]})"
+                 for flag, field in _MODEL_FLAGS.items()
+                 if field in saved and (value := getattr(args, flag, None)) is not None
+                 and value != saved[field] and field != "depth"]
+    if state.get("batch_size") not in (None, batch_size):
+        differing.append(f"--batch-size {batch_size} (saved {state['batch_size']})")
+    if differing:
+        raise ConfigError("a resumed run keeps its architecture and batch size; these differ from the "
+                          "checkpoint's: " + ", ".join(differing) + ". Drop them, or start a new run")
+
+
+def _check_writable_folder(path, flag: str) -> None:
+    """Before any training: the output folder can be made and written to."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{flag} {path}: cannot write there ({error.strerror or error}); "
+                          f"give a folder you can write to") from None
+
+
 def _model_overrides(args) -> dict:
-    overrides = {"drop_path_rate": args.drop_path}
-    if args.image_size:
-        overrides["image_size"] = args.image_size
-    if args.num_heads:
-        overrides["num_heads"] = args.num_heads
-    return overrides
+    given = _given(args, _MODEL_FLAGS)
+    given.pop("depth", None)
+    given.pop("num_classes", None)
+    return given
+
+
+DEFAULT_SCHEDULE = "6,12"  # the released model's
 
 
 def _train(args) -> int:
     from .datasets import ImageFolder
+    from .expansion import parse_numbers
     from .hub import create_network
 
-    schedule = None if args.schedule.lower() == "none" else args.schedule
+    _check_writable_folder(args.output, "--output")
+    if args.resume:
+        return _run_training(args, None, None)
+    # --schedule, else the released 6,12 (with --depth alone: that depth throughout)
+    schedule = args.schedule or (None if args.depth else DEFAULT_SCHEDULE)
+    config = _train_config(args, schedule=None if schedule == NO_SCHEDULE else schedule)
     num_classes = args.num_classes or len(ImageFolder.scan(args.data).classes)
-    first = int(schedule.split(",")[0]) if schedule else args.depth
-    config = _train_config(args, schedule=schedule, stage_starts=args.stage_starts, stage_unit=args.stage_unit,
-                           expansion_mode=args.mode)
+    first = parse_numbers(config.schedule, "schedule", "")[0] if config.schedule else (args.depth or 12)
     return _run_training(args, lambda: create_network("NetworkExpansion", depth=first, num_classes=num_classes,
                                                       **_model_overrides(args)), config)
 
@@ -205,15 +420,23 @@ def _finetune(args) -> int:
     from .datasets import ImageFolder
     from .hub import create_network
 
+    _check_writable_folder(args.output, "--output")
+    if args.resume:
+        return _run_training(args, None, None)
+    config = _train_config(args)
     num_classes = len(ImageFolder.scan(args.data).classes)
-    config = _train_config(args, freeze_backbone=args.freeze_backbone, layer_decay=args.layer_decay)
-    return _run_training(args, lambda: create_network("NetworkExpansion", pretrained=args.weights or True,
-                                                      num_classes=num_classes, **_model_overrides(args)), config)
+
+    def model():
+        try:
+            return create_network("NetworkExpansion", pretrained=args.weights or True, num_classes=num_classes,
+                                  **_model_overrides(args))
+        except DownloadError as error:
+            raise error.advise("--weights /path/to/{name}") from None
+
+    return _run_training(args, model, config)
 
 
 def _demo(args) -> int:
-    import dataclasses
-
     from .demo import DemoSettings, compare
 
     settings = DemoSettings()
@@ -229,20 +452,38 @@ def _demo(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import export
+    from .hub import create_network
+
+    network = create_network("NetworkExpansion", pretrained=args.weights or True)
+    path = export(network, args.output, file_format=args.format, batch=args.batch,
+                  with_preprocess=args.with_preprocess, input_size=tuple(args.input_size) if args.input_size else None)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def _add_inference_options(parser) -> None:
+    from .predict import PRECISIONS
+
     parser.add_argument("--weights", metavar="PATH", default=None,
                         help="checkpoint path or URL (default: the released checkpoint, cached)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
-                        help="numeric precision where the device supports it (default float32)")
-    parser.add_argument("--threads", type=int, help="CPU cores to use (default: all)")
+    parser.add_argument("--batch-size", type=_whole(1), default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                        help=f"numeric precision where the device supports it (default {PRECISIONS[0]})")
+    parser.add_argument("--threads", type=_whole(1, _cores()), help=f"CPU cores to use, 1 to {_cores()} "
+                                                                    f"(default: all)")
+    parser.add_argument("--class-names", metavar="FILE", help="one label per line, in output order (default: the "
+                                                              "weights' own, or ImageNet's)")
 
 
 def _classifier(args):
+    from .evaluate import read_class_names
     from .predict import Classifier
 
+    names = read_class_names(args.class_names) if args.class_names else None
     return Classifier(weights=args.weights or True, batch_size=args.batch_size, precision=args.precision,
-                      threads=args.threads)
+                      threads=args.threads, class_names=names)
 
 
 def _predict(args) -> int:
@@ -268,14 +509,14 @@ def _predict(args) -> int:
             for label, index, probability in zip(result.labels, result.indices, result.probabilities):
                 print(f"  {probability:7.2%}  {label} ({index})")
         else:
-            print(f"network-expansion: error: {result.error}", file=sys.stderr)
+            print(f"{PROG}: error: {result.error}", file=sys.stderr)
     return 1 if failed else 0
 
 
 def _evaluate(args) -> int:
     from .evaluate import evaluate
 
-    result = evaluate(_classifier(args), args.root, workers=args.workers)
+    result = evaluate(_classifier(args), args.root, workers=args.workers, label_map=args.label_map)
     print(result)
     if args.csv:
         print(f"per-class accuracy written to {result.write_csv(args.csv)}")
@@ -331,7 +572,7 @@ def _convert(args) -> int:
     weights = read_weights(args.source)
     path = convert(weights, args.destination, names=args.names)
     print(f"wrote {path}: {len(weights.state)} tensors from {weights.source} ({weights.scheme} names), "
-          f"architecture {weights.architecture or 'as the model zoo builds it'}")
+          f"architecture {weights.architecture or weights.assumed}")
     return 0
 
 

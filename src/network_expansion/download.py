@@ -5,6 +5,7 @@ Layout of the cache folder (`cache_dir()`):
     <file name>            a complete, verified download
     <file name>.sha256     its digest, recorded when it was downloaded (checked on every use)
     <file name>.part       an interrupted download, resumed by the next attempt
+    <file name>.lock       held while a process downloads it (others wait, then reuse the file)
 
 A file only ever appears under its final name once it is complete and its digest matches,
 so a crash or Ctrl-C never leaves a half-written checkpoint where a loader would trust it.
@@ -12,6 +13,7 @@ so a crash or Ctrl-C never leaves a half-written checkpoint where a loader would
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -67,6 +69,31 @@ def fetch(url: str, *, folder=None, sha256: str | None = None, progress: bool = 
     if target.is_file() and _cached_copy_is_good(target, record, expected):
         return target
     folder.mkdir(parents=True, exist_ok=True)
+    # Two processes (two notebooks, msrun workers on one host) fetch one file: the second
+    # waits for the first, then finds the file complete.
+    with _locked(target.with_name(target.name + ".lock")):
+        if target.is_file() and _cached_copy_is_good(target, record, expected):
+            return target
+        return _download_verified(url, target, record, expected, progress)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (created if need be) for the block; a no-op without fcntl."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _download_verified(url: str, target: Path, record: Path, expected, progress: bool) -> Path:
     part = target.with_name(target.name + ".part")
     for attempt in range(1, ATTEMPTS + 1):
         try:
@@ -76,10 +103,10 @@ def fetch(url: str, *, folder=None, sha256: str | None = None, progress: bool = 
             if isinstance(error, urllib.error.HTTPError) and error.code == 416:
                 part.unlink(missing_ok=True)  # our partial file is longer than the file: restart
                 continue
-            raise _unreachable(url, target, error) from error
+            raise _unreachable(url, target, error) from None
         except (OSError, http.client.HTTPException, _Incomplete) as error:  # cut mid-way: resume
             if attempt == ATTEMPTS:
-                raise _unreachable(url, target, error) from error
+                raise _unreachable(url, target, error) from None
             time.sleep(0.2 * attempt)
     found = sha256_of(part)
     if expected and found != expected:
@@ -143,11 +170,8 @@ def _progress_bar(total, initial, name, enabled):
 def _unreachable(url: str, target: Path, error) -> DownloadError:
     reason = f"HTTP {error.code} {error.reason}" if isinstance(error, urllib.error.HTTPError) else \
         str(getattr(error, "reason", error))
-    return DownloadError(
-        f"cannot download {url} ({reason}).\n"
-        f"  Without internet: download it elsewhere and place it at {target}\n"
-        f"  (or set ${CACHE_VARIABLE} to the folder that holds it), or pass the file's path,\n"
-        f"  e.g. create_network('NetworkExpansion', pretrained='/path/to/{target.name}').")
+    return DownloadError.offline(f"cannot download {url} ({reason}).", target,
+                                 "create_network('NetworkExpansion', pretrained='/path/to/{name}')")
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -33,7 +33,32 @@ class CardError(NetworkExpansionError, ValueError):
 
 
 class DownloadError(NetworkExpansionError, OSError):
-    """A file that cannot be downloaded, or whose download does not match its digest."""
+    """A file that cannot be downloaded, or whose download does not match its digest.
+
+    When the file could be placed by hand instead, `target` is where, and the message ends
+    with how to pass a local file; `advise` rewrites that ending for the door the user came
+    through (`--weights PATH` on the command line, `weights=` for a `Classifier`, ...).
+    """
+
+    target = None   # where the cache expects the file
+    reason = ""     # the first line: what went wrong
+
+    @classmethod
+    def offline(cls, reason: str, target, how: str = "pretrained='/path/to/{name}'") -> "DownloadError":
+        """`reason`, then where to place the file and how to pass one (`{name}`: its file name)."""
+        from pathlib import Path
+
+        target = Path(target)
+        error = cls(f"{reason}\n"
+                    f"  Without internet: download it elsewhere and place it at {target}\n"
+                    f"  (or set $NETWORK_EXPANSION_CACHE to the folder that holds it), or pass the file's "
+                    f"path: {how.format(name=target.name)}")
+        error.target, error.reason = target, reason
+        return error
+
+    def advise(self, how: str) -> "DownloadError":
+        """This error, ending with `how` a local file is passed (`{name}`: the file name)."""
+        return self if self.target is None else DownloadError.offline(self.reason, self.target, how)
 
 
 class CheckpointError(NetworkExpansionError, ValueError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import ImageFolder
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,14 +51,17 @@ class Evaluation:
 def evaluate(classifier, root, *, label_map=None, workers: int = 2, progress: bool = True) -> Evaluation:
     """Evaluate `classifier` (a `predict.Classifier`) on the ImageFolder tree at `root`.
 
-    Folder `i` (in sorted order) is label `i` of the network, unless `label_map` maps
-    folder names to output indices (e.g. ImageNet WordNet ids for a subset of classes).
-    Images are decoded and preprocessed by `workers` threads while the network runs.
+    Each class folder is scored against the output it names (`output_indices`): a subset
+    of ImageNet's WordNet-id folders is scored right. `label_map` (folder name -> output
+    index, or the path of such a file, see `read_label_map`) overrides that. Images are
+    decoded and preprocessed by `workers` threads while the network runs.
     """
     from tqdm.auto import tqdm
 
     folder = ImageFolder.scan(root)
-    targets = [label_map[c] if label_map else i for i, c in enumerate(folder.classes)]
+    if isinstance(label_map, (str, Path)):
+        label_map = read_label_map(label_map)
+    targets = output_indices(folder.classes, classifier.class_keys, classifier.num_labels, label_map)
     hits1, hits5, seen, errors = [], [], [], []
     batch_size = classifier.batch_size
 
@@ -81,7 +89,86 @@ def evaluate(classifier, root, *, label_map=None, workers: int = 2, progress: bo
     per_class = [(name, int((seen == i).sum()), float(hits1[seen == i].mean()) if (seen == i).any() else 0.0)
                  for i, name in enumerate(folder.classes)]
     for path, message in errors:
-        print(f"network_expansion: skipped unreadable image: {message}", file=sys.stderr)
+        logger.warning("skipped unreadable image: %s", message)
     count = len(seen)
     return Evaluation(top1=float(hits1.mean()) if count else 0.0, top5=float(np.mean(hits5)) if count else 0.0,
                       count=count, classes=folder.classes, per_class=per_class, errors=errors)
+
+
+def output_indices(folders, class_keys, num_labels: int, label_map=None) -> list:
+    """The network output each class folder (sorted names) is scored against.
+
+    1. `label_map` {folder name: output index}, when given, for every folder;
+    2. else, where every folder name is one of the network's `class_keys` (ImageNet's
+       WordNet ids, or the class names a model was trained with), that class's output;
+    3. else, with exactly one folder per output, the sorted position (ImageFolder's rule);
+    4. else `DataError`: a guess would score the wrong classes without a word.
+    """
+    if label_map is not None:
+        missing = [f for f in folders if f not in label_map]
+        wrong = {f: i for f, i in label_map.items()
+                 if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_labels}
+        if missing or wrong:
+            raise DataError("the label map " + "; ".join(
+                ([f"has no entry for folder(s) {_some(missing)}"] if missing else [])
+                + ([f"gives outputs outside 0..{num_labels - 1}: {_some(wrong)}"] if wrong else [])))
+        return [label_map[f] for f in folders]
+    if class_keys is not None:
+        positions = {key: i for i, key in enumerate(class_keys)}
+        unknown = [f for f in folders if f not in positions]
+        if not unknown:
+            return [positions[f] for f in folders]
+        if len(unknown) < len(folders):
+            raise DataError(f"{len(unknown)} of {len(folders)} class folders are not classes of the network: "
+                            f"{_some(unknown)} (expected names such as {_some(class_keys[:3])}); rename them, "
+                            f"or pass a label map (--label-map FILE)")
+    if len(folders) == num_labels:
+        return list(range(len(folders)))
+    expected = f"class names such as {_some(class_keys[:3])}" if class_keys is not None else "no class names"
+    raise DataError(
+        f"{len(folders)} class folders ({_some(folders)}) cannot be matched to the network's {num_labels} "
+        f"outputs: the network knows {expected}, and only a tree with one folder per output is scored by "
+        f"sorted position. Name the folders by class, or pass a label map (label_map=, --label-map FILE: "
+        f"a JSON object or lines 'folder<TAB>index')")
+
+
+def read_label_map(path) -> dict:
+    """{folder name: output index} from a JSON object or lines `folder<TAB or space>index`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"label map {path}: cannot be read ({error.strerror or error})") from None
+    if text.lstrip().startswith("{"):
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"label map {path}: not valid JSON ({error})") from None
+        if not isinstance(mapping, dict):
+            raise DataError(f"label map {path}: expected a JSON object of folder name -> output index")
+        return mapping
+    mapping = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DataError(f"label map {path}, line {number}: expected 'folder<TAB>index', got {line!r}")
+        mapping[parts[0].strip()] = int(parts[1])
+    return mapping
+
+
+def read_class_names(path) -> list:
+    """One class name per line (blank lines and '#' comments skipped), in output order."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"class names {path}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _some(items, count: int = 3) -> str:
+    items = list(items.items() if isinstance(items, dict) else items)
+    shown = ", ".join(repr(i) if not isinstance(i, tuple) else f"{i[0]!r}: {i[1]!r}" for i in items[:count])
+    return shown + (f" and {len(items) - count} more" if len(items) > count else "")

@@ -71,15 +71,10 @@ class ExpansionSchedule:
     def parse(cls, text: str, epochs: int, starts: str | None = None, unit: str = "epoch") -> "ExpansionSchedule":
         """From the command line: `'6,12'` (evenly split over `epochs`, which counts steps
         when `unit='step'`), with optional `starts` `'0,40'`."""
-        try:
-            depths = tuple(int(part) for part in str(text).split(","))
-            if starts is None:
-                return cls.even(depths, epochs, unit)
-            return cls(depths, tuple(int(part) for part in str(starts).split(",")), unit)
-        except ValueError as error:
-            if isinstance(error, ConfigError):
-                raise
-            raise ConfigError(f"schedule {text!r}: expected depths separated by commas, e.g. 6,12") from error
+        depths = parse_numbers(text, "schedule", "depths separated by commas, e.g. 6,12")
+        if starts is None:
+            return cls.even(depths, epochs, unit)
+        return cls(depths, parse_numbers(starts, "stage starts", "one start per stage, e.g. 0,150"), unit)
 
     @classmethod
     def full(cls, depth: int) -> "ExpansionSchedule":
@@ -106,6 +101,14 @@ class ExpansionSchedule:
 
     def __str__(self):
         return " -> ".join(f"{d} (from {s})" for d, s in zip(self.depths, self.starts))
+
+
+def parse_numbers(text, what: str, expected: str) -> tuple:
+    """`'6,12'` -> (6, 12); anything else raises `ConfigError` naming `what` and `expected`."""
+    parts = str(text).split(",")
+    if not all(part.strip().isdigit() for part in parts):
+        raise ConfigError(f"{what} {text!r}: expected {expected}")
+    return tuple(int(part) for part in parts)
 
 
 class EMA:

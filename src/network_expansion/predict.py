@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .card import asset_path
-from .errors import ConfigError, ImageError, PrecisionError
+from .errors import ConfigError, DownloadError, ImageError, PrecisionError
 from .images import describe, load_image
 from .model import compiled_forward, pad_batch
 from .preprocess import data_config, preprocess_image
@@ -34,14 +34,25 @@ PRECISIONS = ("float32", "float16", "bfloat16")
 
 
 @functools.lru_cache(maxsize=None)
-def imagenet_class_names() -> tuple:
-    """The 1000 ImageNet-1k class names in label order (first WordNet lemma of each)."""
-    names = []
+def _imagenet_classes() -> tuple:
+    """(WordNet id, first lemma) of the 1000 ImageNet-1k classes, in label order."""
+    rows = []
     for line in asset_path("imagenet-1k-classes.tsv").read_text(encoding="utf-8").splitlines():
         if line and not line.startswith("#"):
-            _, _, lemmas = line.split("\t")
-            names.append(lemmas.split(",")[0].strip())
-    return tuple(names)
+            _, wnid, lemmas = line.split("\t")
+            rows.append((wnid, lemmas.split(",")[0].strip()))
+    return tuple(rows)
+
+
+def imagenet_class_names() -> tuple:
+    """The 1000 ImageNet-1k class names in label order (first WordNet lemma of each)."""
+    return tuple(name for _, name in _imagenet_classes())
+
+
+def imagenet_wordnet_ids() -> tuple:
+    """The 1000 ImageNet-1k WordNet ids in label order (`n01440764`, ...): the folder names
+    of ImageNet's train and (sorted) val trees."""
+    return tuple(wnid for wnid, _ in _imagenet_classes())
 
 
 @dataclass
@@ -84,7 +95,9 @@ class Classifier:
         precision: 'float32' (default), 'float16' or 'bfloat16' where the device has them
             (MindSpore 2.10's CPU backend runs float16 slower than float32 and has no
             bfloat16 MatMul: a `PrecisionError` says so).
-        class_names: labels for the outputs; ImageNet-1k for a 1000/1001-way head.
+        class_names: labels for the outputs; by default the network's own
+            (`network.class_names`, saved with weights trained on an ImageFolder tree), else
+            ImageNet-1k for a 1000/1001-way head, else the output index.
         threads: CPU cores for this process (None: all it has). MindSpore 2.10 sizes its
             CPU kernel thread pool itself (neither `runtime_num_threads` nor
             OMP_NUM_THREADS change it, measured), so this binds the whole process to that
@@ -99,21 +112,49 @@ class Classifier:
         if network is None:
             from .hub import create_network
 
-            network = create_network("NetworkExpansion", pretrained=weights)
+            try:
+                network = create_network("NetworkExpansion", pretrained=weights)
+            except DownloadError as error:
+                raise error.advise("Classifier(weights='/path/to/{name}')") from None
         self.network = network
         self.network.set_train(False)
         self.batch_size = int(batch_size)
         self.data_config = data_config(network)
         self.num_outputs = network.config.num_classes
         self.precision = _apply_precision(network, precision)
-        self.class_names = tuple(class_names) if class_names is not None else self._default_names()
+        self.class_names = self._check_names(class_names) if class_names is not None else self._default_names()
         self._forward = compiled_forward(network)
         self._lock = threading.Lock()
 
+    @property
+    def num_labels(self) -> int:
+        """Outputs that are classes: all of them, but 1000 of the zoo's 1001."""
+        return IMAGENET_CLASSES if self.num_outputs == IMAGENET_CLASSES + 1 else self.num_outputs
+
+    @property
+    def class_keys(self):
+        """What names each output in a dataset's folders: ImageNet's WordNet ids for an
+        ImageNet head without names of its own, else the class names (None if unknown)."""
+        if self.class_names == imagenet_class_names():
+            return imagenet_wordnet_ids()
+        if self.class_names == tuple(str(i) for i in range(self.num_labels)):
+            return None
+        return self.class_names
+
     def _default_names(self) -> tuple:
+        own = getattr(self.network, "class_names", None)
+        if own is not None:
+            return tuple(own)
         if self.num_outputs in (IMAGENET_CLASSES, IMAGENET_CLASSES + 1):
             return imagenet_class_names()
         return tuple(str(i) for i in range(self.num_outputs))
+
+    def _check_names(self, names) -> tuple:
+        names = tuple(str(name) for name in names)
+        if len(names) != self.num_labels:
+            raise ConfigError(f"{len(names)} class names for a network with {self.num_labels} classes: "
+                              f"give one name per output, in output order")
+        return names
 
     # -- arrays ----------------------------------------------------------------------
 

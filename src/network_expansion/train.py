@@ -42,6 +42,9 @@ from .expansion import EMA, ExpansionSchedule, expand
 from .model import ViTConfig, VisionTransformer, compiled_forward, pad_batch
 
 STATE_KEY = "network_expansion_trainer_state"
+DEFAULT_BATCH_SIZE = 64
+# Fine-tuning from pretrained weights: short, gentle, little warm-up.
+FINETUNE_DEFAULTS = {"epochs": 10, "lr": 1e-4, "warmup_epochs": 1}
 logger = logging.getLogger(__name__)
 
 
@@ -559,7 +562,8 @@ class Trainer:
         state = {"epoch": self.epoch, "position": self.position, "step": self.step,
                  "depth": self.model.depth, "model_config": dataclasses.asdict(self.model.config),
                  "train_config": dataclasses.asdict(self.config), "history": self.history.records,
-                 "wall_seconds": self.wall_seconds, "class_names": self.model.class_names}
+                 "wall_seconds": self.wall_seconds, "class_names": self.model.class_names,
+                 "batch_size": self.train_data.batch_size}
         entries = [{"name": p.name, "data": p.value()} for p in self.model.get_parameters()]
         entries += [{"name": p.name, "data": p.value()} for p in self.ema.network.get_parameters()]
         entries += [{"name": p.name, "data": p.value()} for p in self.optimizer.moments1]
@@ -629,13 +633,18 @@ class Trainer:
 RESUMABLE = ("epochs", "log_every")
 
 
-def read_training_checkpoint(path):
+def read_training_state(path) -> dict:
+    """The trainer state of a `checkpoint.ckpt` (configs, position, batch size), without its tensors."""
+    return read_training_checkpoint(path, state_only=True)[1]
+
+
+def read_training_checkpoint(path, state_only: bool = False):
     """`(MindSpore's {name: Parameter}, trainer state)` of a `checkpoint.ckpt` a run wrote."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, ["no such file"], advice="Pass the checkpoint.ckpt a training run wrote.")
     try:
-        loaded = ms.load_checkpoint(str(path))
+        loaded = ms.load_checkpoint(str(path), choice_func=(lambda name: name == STATE_KEY) if state_only else None)
     except Exception as error:  # MindSpore raises ValueError/RuntimeError for a damaged file
         raise CheckpointError(path, [f"cannot be read: {str(error).strip().splitlines()[0]}"],
                               advice="Resume from another checkpoint, or start a new run.") from None

@@ -28,9 +28,10 @@ import numpy as np
 
 from .card import model_card
 from .download import fetch
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DownloadError
 
 FORMATS = (".ckpt", ".safetensors", ".npz")
+NAMING_SCHEMES = ("mindspore", "timm")
 METADATA_KEY = "network_expansion_metadata"
 
 # Entries a training checkpoint holds beside the model (optimizer, loss scale, counters).
@@ -335,8 +336,11 @@ def load_pretrained(network, source=None, *, head="strict", cache_dir=None, sha2
     """
     if head not in ("strict", "keep"):
         raise ConfigError(f"head must be 'strict' or 'keep', got {head!r}")
-    weights = source if isinstance(source, Weights) else read_weights(
-        source, cache_dir=cache_dir, sha256=sha256, progress=progress)
+    try:
+        weights = source if isinstance(source, Weights) else read_weights(
+            source, cache_dir=cache_dir, sha256=sha256, progress=progress)
+    except DownloadError as error:
+        raise error.advise("load_pretrained(network, '/path/to/{name}')") from None
     parameters = {p.name: p for p in network.get_parameters()}
     state = dict(weights.state)
     problems, kept, resized, advice = [], [], [], []
@@ -439,8 +443,8 @@ def save_weights(network_or_weights, path, *, names: str = "mindspore") -> Path:
     recorded in the file's metadata, so `create_network(pretrained=path)` rebuilds the
     same network. Written to a temporary file, then renamed: never half a file.
     """
-    if names not in ("mindspore", "timm"):
-        raise ConfigError(f"names must be 'mindspore' or 'timm', got {names!r}")
+    if names not in NAMING_SCHEMES:
+        raise ConfigError(f"names must be one of {', '.join(NAMING_SCHEMES)}, got {names!r}")
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise CheckpointError(path, [f"cannot write format {path.suffix or '(no suffix)'!r}"],
