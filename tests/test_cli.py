@@ -141,3 +141,26 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, c
     code, _, err = _run(["train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "file" / "run")],
                         capsys)
     assert code == 2 and err.startswith("network-expansion: error: --output ") and "cannot write there" in err
+
+
+def test_mindspore_warnings_stay_out_of_a_training_run_unless_verbose(tmp_path):
+    """A growth compiles the graphs again, and MindSpore warns about it every time."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("ant", "bee"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    stderr = {}
+    for flags in ([], ["--verbose"]):
+        command = [sys.executable, "-m", "network_expansion", *flags, "train", "--data", str(tmp_path / "data"),
+                   "--val", str(tmp_path / "data"), "--schedule", "1,2", "--epochs", "2", "--image-size", "16",
+                   "--patch-size", "8", "--width", "16", "--num-heads", "2", "--mlp-width", "32", "--batch-size", "4",
+                   "--output", str(tmp_path / f"run{len(flags)}")]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "grew 1 -> 2 blocks at epoch 2" in result.stdout
+        stderr[bool(flags)] = result.stderr
+    assert "compiled again" in stderr[True]
+    assert "WARNING" not in stderr[False] and "compiled again" not in stderr[False]
