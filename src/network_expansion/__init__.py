@@ -7,7 +7,7 @@ Training Acceleration" (Ding et al., CVPR 2023), with the released checkpoint's 
 
 from .card import HubCard, load_card, model_card, validate_card
 from .errors import (CardError, CheckpointError, ConfigError, DataError, DownloadError, ExportError,
-                     ImageError, NetworkExpansionError, PrecisionError, TrainingDiverged,
+                     ImageError, NetworkExpansionError, OutputError, PrecisionError, TrainingDiverged,
                      UnknownModelError)
 from .evaluate import evaluate
 from .hub import create_network, load
@@ -24,5 +24,5 @@ __all__ = [
     "Classifier", "Prediction", "predict", "evaluate", "Preprocess", "DataConfig", "data_config",
     "model_card", "load_card", "validate_card", "HubCard",
     "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
-    "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError",
+    "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError", "OutputError",
 ]

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 
+from .atomic import check_writable_folder
 from .errors import ConfigError, DownloadError, NetworkExpansionError
 
 PROG = "network-expansion"
@@ -26,12 +27,15 @@ def main(argv=None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    _quiet_mindspore(args.verbose)
     handler = _StoryHandler()
     package_logger = logging.getLogger("network_expansion")
     package_logger.addHandler(handler)
-    level = package_logger.level
+    levels = {package_logger: package_logger.level}
     package_logger.setLevel(logging.INFO)
+    if not args.verbose:  # MindSpore's own warnings ('... has been compiled again') stay out
+        mindspore_logger = _mindspore_logger()
+        levels[mindspore_logger] = mindspore_logger.level
+        mindspore_logger.setLevel(logging.ERROR)
     try:
         return args.run(args) or 0
     except DownloadError as error:
@@ -43,7 +47,8 @@ def main(argv=None) -> int:
         return 130
     finally:
         package_logger.removeHandler(handler)
-        package_logger.setLevel(level)
+        for logger, level in levels.items():
+            logger.setLevel(level)
 
 
 def _fail(error) -> int:
@@ -69,12 +74,12 @@ class _StoryHandler(logging.Handler):
             print(record.getMessage(), flush=True)
 
 
-def _quiet_mindspore(verbose: bool) -> None:
-    """MindSpore's own warnings ('... has been compiled again') stay out unless --verbose."""
-    if verbose:
-        return
-    os.environ["GLOG_v"] = "3"  # errors only; read when MindSpore's Python logger is set up
-    logging.getLogger(f"ME.mindspore.log.{os.getpid()}").setLevel(logging.ERROR)  # if it already is
+def _mindspore_logger() -> logging.Logger:
+    """MindSpore's Python logger (set up on first use, from $GLOG_v)."""
+    import mindspore as ms
+
+    ms.get_level()  # sets it up if nothing has logged yet
+    return logging.getLogger(f"ME.mindspore.log.{os.getpid()}")
 
 
 # -- values a flag accepts -----------------------------------------------------------
@@ -178,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("source", metavar="SRC", help=f"a {', '.join(FORMATS)} file, or a URL")
     convert.add_argument("destination", metavar="DST", help=f"the file to write ({', '.join(FORMATS)})")
     convert.add_argument("--names", choices=NAMING_SCHEMES, help="naming scheme of DST (default: by its suffix)")
+    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     convert.set_defaults(run=_convert)
 
     predict = commands.add_parser("predict", help="classify images (ImageNet labels with the released weights)")
@@ -257,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="take uint8 NHWC pictures and resize, crop, normalise inside the graph")
     export.add_argument("--input-size", type=_whole(1), nargs=2, metavar=("H", "W"),
                         help="picture size with --with-preprocess (default: the resize size, square)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.set_defaults(run=_export)
     return parser
 
@@ -329,6 +336,11 @@ def _run_training(args, model_factory, config) -> int:
     batch_size = args.batch_size or (state or {}).get("batch_size") or DEFAULT_BATCH_SIZE
     if state:
         _refuse_changed(args, state, batch_size)
+    import mindspore as ms
+
+    # The command is the program: seeding MindSpore's own random ops (dropout, drop-path)
+    # here makes the same command with the same --seed train the same weights.
+    ms.set_seed(state["train_config"]["seed"] if state else config.seed)
     job = None
     if args.distributed:
         from .distributed import init_data_parallel
@@ -351,7 +363,7 @@ def _run_training(args, model_factory, config) -> int:
         trainer = Trainer(model, train, val, config, output_dir=args.output, distributed=job)
     history = trainer.fit()
     if history.interrupted:
-        return 130
+        return 143 if history.stopped_by == "terminated" else 130
     final = history.final
     print(f"done: depth {trainer.model.depth}, loss {final.get('loss') or float('nan'):.4f}, "
           f"train top-1 {final.get('train_top1', 0):.2%}"
@@ -375,20 +387,6 @@ def _refuse_changed(args, state: dict, batch_size: int) -> None:
                           "checkpoint's: " + ", ".join(differing) + ". Drop them, or start a new run")
 
 
-def _check_writable_folder(path, flag: str) -> None:
-    """Before any training: the output folder can be made and written to."""
-    import tempfile
-    from pathlib import Path
-
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        raise ConfigError(f"{flag} {path}: cannot write there ({error.strerror or error}); "
-                          f"give a folder you can write to") from None
-
-
 def _model_overrides(args) -> dict:
     given = _given(args, _MODEL_FLAGS)
     given.pop("depth", None)
@@ -404,7 +402,7 @@ def _train(args) -> int:
     from .expansion import parse_numbers
     from .hub import create_network
 
-    _check_writable_folder(args.output, "--output")
+    check_writable_folder(args.output, what="--output")
     if args.resume:
         return _run_training(args, None, None)
     # --schedule, else the released 6,12 (with --depth alone: that depth throughout)
@@ -413,14 +411,14 @@ def _train(args) -> int:
     num_classes = args.num_classes or len(ImageFolder.scan(args.data).classes)
     first = parse_numbers(config.schedule, "schedule", "")[0] if config.schedule else (args.depth or 12)
     return _run_training(args, lambda: create_network("NetworkExpansion", depth=first, num_classes=num_classes,
-                                                      **_model_overrides(args)), config)
+                                                      seed=config.seed, **_model_overrides(args)), config)
 
 
 def _finetune(args) -> int:
     from .datasets import ImageFolder
     from .hub import create_network
 
-    _check_writable_folder(args.output, "--output")
+    check_writable_folder(args.output, what="--output")
     if args.resume:
         return _run_training(args, None, None)
     config = _train_config(args)
@@ -429,7 +427,7 @@ def _finetune(args) -> int:
     def model():
         try:
             return create_network("NetworkExpansion", pretrained=args.weights or True, num_classes=num_classes,
-                                  **_model_overrides(args))
+                                  seed=config.seed, **_model_overrides(args))
         except DownloadError as error:
             raise error.advise("--weights /path/to/{name}") from None
 
@@ -453,11 +451,12 @@ def _demo(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export
+    from .export import destination, export
     from .hub import create_network
 
+    destination(args.output, args.format, args.overwrite)  # before the weights are read
     network = create_network("NetworkExpansion", pretrained=args.weights or True)
-    path = export(network, args.output, file_format=args.format, batch=args.batch,
+    path = export(network, args.output, file_format=args.format, batch=args.batch, overwrite=args.overwrite,
                   with_preprocess=args.with_preprocess, input_size=tuple(args.input_size) if args.input_size else None)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
@@ -569,6 +568,12 @@ def _check_card(args) -> int:
 def _convert(args) -> int:
     from .weights import convert, read_weights
 
+    from pathlib import Path
+
+    from .errors import OutputError
+
+    if Path(args.destination).exists() and not args.overwrite:
+        raise OutputError(f"{args.destination} exists; pass --overwrite to replace it, or give another name")
     weights = read_weights(args.source)
     path = convert(weights, args.destination, names=args.names)
     print(f"wrote {path}: {len(weights.state)} tensors from {weights.source} ({weights.scheme} names), "

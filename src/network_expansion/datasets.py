@@ -68,8 +68,12 @@ def imagefolder_dataset(root, config: DataConfig, *, batch_size: int = 32, worke
     import mindspore.dataset as ds
 
     folder = root if isinstance(root, ImageFolder) else ImageFolder.scan(root)
+    # Threads, not processes: decoding releases the GIL, and a signal to the process group
+    # (Ctrl-C, a scheduler's SIGTERM) then reaches the trainer, which saves, instead of
+    # killing worker processes under a pipeline that would then fail.
     dataset = ds.GeneratorDataset(folder, column_names=["image", "label"], shuffle=shuffle,
-                                  num_parallel_workers=workers, num_shards=num_shards, shard_id=shard_id)
+                                  num_parallel_workers=workers, num_shards=num_shards, shard_id=shard_id,
+                                  python_multiprocessing=False)
     transforms = list(augment) + normalize_transforms(config) if augment else host_transforms(config)
     dataset = dataset.map(operations=transforms, input_columns="image", num_parallel_workers=workers)
     return dataset.batch(batch_size, drop_remainder=drop_remainder)

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .atomic import write_text
 from .errors import DownloadError
 
 CACHE_VARIABLE = "NETWORK_EXPANSION_CACHE"
@@ -114,7 +115,7 @@ def _download_verified(url: str, target: Path, record: Path, expected, progress:
         raise DownloadError(
             f"{url} downloaded, but its sha256 is {found}, not the expected {expected}; the file "
             f"was deleted. Check the digest you passed (sha256= or ${SHA256_VARIABLE}) or the link.")
-    _write_atomically(record, found + "\n")
+    write_text(record, found + "\n")
     os.replace(part, target)
     return target
 
@@ -123,12 +124,12 @@ def _cached_copy_is_good(target: Path, record: Path, expected) -> bool:
     recorded = record.read_text().strip() if record.is_file() else None
     if recorded is None and expected is None:
         # Placed by hand (the offline route): trust it, and record it from now on.
-        _write_atomically(record, sha256_of(target) + "\n")
+        write_text(record, sha256_of(target) + "\n")
         return True
     found = sha256_of(target)
     if found == (expected or recorded):
         if recorded != found:
-            _write_atomically(record, found + "\n")
+            write_text(record, found + "\n")
         return True
     print(f"network_expansion: cached {target} has sha256 {found}, expected {expected or recorded}: "
           f"fetching it again", file=sys.stderr)
@@ -174,7 +175,3 @@ def _unreachable(url: str, target: Path, error) -> DownloadError:
                                  "create_network('NetworkExpansion', pretrained='/path/to/{name}')")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -77,6 +77,11 @@ class CheckpointError(NetworkExpansionError, ValueError):
                          f"{listing}{advice}")
 
 
+class OutputError(NetworkExpansionError, OSError):
+    """A file or folder that cannot be written: a full disk, no permission, a path under a
+    regular file. Nothing half-written is left, and the file that was there is untouched."""
+
+
 class ImageError(NetworkExpansionError, ValueError):
     """An input that is not a usable image; the message names the file and the problem."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .datasets import ImageFolder
 from .errors import DataError
 
@@ -39,12 +39,10 @@ class Evaluation:
     def write_csv(self, path) -> Path:
         """Per-class accuracy to `path` (written to a temporary file, then renamed)."""
         path = Path(path)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(temporary, "w", newline="") as f:
+        with atomic_write(path) as temporary, open(temporary, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["class", "images", "top1"])
             writer.writerows([(name, count, f"{accuracy:.6f}") for name, count, accuracy in self.per_class])
-        os.replace(temporary, path)
         return path
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 
-from .errors import ExportError
+from .atomic import atomic_write, check_writable_folder
+from .errors import ConfigError, ExportError, OutputError
 from .preprocess import WithPreprocess, data_config
 
 FORMATS = {"mindir": ("MINDIR", ".mindir"), "onnx": ("ONNX", ".onnx")}
@@ -39,19 +40,20 @@ def example_input(network, *, batch: int | None = 1, with_preprocess: bool = Fal
 
 
 def export(network, path, *, file_format: str = "mindir", batch: int | None = 1, with_preprocess: bool = False,
-           input_size=None) -> Path:
-    """Write `network` (eval mode) to `path`; returns the path written."""
+           input_size=None, overwrite: bool = True) -> Path:
+    """Write `network` (eval mode) to `path`; returns the path written.
+
+    `overwrite=False` refuses to replace an existing file (the command line's default)."""
     if file_format not in FORMATS:
         raise ExportError(f"format {file_format!r}: expected one of {', '.join(FORMATS)}")
+    _check_sizes(batch, input_size)
     ms_format, suffix = FORMATS[file_format]
-    path = Path(path)
-    if path.suffix.lower() != suffix:
-        path = path.with_name(path.name + suffix)
+    path = destination(path, file_format, overwrite)
     network.set_train(False)
     cell = WithPreprocess(network) if with_preprocess else network
     cell.set_train(False)
     inputs = example_input(network, batch=batch, with_preprocess=with_preprocess, input_size=input_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(path.parent)
     folder = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
     try:
         try:
@@ -63,10 +65,34 @@ def export(network, path, *, file_format: str = "mindir", batch: int | None = 1,
         written = list(folder.glob(f"model*{suffix}"))
         if len(written) != 1:
             raise ExportError(f"MindSpore wrote {[p.name for p in folder.iterdir()]}, expected one {suffix} file")
-        os.replace(written[0], path)
+        with atomic_write(path) as temporary:
+            os.replace(written[0], temporary)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return path
+
+
+def destination(path, file_format: str = "mindir", overwrite: bool = True) -> Path:
+    """The file `export` writes for `path` (the format's suffix added if missing); an existing
+    one raises `OutputError` unless `overwrite`."""
+    suffix = FORMATS[file_format][1]
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        path = path.with_name(path.name + suffix)
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite (overwrite=True) to replace it, or give another name")
+    return path
+
+
+def _check_sizes(batch, input_size) -> None:
+    problems = []
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        problems.append(f"batch must be a whole number >= 1 or None (dynamic), got {batch!r}")
+    if input_size is not None and (len(tuple(input_size)) != 2 or
+                                   any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in input_size)):
+        problems.append(f"input_size must be two whole numbers >= 1 (height, width), got {input_size!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def load_mindir(path):

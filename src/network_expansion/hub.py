@@ -20,7 +20,8 @@ def accepted_names() -> tuple:
     return (card.model_name, card.short_alias, card.uid)
 
 
-def create_network(name: str = "NetworkExpansion", *args, pretrained=False, **overrides) -> VisionTransformer:
+def create_network(name: str = "NetworkExpansion", *args, pretrained=False, seed: int | None = None,
+                   **overrides) -> VisionTransformer:
     """Build the NetworkExpansion ViT-B/16, optionally with the released weights.
 
     Args:
@@ -31,6 +32,8 @@ def create_network(name: str = "NetworkExpansion", *args, pretrained=False, **ov
             (MindSpore or timm names, see `weights.py`). The architecture follows the
             weights (class count, depth, ...) unless a keyword says otherwise; a
             `num_classes` other than the checkpoint's keeps a new head for fine-tuning.
+        seed: the initial weights' seed (None: drawn from NumPy's global state, which
+            `mindspore.set_seed` seeds); the same seed builds the same network.
         **overrides: any `ViTConfig` field, e.g. `num_classes=10`, `image_size=384`,
             `drop_path_rate=0.1`, `depth=6`.
 
@@ -47,11 +50,11 @@ def create_network(name: str = "NetworkExpansion", *args, pretrained=False, **ov
             f"arguments {args!r}; pass configuration as keywords, e.g. num_classes=10")
     check_keywords(overrides)  # before any download
     if pretrained is False or pretrained is None:
-        return VisionTransformer(ViTConfig(**overrides))
+        return VisionTransformer(ViTConfig(**overrides), seed=seed)
     weights = read_weights(None if pretrained is True else pretrained)
     # The weights decide the architecture (class count, depth, GELU form, ...); the
     # caller's keywords win. A class count of the caller's own asks for a new head.
-    network = VisionTransformer(ViTConfig(**{**weights.config_fields(), **overrides}))
+    network = VisionTransformer(ViTConfig(**{**weights.config_fields(), **overrides}), seed=seed)
     new_head = overrides.get("num_classes", weights.num_classes) != weights.num_classes
     load_pretrained(network, weights, head="keep" if new_head else "strict")
     return network
@@ -80,5 +83,5 @@ def check_keywords(overrides: dict) -> None:
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise ConfigError(
-            f"unknown keyword(s) {', '.join(unknown)}; create_network accepts pretrained and "
+            f"unknown keyword(s) {', '.join(unknown)}; create_network accepts pretrained, seed and "
             f"the ViTConfig fields: {', '.join(known)}")

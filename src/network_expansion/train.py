@@ -26,8 +26,9 @@ import dataclasses
 import json
 import logging
 import math
-import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ import numpy as np
 from mindspore import nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
+from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .expansion import EMA, ExpansionSchedule, expand
 from .model import ViTConfig, VisionTransformer, compiled_forward, pad_batch
@@ -308,6 +310,7 @@ class History:
 
     records: list = field(default_factory=list)
     interrupted: bool = False
+    stopped_by: str | None = None    # 'interrupted' (Ctrl-C, SIGINT) or 'terminated' (SIGTERM)
     checkpoint: str | None = None
 
     @property
@@ -347,6 +350,7 @@ class Trainer:
         self.epoch, self.position, self.step = 0, 0, 0
         self.history = History()
         self._started = None        # the clock runs only inside fit()
+        self._stop = _StopOnSignal()
         self._elapsed_before = 0.0
         expected = self.schedule.depth_at(0)
         if model.depth != expected:
@@ -401,11 +405,12 @@ class Trainer:
 
     def fit(self, until: int | None = None) -> History:
         """Train to `config.epochs`, or only to epoch `until` (call again to go on); returns the
-        history (also on Ctrl-C, after saving). `model.ckpt` and `model_ema.ckpt` are written
-        when the last epoch is done."""
+        history (also on Ctrl-C or SIGTERM, after saving). `model.ckpt` and `model_ema.ckpt`
+        are written when the last epoch is done."""
         self._started = time.perf_counter()
         try:
-            return self._fit(self.config.epochs if until is None else min(int(until), self.config.epochs))
+            with self._stop:
+                return self._fit(self.config.epochs if until is None else min(int(until), self.config.epochs))
         finally:
             self._elapsed_before, self._started = self.wall_seconds, None
 
@@ -438,19 +443,24 @@ class Trainer:
                     meter.seconds += time.perf_counter() - start
                     if meter.queued >= self.config.log_every:
                         self._read_back(meter)
+                    self._stop.check()  # a signal stops here, between whole steps: resume is exact
                 self._read_back(meter)
                 bar.close()
                 self.epoch += 1
                 self.position = 0
                 self._record_epoch(meter)
                 self.save_checkpoint()
+                self._stop.check()
         except KeyboardInterrupt:
+            self._stop.ignore()  # a second Ctrl-C must not cut the checkpoint in half
             self.history.interrupted = True
+            self.history.stopped_by = self._stop.name
             if meter is not None:
                 self._read_back(meter)  # a NaN raises here: nothing diverged is saved
             path = self.save_checkpoint()
             if self._is_main:
-                print(f"\ninterrupted: saved {path} at epoch {self.epoch + 1}, batch {self.position}; "
+                where = f"saved {path}" if path else "nothing saved (no output_dir)"
+                print(f"\n{self._stop.name}: {where} at epoch {self.epoch + 1}, batch {self.position}; "
                       f"resume with Trainer.resume or --resume", file=sys.stderr)
             return self.history
         if self.epoch >= self.config.epochs:
@@ -518,6 +528,7 @@ class Trainer:
         hits = seen = 0
         size = None
         for images, labels in self.val_data.evaluation_batches():
+            self._stop.rearm()  # the evaluation pipeline installs MindSpore's handlers again
             size = size or len(labels)
             logits = forward(ms.Tensor(pad_batch(images, size))).asnumpy()[:len(labels)]
             hits += int((logits.argmax(-1) == labels).sum())
@@ -654,6 +665,67 @@ def read_training_checkpoint(path, state_only: bool = False):
     return loaded, json.loads(loaded.pop(STATE_KEY))
 
 
+class _StopOnSignal:
+    """Ctrl-C (SIGINT) and SIGTERM ask the training loop to stop after the step under way,
+    save, and return; a second Ctrl-C stops at once.
+
+    Needed because MindSpore's runtime installs a SIGINT handler of its own once its first
+    op has run, which ends the process with SIGTERM (exit 143): nothing saved. Python's
+    handlers are put back at every `check` (between steps), since a new graph may install
+    MindSpore's again. Outside the main thread (where Python cannot take signals) this is
+    a no-op and Ctrl-C behaves as before.
+    """
+
+    NAMES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+        self._inside = False
+        self._active = threading.current_thread() is threading.main_thread()
+
+    @property
+    def name(self) -> str:
+        return self.NAMES.get(self.received, "interrupted")
+
+    def __enter__(self):
+        self.received, self._inside = None, True
+        if self._active:
+            self._previous = {s: signal.getsignal(s) for s in self.NAMES}
+            self._arm()
+        return self
+
+    def __exit__(self, *exc):
+        self._inside = False
+        for number, handler in self._previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+    def _arm(self):
+        for number in self.NAMES:
+            signal.signal(number, self._handle)
+
+    def _handle(self, number, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.received = number
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a signal came; re-install the handlers."""
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.rearm()
+
+    def rearm(self) -> None:
+        """Put Python's handlers back (a new graph or dataset pipeline may have replaced them)."""
+        if self._active and self._inside:
+            self._arm()
+
+    def ignore(self) -> None:
+        if self._active and self._inside:
+            for number in self.NAMES:
+                signal.signal(number, signal.SIG_IGN)
+
+
 def describe_record(record: dict, epochs: int) -> str:
     """One line of the console's story of a run: an epoch, or a growth."""
     def top1(key, label):
@@ -720,13 +792,8 @@ class _EpochMeter:
 
 
 def _save_atomically(entries, path: Path, append: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.ckpt")
-    try:
+    with atomic_write(path, advice="The last checkpoint written is intact") as temporary:
         ms.save_checkpoint(entries, str(temporary), append_dict=append)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def finetune_network(weights=True, num_classes: int = 10, **overrides) -> VisionTransformer:

@@ -18,7 +18,6 @@ assigned, so a network is never left half-loaded.
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .card import model_card
+from .atomic import atomic_write
 from .download import fetch
 from .errors import CheckpointError, ConfigError, DownloadError
 
@@ -464,13 +464,8 @@ def save_weights(network_or_weights, path, *, names: str = "mindspore") -> Path:
     if class_names is not None:
         fields["class_names"] = list(class_names)
     metadata = json.dumps(fields)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
+    with atomic_write(path) as temporary:
         _write_file(state, temporary, metadata)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 
