@@ -78,7 +78,7 @@ def _valid_header(**changes):
 
 @pytest.mark.parametrize("changes,problem", [
     ({"fine-tunable": "yes please"}, "'fine-tunable' is 'yes please': expected True or False"),
-    ({"input-shape": "[224, x, 3]"}, "'input-shape' is [224, 'x', 3]: expected a list of integers"),
+    ({"input-shape": "[224, x, 3]"}, "'input-shape' is [224, 'x', 3]: expected a list of positive integers"),
     ({"module-type": "cv-classification-extra"}, "'module-type' is 'cv-classification-extra'"),
     ({"used-for": "inference, dreaming"}, "'used-for' is 'inference, dreaming'"),
     ({"infer-backend": "tpu"}, "'infer-backend' is 'tpu': expected one of cpu, gpu, ascend"),

@@ -51,7 +51,7 @@ def test_a_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
 
 def test_a_digest_mismatch_raises_and_leaves_no_file(server, tmp_path):
     wrong = "0" * 64
-    with pytest.raises(DownloadError, match=f"sha256 is {DIGEST}, not the expected {wrong}; the file was deleted"):
+    with pytest.raises(DownloadError, match=f"sha256 is {DIGEST}, not the expected {wrong}; the download was deleted"):
         fetch(server.url(f"/models/{NAME}"), folder=tmp_path, sha256=wrong, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == [f"{NAME}.lock"]  # the empty lock only
 
@@ -64,14 +64,16 @@ def test_the_digest_variable_is_checked(server, tmp_path, monkeypatch):
         fetch(server.url(f"/models/{NAME}"), folder=tmp_path / "other", progress=False)
 
 
-def test_a_corrupted_cache_file_is_detected_and_fetched_again(server, tmp_path, capsys):
+def test_a_corrupted_cache_file_is_detected_moved_aside_and_fetched_again(server, tmp_path, caplog):
     path = fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False)
     damaged = bytearray(path.read_bytes())
     damaged[1000] ^= 0xFF
     path.write_bytes(bytes(damaged))
     assert fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False).read_bytes() == BODY
     assert len(server.requests) == 2
-    assert "fetching it again" in capsys.readouterr().err
+    assert "fetching it again" in caplog.text and "moved aside" in caplog.text
+    aside = list(tmp_path.glob(f"{NAME}.sha256-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == bytes(damaged)  # kept, not deleted
 
 
 def test_a_file_placed_by_hand_is_used_without_a_server(tmp_path, monkeypatch):
@@ -103,10 +105,11 @@ def test_connection_refused_gives_the_offline_advice(tmp_path):
     ("Classifier", "Classifier(weights='/path/to/{name}')"),
     ("command", "--weights /path/to/{name}"),
 ])
-def test_offline_advice_fits_the_door_the_user_came_through(tmp_path, capsys, door, advice):
+def test_offline_advice_fits_the_door_the_user_came_through(tmp_path, capsys, monkeypatch, door, advice):
     import network_expansion as ne
     from network_expansion.cli import main
 
+    monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(tmp_path))
     url = f"http://127.0.0.1:{_closed_port()}/{NAME}"
     if door == "command":
         assert main(["predict", "cat.jpg", "--weights", url]) == 2

@@ -46,6 +46,7 @@ REPO_LINK_PATTERN = re.compile(r"^https://[^/]+\.com/[^/]+/[^/]+/tree/[^/]+/[^/]
 FIELDS_ALLOWED_A_COLON = ("repo-link", "asset")
 
 CARD_UID = "noahsark/gpu/1.8/networkexpansion_v1.0_imagenet2012"
+MAX_CARD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -175,17 +176,22 @@ def _read_card(path):
     """Split a card into its header fields, body and the problems met while reading."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CARD_BYTES + 1)
+        if len(raw) > MAX_CARD_BYTES:
+            raise CardError(path, [f"the card is larger than {MAX_CARD_BYTES // 1024} KiB; a hub card is a short "
+                                   f"header and a description"])
+        text = raw.decode("utf-8")
     except OSError as error:
-        raise CardError(path, [f"cannot read the card: {error.strerror or error}"]) from error
+        raise CardError(path, [f"cannot read the card: {error.strerror or error}"]) from None
     except UnicodeDecodeError as error:
-        raise CardError(path, [f"the card is not UTF-8 text ({error.reason})"]) from error
+        raise CardError(path, [f"the card is not UTF-8 text ({error.reason})"]) from None
     pieces = re.split(r"^---[ \t]*$", text, maxsplit=2, flags=re.MULTILINE)
     if len(pieces) != 3:
         raise CardError(path, ["no YAML header: expected the fields between two lines '---'"])
     header, body = pieces[1], pieces[2].strip()
     try:
-        fields = yaml.safe_load(header)
+        fields = _load_yaml(header)
     except yaml.YAMLError as error:
         # Keep going line by line, as a person reading the card would, so that every
         # other problem is reported too, not just the first.
@@ -196,6 +202,22 @@ def _read_card(path):
     if not isinstance(fields, dict):
         return {}, body, ["the header is not a mapping of 'field: value' lines"]
     return fields, body, []
+
+
+class _CardLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: `*name` lets a ten-line card expand into
+    gigabytes ("billion laughs"), and no card needs one."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "found a YAML alias (*name): cards may not use "
+                                                          "aliases; write the value out", mark)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_CardLoader)
 
 
 def _read_lines(header: str) -> dict:
@@ -221,7 +243,7 @@ def _read_lines(header: str) -> dict:
 
 def _scalar(text: str):
     try:
-        value = yaml.safe_load(text)
+        value = _load_yaml(text)
     except yaml.YAMLError:
         return text
     return text if isinstance(value, dict) else value
@@ -241,7 +263,9 @@ def _check_fields(fields: dict) -> list[str]:
 
     check("fine-tunable", lambda v: isinstance(v, bool), "True or False")
     check("input-shape", lambda v: isinstance(v, list) and v and all(
-        isinstance(x, int) and not isinstance(x, bool) for x in v), "a list of integers")
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v), "a list of positive integers")
+    check("num-classes", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+          "a positive integer")
     check("accuracy", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           "a number")
     check("allow-cache-ckpt", lambda v: isinstance(v, bool), "True or False")

@@ -60,6 +60,16 @@ class DownloadError(NetworkExpansionError, OSError):
         """This error, ending with `how` a local file is passed (`{name}`: the file name)."""
         return self if self.target is None else DownloadError.offline(self.reason, self.target, how)
 
+    def kept_aside(self, path) -> "DownloadError":
+        """This error, also saying where the cached file that failed its digest was moved."""
+        if path is None:
+            return self
+        reason = (f"{self.reason or str(self).splitlines()[0]} The cached file that did not match its digest "
+                  f"was kept at {path}: if it is the right file, correct the digest and move it back.")
+        if self.target is None:
+            return DownloadError(reason)
+        return DownloadError.offline(reason, self.target)
+
 
 class CheckpointError(NetworkExpansionError, ValueError):
     """A checkpoint that cannot be read, or does not fit the network.

@@ -102,6 +102,8 @@ def _from_array(array: np.ndarray) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise ImageError(f"array of shape {shape}: expected (height, width), (height, width, 1), "
                          f"(height, width, 3) or (height, width, 4)")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError(f"array of shape {shape} holds no pixels")
     if array.dtype == np.uint8:
         pass
     elif array.dtype == np.uint16:

@@ -116,6 +116,8 @@ class Classifier:
                 network = create_network("NetworkExpansion", pretrained=weights)
             except DownloadError as error:
                 raise error.advise("Classifier(weights='/path/to/{name}')") from None
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         self.network = network
         self.network.set_train(False)
         self.batch_size = int(batch_size)
@@ -234,8 +236,12 @@ class Classifier:
 
     def predict_folder(self, folder, topk: int = 5, **options):
         """`predict_stream` over the image files below `folder`, in sorted order."""
+        from pathlib import Path
+
         from .datasets import image_files
 
+        if not Path(folder).is_dir():
+            raise ImageError(f"{folder}: no such folder" if not Path(folder).exists() else f"{folder}: not a folder")
         return self.predict_stream([str(p) for p in image_files(folder)], topk, **options)
 
     def try_prepare(self, item):
@@ -249,7 +255,9 @@ class Classifier:
         return preprocess_image(load_image(item), self.data_config)
 
     def _top(self, probabilities: np.ndarray, sources, topk: int) -> list:
-        topk = max(1, min(int(topk), probabilities.shape[1]))
+        if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+            raise ConfigError(f"topk must be a whole number >= 1, got {topk!r}")
+        topk = min(int(topk), probabilities.shape[1])
         # Sorted by probability, ties broken by the lower index: deterministic.
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :topk]
         return [Prediction(source=source, indices=[int(i) for i in row],

@@ -40,7 +40,7 @@ from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from .expansion import EMA, ExpansionSchedule, expand
+from .expansion import EMA, MODES, ExpansionSchedule, expand
 from .model import ViTConfig, VisionTransformer, compiled_forward, pad_batch
 
 STATE_KEY = "network_expansion_trainer_state"
@@ -77,8 +77,34 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not isinstance(self.log_every, int) or self.log_every < 1:
-            raise ConfigError(f"log_every must be a whole number of steps >= 1, got {self.log_every!r}")
+        def whole(value, low):
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        def number(value, low, high=math.inf, low_open=False, high_open=True):
+            return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+
+        rules = [
+            ("epochs", whole(self.epochs, 1), "a whole number >= 1"),
+            ("lr", number(self.lr, 0, low_open=True), "a number > 0"),
+            ("min_lr", number(self.min_lr, 0), "a number >= 0"),
+            ("warmup_epochs", whole(self.warmup_epochs, 0), "a whole number >= 0"),
+            ("weight_decay", number(self.weight_decay, 0), "a number >= 0"),
+            ("label_smoothing", number(self.label_smoothing, 0, 1), "a number in [0, 1)"),
+            ("mixup", number(self.mixup, 0), "a number >= 0 (0: off)"),
+            ("cutmix", number(self.cutmix, 0), "a number >= 0 (0: off)"),
+            ("clip_grad", self.clip_grad is None or number(self.clip_grad, 0, low_open=True), "None or a number > 0"),
+            ("ema_decay", number(self.ema_decay, 0, 1), "a number in [0, 1)"),
+            ("stage_unit", self.stage_unit in ("epoch", "step"), "'epoch' or 'step'"),
+            ("expansion_mode", self.expansion_mode in MODES, f"one of {', '.join(MODES)}"),
+            ("layer_decay", self.layer_decay is None or number(self.layer_decay, 0, 1, low_open=True, high_open=False),
+             "None or a number in (0, 1]"),
+            ("log_every", whole(self.log_every, 1), "a whole number of steps >= 1"),
+            ("seed", whole(self.seed, 0), "a whole number >= 0"),
+        ]
+        problems = [f"{name} must be {expected}, got {getattr(self, name)!r}" for name, ok, expected in rules if not ok]
+        if problems:
+            raise ConfigError("invalid TrainConfig: " + "; ".join(problems))
 
     def final_depth(self, depth: int) -> int:
         """The depth training ends at: the schedule's last stage, else `depth`."""

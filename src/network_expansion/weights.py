@@ -17,9 +17,11 @@ assigned, so a network is never left half-loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import numpy as np
 
 from .card import model_card
 from .atomic import atomic_write
-from .download import fetch
+from .download import fetch, file_name_of
 from .errors import CheckpointError, ConfigError, DownloadError
 
 FORMATS = (".ckpt", ".safetensors", ".npz")
@@ -177,10 +179,15 @@ def resolve(source=None, *, cache_dir=None, sha256=None, progress=True) -> Path:
     """The local path of `source` (downloading the released file or a URL if needed)."""
     if source is None or source is True:
         asset = model_card().checkpoint
-        return fetch(asset.link, folder=cache_dir, sha256=sha256 or asset.sha256 or None, progress=progress)
+        source, sha256 = asset.link, sha256 or asset.sha256 or None
     source = str(source)
     if source.startswith(("http://", "https://")):
-        return fetch(source, folder=cache_dir, sha256=sha256, progress=progress)
+        suffix = Path(file_name_of(source)).suffix.lower()
+        if suffix not in FORMATS:  # before a byte is downloaded
+            raise CheckpointError(source, [f"the URL names a {suffix or 'suffix-less'} file, not a checkpoint"],
+                                  advice=f"Give the URL of a {', '.join(FORMATS)} file.")
+        return fetch(source, folder=cache_dir, sha256=sha256, progress=progress,
+                     check=lambda part: _read_file(part, suffix))
     path = Path(source).expanduser()
     if not path.is_file():
         raise CheckpointError(path, ["no such file" if not path.exists() else "not a file"],
@@ -189,15 +196,16 @@ def resolve(source=None, *, cache_dir=None, sha256=None, progress=True) -> Path:
     return path
 
 
-def _read_file(path: Path):
-    """`({name: array}, metadata)` of a checkpoint file, by its suffix."""
-    suffix = path.suffix.lower()
+def _read_file(path: Path, suffix: str | None = None):
+    """`({name: array}, metadata)` of a checkpoint file, by its suffix (or `suffix`)."""
+    suffix = suffix or path.suffix.lower()
     if suffix not in FORMATS:
         raise CheckpointError(path, [f"unknown format {suffix or '(no suffix)'!r}"],
                               advice=f"Expected one of {', '.join(FORMATS)}.")
     try:
         if suffix == ".ckpt":
-            return _read_ckpt(path)
+            with _named(path, suffix) as named:  # MindSpore reads only files named *.ckpt
+                return _read_ckpt(named)
         if suffix == ".safetensors":
             return _read_safetensors(path)
         with np.load(path, allow_pickle=False) as archive:
@@ -209,6 +217,18 @@ def _read_file(path: Path):
     except Exception as error:  # each reader raises its own types for a damaged file
         raise CheckpointError(path, [f"cannot be read as {suffix}: {error}"],
                               advice="The file is damaged or not what its name says: download it again.") from error
+
+
+@contextlib.contextmanager
+def _named(path: Path, suffix: str):
+    """`path`, or a link to it that ends in `suffix` (e.g. a download's `.part` file)."""
+    if path.suffix.lower() == suffix:
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        link = Path(folder) / f"download{suffix}"
+        link.symlink_to(Path(path).resolve())
+        yield link
 
 
 def _read_ckpt(path: Path):
@@ -377,7 +397,9 @@ def load_pretrained(network, source=None, *, head="strict", cache_dir=None, sha2
             problems.append(f"missing: {name} {tuple(parameter.shape)}")
             continue
         value = state[name]
-        if tuple(value.shape) != tuple(parameter.shape):
+        if np.asarray(value).dtype.kind != "f":
+            problems.append(f"not floating point: {name} holds {np.asarray(value).dtype} values")
+        elif tuple(value.shape) != tuple(parameter.shape):
             problems.append(f"wrong shape: {name} is {tuple(value.shape)} in the checkpoint, "
                             f"{tuple(parameter.shape)} in the network")
         elif not np.isfinite(value).all():
