@@ -8,10 +8,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FileServer:
     """Serves `files` ({'/name': bytes}) on 127.0.0.1. `cut_next[path] = n` makes the next
     request for `path` send only n bytes of its body, then close the connection. `pause`
-    seconds are spent half-way through every body (for overlapping downloads)."""
+    seconds are spent half-way through every body (for overlapping downloads).
+    `misbehave[path]` makes the server answer that path wrongly: 'no-length' (no
+    Content-Length), 'range-from-zero' (206 for a Range request, but the whole body from
+    byte 0), 'range-elsewhere' (206 starting at another byte than asked)."""
 
     def __init__(self):
-        self.files, self.cut_next, self.requests = {}, {}, []
+        self.files, self.cut_next, self.requests, self.misbehave = {}, {}, [], {}
         self.pause = 0.0
         server = self
 
@@ -25,17 +28,22 @@ class FileServer:
                 if body is None:
                     self.send_error(404, "Not Found")
                     return
-                start = 0
+                start, how = 0, server.misbehave.get(self.path)
                 if self.headers.get("Range"):
                     start = int(self.headers["Range"].split("=")[1].split("-")[0])
                     if start >= len(body):
                         self.send_error(416, "Range Not Satisfiable")
                         return
+                    if how == "range-from-zero":
+                        start = 0
+                    elif how == "range-elsewhere":
+                        start = start // 2
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
+                if how != "no-length":
+                    self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 cut = server.cut_next.pop(self.path, None)
                 body = body[start:start + cut] if cut is not None else body[start:]
