@@ -115,3 +115,27 @@ def color_image(channel, size=(40, 48), seed=0):
     image = rng.integers(0, 60, size=size + (3,))
     image[..., channel] = rng.integers(200, 256, size=size)
     return image.astype(np.uint8)
+
+
+def run_command(argv, capsys):
+    """(exit code, stdout, stderr) of `network-expansion argv`, as a shell would see them."""
+    from network_expansion.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def noise_folder(root, classes=("ant", "bee"), per_class=4, size=20, seed=0):
+    """An ImageFolder tree of random RGB pictures, `per_class` in each class folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (Path(root) / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(Path(root) / name / f"{i}.png")
+    return Path(root)

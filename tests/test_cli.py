@@ -5,9 +5,8 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, noise_folder, run_command
 
 from network_expansion.cli import main
 
@@ -42,16 +41,6 @@ def test_the_console_script_is_installed():
     assert out.returncode == 0 and "valid" in out.stdout
 
 
-def _run(argv, capsys):
-    """(exit code, stdout, stderr) of the command, as a shell would see them."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_version_and_python_dash_m():
     out = subprocess.run([sys.executable, "-m", "network_expansion", "--version"], capture_output=True, text=True,
                          timeout=120)
@@ -67,7 +56,7 @@ def test_version_and_python_dash_m():
     ("demo", ["about 8 minutes", "default 32", "default 6,12"]),
 ])
 def test_help_shows_the_defaults(capsys, command, defaults):
-    code, out, _ = _run([command, "--help"], capsys)
+    code, out, _ = run_command([command, "--help"], capsys)
     text = " ".join(out.split())
     assert code == 0 and all(d in text for d in defaults), text
 
@@ -90,14 +79,8 @@ def test_every_exception_class_is_in_errors_and_exported():
 
 
 def test_a_small_training_folder_trains_with_a_smaller_batch_and_says_so(tmp_path, capsys):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name in ("ant", "bee"):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
-    code, out, err = _run(["train", "--data", str(tmp_path / "data"), "--schedule", "none", "--depth", "1",
+    noise_folder(tmp_path / "data", per_class=3)
+    code, out, err = run_command(["train", "--data", str(tmp_path / "data"), "--schedule", "none", "--depth", "1",
                            "--epochs", "1", "--image-size", "16", "--patch-size", "8", "--width", "16",
                            "--num-heads", "2", "--mlp-width", "32", "--output", str(tmp_path / "run")], capsys)
     assert code == 0, err
@@ -111,13 +94,7 @@ def test_a_small_training_folder_trains_with_a_smaller_batch_and_says_so(tmp_pat
 
 def test_mindspore_warnings_stay_out_of_a_training_run_unless_verbose(tmp_path):
     """A growth compiles the graphs again, and MindSpore warns about it every time."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name in ("ant", "bee"):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    noise_folder(tmp_path / "data")
     stderr = {}
     for flags in ([], ["--verbose"]):
         command = [sys.executable, "-m", "network_expansion", *flags, "train", "--data", str(tmp_path / "data"),

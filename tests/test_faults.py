@@ -8,7 +8,6 @@ that held, grouped by where the input enters.
 """
 
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -18,28 +17,17 @@ import tracemalloc
 import zlib
 from pathlib import Path
 
-import mindspore as ms
 import numpy as np
 import pytest
-from conftest import REPO, parameters_of, tiny_config, write_ckpt
+from conftest import REPO, noise_folder, parameters_of, run_command, tiny_config, write_ckpt
 from http_server import FileServer
 from PIL import Image
 
 import network_expansion as ne
-from network_expansion.cli import main
 from network_expansion.download import fetch
+from network_expansion.train import TrainConfig, read_training_state
 from network_expansion.errors import (CardError, CheckpointError, ConfigError, DownloadError, ImageError,
                                       OutputError)
-
-
-def _run(argv, capsys):
-    """(exit code, stdout, stderr) of the command, as a shell would see them."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _one_line_error(code, err, *needles):
@@ -253,7 +241,7 @@ def test_a_cache_folder_that_is_a_file_says_so(server, tmp_path, capsys, monkeyp
     with pytest.raises(DownloadError, match="cannot use the cache folder"):
         fetch(server.url("/w/tiny.ckpt"), folder=tmp_path / "cache", progress=False)
     monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(tmp_path / "cache"))
-    code, _, err = _run(["predict", "cat.jpg", "--weights", server.url("/w/tiny.ckpt")], capsys)
+    code, _, err = run_command(["predict", "cat.jpg", "--weights", server.url("/w/tiny.ckpt")], capsys)
     _one_line_error(code, err, "cannot use the cache folder", "NETWORK_EXPANSION_CACHE")
 
 
@@ -324,7 +312,7 @@ def test_a_huge_or_binary_card_is_refused(tmp_path):
 def test_a_mistake_on_the_command_line_is_one_line_naming_flag_value_and_what_is_accepted(
         capsys, tmp_path, monkeypatch, argv, flag, given, accepted):
     monkeypatch.chdir(tmp_path)
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_command(argv, capsys)
     assert out == ""
     _one_line_error(code, err, f"argument {flag}", given, accepted)
     assert _files(tmp_path) == []  # nothing written, no MindSpore rank_0/ analysis files
@@ -339,7 +327,7 @@ def test_a_mistake_on_the_command_line_is_one_line_naming_flag_value_and_what_is
 ])
 def test_a_training_recipe_that_makes_no_sense_is_refused(fields, message):
     with pytest.raises(ConfigError, match=message):
-        ne.train.TrainConfig(**fields)
+        TrainConfig(**fields)
 
 
 def test_export_sizes_that_make_no_sense_are_refused_in_the_api(tmp_path):
@@ -389,7 +377,7 @@ def test_writing_where_nothing_can_be_written_is_one_line(tmp_path, capsys, wher
     destination = where.replace("FILE", str(tmp_path / "FILE")).replace("DIR", str(tmp_path / "DIR.ckpt"))
     if where == "DIR":
         (tmp_path / "DIR.ckpt").mkdir()
-    code, _, err = _run(["convert", str(tmp_path / "source.ckpt"), destination, "--overwrite"], capsys)
+    code, _, err = run_command(["convert", str(tmp_path / "source.ckpt"), destination, "--overwrite"], capsys)
     _one_line_error(code, err, "cannot write there")
     with pytest.raises(OutputError):
         ne.save_weights(ne.VisionTransformer(tiny_config()), destination)
@@ -400,9 +388,9 @@ def test_existing_files_are_not_overwritten_without_a_word(tmp_path, capsys, che
     (tmp_path / "source.ckpt").write_bytes(checkpoint_bytes)
     (tmp_path / "out.safetensors").write_text("precious")
     (tmp_path / "model.mindir").write_text("precious too")
-    code, _, err = _run(["convert", str(tmp_path / "source.ckpt"), str(tmp_path / "out.safetensors")], capsys)
+    code, _, err = run_command(["convert", str(tmp_path / "source.ckpt"), str(tmp_path / "out.safetensors")], capsys)
     _one_line_error(code, err, "exists; pass --overwrite")
-    code, _, err = _run(["export", str(tmp_path / "model.mindir"), "--weights", str(tmp_path / "source.ckpt")],
+    code, _, err = run_command(["export", str(tmp_path / "model.mindir"), "--weights", str(tmp_path / "source.ckpt")],
                         capsys)
     _one_line_error(code, err, "exists; pass --overwrite")
     assert (tmp_path / "out.safetensors").read_text() == "precious"
@@ -417,7 +405,7 @@ def test_a_csv_into_a_folder_is_refused_and_leaves_no_temporary(tmp_path, capsys
         Image.fromarray(color_image(c)).save(tmp_path / "tree" / name / "0.png")
     weights = ne.save_weights(color_rigged_network(), tmp_path / "rig.ckpt")
     (tmp_path / "report").mkdir()
-    code, _, err = _run(["evaluate", str(tmp_path / "tree"), "--weights", str(weights), "--csv",
+    code, _, err = run_command(["evaluate", str(tmp_path / "tree"), "--weights", str(weights), "--csv",
                          str(tmp_path / "report")], capsys)
     _one_line_error(code, err, "cannot write there", "give a file name")
     assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name]
@@ -445,11 +433,7 @@ def _command(*args):
 @pytest.fixture(scope="module")
 def folder_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    rng = np.random.default_rng(0)
-    for name in ("ant", "bee"):
-        (root / "data" / name).mkdir(parents=True)
-        for i in range(12):
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / "data" / name / f"{i}.png")
+    noise_folder(root / "data", per_class=12)
     return root
 
 
@@ -496,7 +480,7 @@ def test_a_real_signal_saves_the_run_and_resume_is_exact(folder_data, reference_
     _, err = child.communicate(timeout=300)
     assert child.returncode == code, err[-2000:]
     assert f"{word}: saved {out / 'checkpoint.ckpt'}" in err
-    state = ne.train.read_training_state(out / "checkpoint.ckpt")
+    state = read_training_state(out / "checkpoint.ckpt")
     assert state["epoch"] >= 1 and not (out / "model.ckpt").exists()
     result = subprocess.run(_command("train", "--data", str(folder_data / "data"), "--resume",
                                      str(out / "checkpoint.ckpt"), "--output", str(out)),
@@ -514,7 +498,7 @@ def test_sigkill_leaves_the_last_checkpoint_intact(folder_data):
             break
     child.kill()
     child.wait(timeout=60)
-    state = ne.train.read_training_state(out / "checkpoint.ckpt")  # reads whole: not half-written
+    state = read_training_state(out / "checkpoint.ckpt")  # reads whole: not half-written
     assert state["epoch"] in (1, 2)  # epoch 2's line is printed just before its checkpoint is written
 
 
@@ -533,16 +517,16 @@ def test_a_full_disk_stops_training_in_one_line_and_keeps_the_last_checkpoint(fo
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert len(errors) == 1 and "checkpoint.ckpt: cannot write there (File too large)" in errors[0]
     assert "The last checkpoint written is intact" in errors[0]
-    state = ne.train.read_training_state(out / "checkpoint.ckpt")
+    state = read_training_state(out / "checkpoint.ckpt")
     assert state["depth"] == 1 and state["epoch"] == 2
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.ckpt", "log.jsonl"]
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, folder_data):
     (tmp_path / "file").write_text("not a folder")
-    code, _, err = _run(["train", "--data", str(folder_data / "data"), "--output", str(tmp_path / "file" / "run")],
+    code, _, err = run_command(["train", "--data", str(folder_data / "data"), "--output", str(tmp_path / "file" / "run")],
                         capsys)
     _one_line_error(code, err, "--output ", "cannot write there")
-    code, _, err = _run(["train", "--data", str(folder_data / "data"), "--output", "/proc/network-expansion-run"],
+    code, _, err = run_command(["train", "--data", str(folder_data / "data"), "--output", "/proc/network-expansion-run"],
                         capsys)
     _one_line_error(code, err, "--output ", "cannot write there")

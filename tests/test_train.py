@@ -235,15 +235,11 @@ def test_frozen_backbone_and_layer_decay_make_the_right_groups():
 
 
 def test_finetune_command_trains_a_new_head_on_an_imagefolder(tmp_path, capsys):
-    from PIL import Image
+    from conftest import noise_folder
 
     from network_expansion.cli import main
 
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    noise_folder(tmp_path / "data", classes=("a", "b"))
     source = VisionTransformer(ViTConfig(**{**SMALL, "num_classes": 7}, depth=2))
     weights = save_weights(source, tmp_path / "source.ckpt")
     assert main(["finetune", "--data", str(tmp_path / "data"), "--weights", str(weights), "--epochs", "1",

@@ -455,6 +455,7 @@ class Trainer:
                            disable=not self.progress or not self._is_main, file=sys.stderr)
                 meter = _EpochMeter(bar)
                 for images, labels in self.train_data.batches(self.epoch, rng_seed, start=self.position):
+                    self._stop.rearm()  # the epoch's dataset pipeline installs MindSpore's handlers again
                     if self.schedule.unit == "step" and self.schedule.depth_at(self.step) > self.model.depth:
                         self._read_back(meter)  # grow from weights known to be finite
                         self._grow_if_due()
@@ -477,6 +478,11 @@ class Trainer:
                 self._record_epoch(meter)
                 self.save_checkpoint()
                 self._stop.check()
+        except _StopNow:
+            self.history.interrupted, self.history.stopped_by = True, self._stop.name
+            logger.warning("stopped at once (asked twice): nothing saved since %s", self._checkpoint_path()
+                           or "the start (no output_dir)")
+            return self.history
         except KeyboardInterrupt:
             self._stop.ignore()  # a second Ctrl-C must not cut the checkpoint in half
             self.history.interrupted = True
@@ -486,8 +492,8 @@ class Trainer:
             path = self.save_checkpoint()
             if self._is_main:
                 where = f"saved {path}" if path else "nothing saved (no output_dir)"
-                print(f"\n{self._stop.name}: {where} at epoch {self.epoch + 1}, batch {self.position}; "
-                      f"resume with Trainer.resume or --resume", file=sys.stderr)
+                logger.warning("%s: %s at epoch %d, batch %d; resume with Trainer.resume or --resume",
+                               self._stop.name, where, self.epoch + 1, self.position)
             return self.history
         if self.epoch >= self.config.epochs:
             self._save_final()
@@ -691,6 +697,10 @@ def read_training_checkpoint(path, state_only: bool = False):
     return loaded, json.loads(loaded.pop(STATE_KEY))
 
 
+class _StopNow(KeyboardInterrupt):
+    """A second Ctrl-C: stop at once, without saving (the step under way may be half done)."""
+
+
 class _StopOnSignal:
     """Ctrl-C (SIGINT) and SIGTERM ask the training loop to stop after the step under way,
     save, and return; a second Ctrl-C stops at once.
@@ -732,7 +742,7 @@ class _StopOnSignal:
 
     def _handle(self, number, frame):
         if self.received is not None:
-            raise KeyboardInterrupt  # asked twice: stop now
+            raise _StopNow  # asked twice: stop now, wherever the loop is
         self.received = number
 
     def check(self) -> None:
