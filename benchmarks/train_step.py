@@ -21,7 +21,7 @@ import mindspore as ms
 
 from network_expansion.demo import DemoSettings, digits
 from network_expansion.model import ViTConfig, VisionTransformer
-from network_expansion.train import ArrayData, Trainer, TrainConfig
+from network_expansion import ArrayData, Trainer, TrainConfig
 
 
 def build(settings: DemoSettings, depth: int, log_every: int, data) -> Trainer:

@@ -15,7 +15,7 @@ import numpy as np
 
 from network_expansion import VisionTransformer, ViTConfig
 from network_expansion.distributed import init_data_parallel
-from network_expansion.train import ArrayData, Trainer, TrainConfig
+from network_expansion import ArrayData, Trainer, TrainConfig
 
 
 def main(out):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from network_expansion import ConfigError, VisionTransformer, ViTConfig, create_network, save_weights
-from network_expansion.train import (ArrayData, Trainer, TrainConfig, TrainingDiverged, WarmupCosine,
-                                     build_optimizer)
+from network_expansion import ArrayData, Trainer, TrainConfig, TrainingDiverged
+from network_expansion.recipe import WarmupCosine, build_optimizer
 
 SMALL = dict(image_size=16, patch_size=4, width=16, num_heads=2, mlp_width=32, num_classes=4)
 
@@ -227,7 +227,7 @@ def test_warmup_cosine_in_the_graph_equals_its_python_twin():
 def test_frozen_backbone_and_layer_decay_make_the_right_groups():
     model = VisionTransformer(ViTConfig(**SMALL, depth=2))
     frozen = build_optimizer(model, TrainConfig(epochs=1, freeze_backbone=True), 10, 2)
-    assert sorted(p.name for p in frozen.parameters) == ["head.0.bias", "head.0.weight"]
+    assert sorted(p.name for p in frozen.optimizer.parameters) == ["head.0.bias", "head.0.weight"]
     decayed = build_optimizer(model, TrainConfig(epochs=1, layer_decay=0.5), 10, 2)
     scales = decayed.lr_scales
     assert (scales["cls"], scales["body.layers.0.0.cell.1.to_q.weight"],

@@ -9,11 +9,15 @@ from .card import HubCard, load_card, model_card, validate_card
 from .errors import (CardError, CheckpointError, ConfigError, DataError, DownloadError, ExportError,
                      ImageError, NetworkExpansionError, OutputError, PrecisionError, TrainingDiverged,
                      UnknownModelError)
+from .datasets import ArrayData, FolderData
 from .evaluate import evaluate
+from .expansion import EMA, ExpansionSchedule, expand
 from .hub import create_network, load
 from .model import ViTConfig, VisionTransformer
 from .predict import Classifier, Prediction, predict
 from .preprocess import DataConfig, Preprocess, data_config
+from .recipe import TrainConfig
+from .train import Trainer
 from .weights import convert, load_pretrained, save_weights
 
 __version__ = "1.0.0"
@@ -23,6 +27,7 @@ __all__ = [
     "load_pretrained", "save_weights", "convert",
     "Classifier", "Prediction", "predict", "evaluate", "Preprocess", "DataConfig", "data_config",
     "model_card", "load_card", "validate_card", "HubCard",
+    "Trainer", "TrainConfig", "ExpansionSchedule", "EMA", "expand", "ArrayData", "FolderData",
     "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
     "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError", "OutputError",
 ]

@@ -205,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from .expansion import MODES
     from .model import ViTConfig
-    from .train import TrainConfig
+    from .recipe import TrainConfig
 
     vit = ViTConfig(image_size=224, num_classes=1000)
     train = commands.add_parser("train", help="train a ViT from scratch, with network expansion")
@@ -227,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_training_options(train, TrainConfig())
     train.set_defaults(run=_train)
 
-    from .train import FINETUNE_DEFAULTS
+    from .recipe import FINETUNE_DEFAULTS
 
     finetune = commands.add_parser("finetune", help="fine-tune pretrained weights on an ImageFolder tree")
     finetune.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree of training images")
@@ -271,7 +271,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_training_options(parser, defaults) -> None:
     """The recipe's flags. Their defaults are `defaults` (a TrainConfig); a flag left out is
     None here, so that a resumed run can tell what the user asked to change."""
-    from .train import DEFAULT_BATCH_SIZE
+    from .recipe import DEFAULT_BATCH_SIZE
 
     d = defaults
     parser.add_argument("--epochs", type=_whole(1), help=f"default {d.epochs}")
@@ -330,7 +330,9 @@ def _train_config(args, **fixed):
 def _run_training(args, model_factory, config) -> int:
     from .model import ViTConfig
     from .preprocess import data_config
-    from .train import DEFAULT_BATCH_SIZE, FolderData, Trainer, read_training_state
+    from .datasets import FolderData
+    from .recipe import DEFAULT_BATCH_SIZE
+    from .train import Trainer, read_training_state
 
     state = read_training_state(args.resume) if args.resume else None
     batch_size = args.batch_size or (state or {}).get("batch_size") or DEFAULT_BATCH_SIZE
@@ -350,7 +352,7 @@ def _run_training(args, model_factory, config) -> int:
     data = data_config(ViTConfig(**state["model_config"]) if state else model)
     train = FolderData(args.data, data, batch_size, workers=args.workers)
     if job:
-        job.shard(train)
+        train = job.shard(train)
     if len(train) == 0 and not state and train.num_samples > 0:
         print(f"note: {args.data} has {train.num_samples} training image(s) per process, fewer than --batch-size "
               f"{batch_size}: training with batches of {train.num_samples}")

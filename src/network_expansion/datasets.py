@@ -3,16 +3,29 @@
 `ImageFolder` indexes a tree the way `mindspore.dataset.ImageFolderDataset` does (class
 folders in sorted order, labels 0, 1, ...), but keeps the file names, so that a damaged
 image is reported by name and the other images still go through.
+
+The batch protocol the `Trainer` reads, which `ArrayData` (arrays in memory) and
+`FolderData` (an ImageFolder tree through `mindspore.dataset`) follow:
+
+* `batches(epoch, seed, start)`: the training batches of an epoch, `(images float32 NCHW,
+  labels int32)`, from batch `start` on; the same (epoch, seed) gives the same batches, so a
+  resumed run sees what the uninterrupted one saw; a short last batch may be dropped;
+* `evaluation_batches()`: every sample once, in order, without augmentation;
+* `len(data)` training batches per epoch, `batch_size`, `num_samples` (of this process's
+  shard), `class_names` (or None), and `shard(size, rank)`, this process's share for
+  data parallelism.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import ConfigError, DataError, ImageError
 from .images import load_image
 from .preprocess import DataConfig, host_transforms, normalize_transforms
 
@@ -77,3 +90,127 @@ def imagefolder_dataset(root, config: DataConfig, *, batch_size: int = 32, worke
     transforms = list(augment) + normalize_transforms(config) if augment else host_transforms(config)
     dataset = dataset.map(operations=transforms, input_columns="image", num_parallel_workers=workers)
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+
+# -- batches for training (the protocol the Trainer reads) ------------------------------
+
+class _Shardable:
+    """What both kinds of training data share: a process's share of them."""
+
+    num_shards, shard_id = 1, 0
+
+    def shard(self, size: int, rank: int):
+        """This data restricted to process `rank`'s share of `size` (a copy; this one is unchanged)."""
+        shard = copy.copy(self)
+        shard.num_shards, shard.shard_id = int(size), int(rank)
+        return shard
+
+
+class ArrayData(_Shardable):
+    """In-memory preprocessed images (N, 3, H, W) float32 and integer labels, in batches.
+
+    The order of each epoch is drawn from (seed, epoch), so a resumed run sees the same
+    batches. `flip` mirrors half of the training images at random. Training may drop a
+    short last batch (`drop_remainder`); `evaluation_batches` always yields every sample.
+    `class_names`: labels of the classes, saved with the trained weights.
+    """
+
+    def __init__(self, images, labels, batch_size: int = 64, *, shuffle: bool = True, flip: bool = False,
+                 drop_remainder: bool = True, num_shards: int = 1, shard_id: int = 0, class_names=None):
+        self.images = np.ascontiguousarray(images, dtype=np.float32)
+        self.labels = np.asarray(labels, dtype=np.int32)
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.batch_size, self.shuffle, self.flip = _batch_size(batch_size), shuffle, flip
+        self.drop_remainder = drop_remainder
+        self.num_shards, self.shard_id = num_shards, shard_id
+        self.class_names = tuple(class_names) if class_names is not None else None
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this process trains on (its shard)."""
+        return len(self.labels) // self.num_shards
+
+    def _indices(self, epoch: int, seed: int) -> np.ndarray:
+        order = np.arange(len(self.labels))
+        if self.shuffle:
+            order = np.random.default_rng([seed, epoch]).permutation(order)
+        per_shard = len(order) // self.num_shards
+        return order[self.shard_id * per_shard:(self.shard_id + 1) * per_shard]
+
+    def __len__(self):
+        count = self.num_samples
+        return count // self.batch_size if self.drop_remainder else math.ceil(count / self.batch_size)
+
+    def batches(self, epoch: int = 0, seed: int = 0, start: int = 0):
+        indices = self._indices(epoch, seed)
+        rng = np.random.default_rng([seed, epoch, 1])
+        flips = rng.random(len(indices)) < 0.5
+        for b in range(start, len(self)):
+            chosen = indices[b * self.batch_size:(b + 1) * self.batch_size]
+            images = self.images[chosen]
+            if self.flip:
+                mirror = flips[b * self.batch_size:(b + 1) * self.batch_size]
+                images = np.where(mirror[:, None, None, None], images[..., ::-1], images)
+            yield np.ascontiguousarray(images), self.labels[chosen]
+
+    def evaluation_batches(self):
+        """Every sample once, in order, unflipped; the last batch may be short."""
+        for start in range(0, len(self.labels), self.batch_size):
+            yield self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
+
+
+class FolderData(_Shardable):
+    """An ImageFolder tree through `mindspore.dataset` (parallel workers), in batches.
+
+    `train=True` uses random resized crops and flips (the zoo's training recipe without
+    AutoAugment) and drops a short last batch; otherwise the eval recipe (resize, center
+    crop). `evaluation_batches` always yields every image with the eval recipe. The tree is
+    scanned once; its folder names are the `class_names`.
+    """
+
+    def __init__(self, root, data_config, batch_size: int = 64, *, train: bool = True, workers: int = 2,
+                 num_shards: int = 1, shard_id: int = 0):
+        self.root, self.data_config, self.batch_size = root, data_config, _batch_size(batch_size)
+        self.train, self.workers = train, workers
+        self.num_shards, self.shard_id = num_shards, shard_id
+        self.folder = ImageFolder.scan(root)
+        self.class_names = tuple(self.folder.classes)
+
+    @property
+    def num_samples(self) -> int:
+        """Images this process trains on (its shard)."""
+        return len(self.folder) // self.num_shards
+
+    def __len__(self):
+        count = self.num_samples
+        return count // self.batch_size if self.train else math.ceil(count / self.batch_size)
+
+    def batches(self, epoch: int = 0, seed: int = 0, start: int = 0):
+        import mindspore.dataset as ds
+        import mindspore.dataset.vision as vision
+
+        ds.config.set_seed(seed * 100_003 + epoch)
+        augment = [vision.RandomResizedCrop(self.data_config.input_size, scale=(0.05, 1.0), ratio=(0.75, 1.333)),
+                   vision.RandomHorizontalFlip()] if self.train else None
+        dataset = self._dataset(shuffle=self.train, drop_remainder=self.train, augment=augment,
+                                num_shards=self.num_shards if self.num_shards > 1 else None,
+                                shard_id=self.shard_id if self.num_shards > 1 else None)
+        for b, (images, labels) in enumerate(dataset.create_tuple_iterator(output_numpy=True)):
+            if b >= start:
+                yield images, labels.astype(np.int32)
+
+    def evaluation_batches(self):
+        """Every image once, in order, with the eval recipe; the last batch may be short."""
+        for images, labels in self._dataset().create_tuple_iterator(output_numpy=True):
+            yield images, labels.astype(np.int32)
+
+    def _dataset(self, **options):
+        return imagefolder_dataset(self.folder, self.data_config, batch_size=self.batch_size,
+                                   workers=self.workers, **options)
+
+
+def _batch_size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {value!r}")
+    return int(value)

@@ -61,7 +61,9 @@ def trainer_for(settings: DemoSettings, schedule: str | None, output_dir: Path, 
     import mindspore as ms
 
     from .model import ViTConfig, VisionTransformer
-    from .train import ArrayData, Trainer, TrainConfig
+    from .datasets import ArrayData
+    from .recipe import TrainConfig
+    from .train import Trainer
 
     train_x, train_y, test_x, test_y = digits(settings.image_size, settings.seed)
     config = TrainConfig(epochs=settings.epochs, lr=settings.lr, min_lr=settings.lr / 100,

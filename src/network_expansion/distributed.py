@@ -33,9 +33,8 @@ class DataParallel:
         return nn.DistributedGradReducer(parameters, mean=True, degree=self.size)
 
     def shard(self, data):
-        """`data` (ArrayData or FolderData) restricted to this rank's share."""
-        data.num_shards, data.shard_id = self.size, self.rank
-        return data
+        """`data` (ArrayData or FolderData) restricted to this rank's share (a copy)."""
+        return data.shard(self.size, self.rank)
 
 
 def init_data_parallel() -> DataParallel:

@@ -155,10 +155,6 @@ class EMA:
             mine.set_data(average.value().copy())
         return block
 
-    def state(self) -> dict:
-        """`{ema.<name>: array}` for a checkpoint."""
-        return {p.name: p.asnumpy() for p in self.network.get_parameters()}
-
     def load_state(self, state: dict) -> None:
         for parameter in self.network.get_parameters():
             parameter.set_data(ms.Tensor(state[parameter.name]))

@@ -368,12 +368,6 @@ class VisionTransformer(nn.Cell):
             block.set_drop_path_rate(rate)
         self.update_parameters_name()
 
-    def set_drop_path_rate(self, rate: float) -> None:
-        """Change the maximum stochastic-depth rate and spread it over the blocks again."""
-        self.config = dataclasses.replace(self.config, drop_path_rate=rate)
-        for block, block_rate in zip(self.body.layers, self.config.drop_path_rates()):
-            block.set_drop_path_rate(block_rate)
-
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised head for `num_classes` (0 removes the head)."""
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
@@ -385,6 +379,31 @@ class VisionTransformer(nn.Cell):
         if num_classes == 0:
             return nn.SequentialCell([nn.Identity()])
         return nn.SequentialCell([_dense(self.config.width, num_classes, self._rng)])
+
+    # -- what a trainer asks (timm's interface): no other module spells a name ------------
+
+    def get_classifier(self) -> nn.Cell:
+        return self.head
+
+    def classifier_names(self) -> set:
+        """Checkpoint names of the head's parameters (what `freeze_backbone` trains)."""
+        return {p.name for p in self.head.get_parameters()}
+
+    def no_weight_decay(self) -> set:
+        """Names trained without weight decay (DeiT's rule): the cls token, the position
+        embedding, every bias and LayerNorm parameter (the one-dimensional ones)."""
+        return {p.name for p in self.get_parameters()
+                if len(p.shape) <= 1 or p is self.cls or p is self.pos_embedding}
+
+    def layer_of(self) -> dict:
+        """{name: layer} for layer-wise learning-rate decay: 0 the embeddings, i + 1 block i,
+        depth + 1 the final LayerNorm and the head."""
+        layers = {p.name: 0 for p in self.get_parameters()}
+        for i, block in enumerate(self.body.layers):
+            layers.update({p.name: i + 1 for p in block.get_parameters()})
+        layers.update({p.name: self.depth + 1 for p in self.norm.get_parameters()})
+        layers.update({name: self.depth + 1 for name in self.classifier_names()})
+        return layers
 
     # -- inspection ------------------------------------------------------------------
 

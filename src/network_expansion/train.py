@@ -4,10 +4,8 @@
     ...     epochs=20, schedule="6,12", ema_decay=0.99), output_dir="runs/digits")
     >>> history = trainer.fit()
 
-The recipe follows DeiT and the authors' code: AdamW without weight decay on biases,
-LayerNorm parameters, cls token and position embedding; cosine learning rate with linear
-warm-up; label smoothing; optional mixup/cutmix and gradient clipping; an EMA of the
-weights. With a `schedule` such as "6,12" the model starts shallow and grows at the first
+The recipe (`recipe.py`) follows DeiT and the authors' code; the data follow the batch
+protocol of `datasets.py` (`ArrayData`, `FolderData`). With a `schedule` such as "6,12" the model starts shallow and grows at the first
 epoch of each stage (`expansion.expand`); then a fresh EMA is started, the optimizer is
 rebuilt for the new parameters (optionally carrying the AdamW moments of the blocks that
 already existed, which the reference code drops), the learning rate continues (or
@@ -35,297 +33,16 @@ from pathlib import Path
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn, ops
-from mindspore.nn.learning_rate_schedule import LearningRateSchedule
+from mindspore import ops
 
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from .expansion import EMA, MODES, ExpansionSchedule, expand
+from .expansion import EMA, expand
 from .model import ViTConfig, VisionTransformer, compiled_forward, pad_batch
+from .recipe import TrainConfig, build_optimizer, soft_targets
 
 STATE_KEY = "network_expansion_trainer_state"
-DEFAULT_BATCH_SIZE = 64
-# Fine-tuning from pretrained weights: short, gentle, little warm-up.
-FINETUNE_DEFAULTS = {"epochs": 10, "lr": 1e-4, "warmup_epochs": 1}
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every knob of a training run (defaults: DeiT-B / the authors' ImageNet recipe)."""
-
-    epochs: int = 300
-    lr: float = 5e-4                 # peak learning rate
-    min_lr: float = 1e-5
-    warmup_epochs: int = 5
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    mixup: float = 0.0               # Beta(alpha, alpha) of mixup; 0 switches it off (DeiT: 0.8)
-    cutmix: float = 0.0              # likewise for cutmix (DeiT: 1.0)
-    clip_grad: float | None = None   # global gradient norm
-    ema_decay: float = 0.99996
-    schedule: str | None = None      # expansion depths, e.g. "6,12"; None: fixed depth
-    stage_starts: str | None = None  # e.g. "0,150"; None: stages of equal length
-    stage_unit: str = "epoch"        # what stage_starts count: "epoch" or "step"
-    expansion_mode: str = "insert"
-    carry_moments: bool = False      # keep AdamW moments of existing blocks at growth
-    restart_lr: bool = False         # restart the cosine per stage, without warm-up
-    scale_weight_decay: bool = False  # weight decay * depth / final depth
-    layer_decay: float | None = None  # layer-wise lr decay (fine-tuning), e.g. 0.75
-    freeze_backbone: bool = False    # train the head only
-    log_every: int = 20              # steps between reading loss and accuracy back (and the NaN check)
-    seed: int = 0
-
-    def __post_init__(self):
-        def whole(value, low):
-            return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-        def number(value, low, high=math.inf, low_open=False, high_open=True):
-            return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                    and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
-
-        rules = [
-            ("epochs", whole(self.epochs, 1), "a whole number >= 1"),
-            ("lr", number(self.lr, 0, low_open=True), "a number > 0"),
-            ("min_lr", number(self.min_lr, 0), "a number >= 0"),
-            ("warmup_epochs", whole(self.warmup_epochs, 0), "a whole number >= 0"),
-            ("weight_decay", number(self.weight_decay, 0), "a number >= 0"),
-            ("label_smoothing", number(self.label_smoothing, 0, 1), "a number in [0, 1)"),
-            ("mixup", number(self.mixup, 0), "a number >= 0 (0: off)"),
-            ("cutmix", number(self.cutmix, 0), "a number >= 0 (0: off)"),
-            ("clip_grad", self.clip_grad is None or number(self.clip_grad, 0, low_open=True), "None or a number > 0"),
-            ("ema_decay", number(self.ema_decay, 0, 1), "a number in [0, 1)"),
-            ("stage_unit", self.stage_unit in ("epoch", "step"), "'epoch' or 'step'"),
-            ("expansion_mode", self.expansion_mode in MODES, f"one of {', '.join(MODES)}"),
-            ("layer_decay", self.layer_decay is None or number(self.layer_decay, 0, 1, low_open=True, high_open=False),
-             "None or a number in (0, 1]"),
-            ("log_every", whole(self.log_every, 1), "a whole number of steps >= 1"),
-            ("seed", whole(self.seed, 0), "a whole number >= 0"),
-        ]
-        problems = [f"{name} must be {expected}, got {getattr(self, name)!r}" for name, ok, expected in rules if not ok]
-        if problems:
-            raise ConfigError("invalid TrainConfig: " + "; ".join(problems))
-
-    def final_depth(self, depth: int) -> int:
-        """The depth training ends at: the schedule's last stage, else `depth`."""
-        return int(str(self.schedule).split(",")[-1]) if self.schedule else depth
-
-    def expansion_schedule(self, depth: int, steps_per_epoch: int = 1) -> ExpansionSchedule:
-        if self.schedule is None:
-            return ExpansionSchedule.full(depth)
-        length = self.epochs * (steps_per_epoch if self.stage_unit == "step" else 1)
-        return ExpansionSchedule.parse(self.schedule, length, self.stage_starts, self.stage_unit)
-
-
-# -- data ----------------------------------------------------------------------------
-
-class ArrayData:
-    """In-memory preprocessed images (N, 3, H, W) float32 and integer labels, in batches.
-
-    The order of each epoch is drawn from (seed, epoch), so a resumed run sees the same
-    batches. `flip` mirrors half of the training images at random. Training may drop a
-    short last batch (`drop_remainder`); `evaluation_batches` always yields every sample.
-    `class_names`: labels of the classes, saved with the trained weights.
-    """
-
-    def __init__(self, images, labels, batch_size: int = 64, *, shuffle: bool = True, flip: bool = False,
-                 drop_remainder: bool = True, num_shards: int = 1, shard_id: int = 0, class_names=None):
-        self.images = np.ascontiguousarray(images, dtype=np.float32)
-        self.labels = np.asarray(labels, dtype=np.int32)
-        if len(self.images) != len(self.labels):
-            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
-        self.batch_size, self.shuffle, self.flip = _batch_size(batch_size), shuffle, flip
-        self.drop_remainder = drop_remainder
-        self.num_shards, self.shard_id = num_shards, shard_id
-        self.class_names = tuple(class_names) if class_names is not None else None
-
-    @property
-    def num_samples(self) -> int:
-        """Samples this process trains on (its shard)."""
-        return len(self.labels) // self.num_shards
-
-    def _indices(self, epoch: int, seed: int) -> np.ndarray:
-        order = np.arange(len(self.labels))
-        if self.shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(order)
-        per_shard = len(order) // self.num_shards
-        return order[self.shard_id * per_shard:(self.shard_id + 1) * per_shard]
-
-    def __len__(self):
-        count = self.num_samples
-        return count // self.batch_size if self.drop_remainder else math.ceil(count / self.batch_size)
-
-    def batches(self, epoch: int = 0, seed: int = 0, start: int = 0):
-        indices = self._indices(epoch, seed)
-        rng = np.random.default_rng([seed, epoch, 1])
-        flips = rng.random(len(indices)) < 0.5
-        for b in range(start, len(self)):
-            chosen = indices[b * self.batch_size:(b + 1) * self.batch_size]
-            images = self.images[chosen]
-            if self.flip:
-                mirror = flips[b * self.batch_size:(b + 1) * self.batch_size]
-                images = np.where(mirror[:, None, None, None], images[..., ::-1], images)
-            yield np.ascontiguousarray(images), self.labels[chosen]
-
-    def evaluation_batches(self):
-        """Every sample once, in order, unflipped; the last batch may be short."""
-        for start in range(0, len(self.labels), self.batch_size):
-            yield self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
-
-
-class FolderData:
-    """An ImageFolder tree through `mindspore.dataset` (parallel workers), in batches.
-
-    `train=True` uses random resized crops and flips (the zoo's training recipe without
-    AutoAugment) and drops a short last batch; otherwise the eval recipe (resize, center
-    crop). `evaluation_batches` always yields every image with the eval recipe. The tree is
-    scanned once; its folder names are the `class_names`.
-    """
-
-    def __init__(self, root, data_config, batch_size: int = 64, *, train: bool = True, workers: int = 2,
-                 num_shards: int = 1, shard_id: int = 0):
-        from .datasets import ImageFolder
-
-        self.root, self.data_config, self.batch_size = root, data_config, _batch_size(batch_size)
-        self.train, self.workers = train, workers
-        self.num_shards, self.shard_id = num_shards, shard_id
-        self.folder = ImageFolder.scan(root)
-        self.class_names = tuple(self.folder.classes)
-
-    @property
-    def num_samples(self) -> int:
-        """Images this process trains on (its shard)."""
-        return len(self.folder) // self.num_shards
-
-    def __len__(self):
-        count = self.num_samples
-        return count // self.batch_size if self.train else math.ceil(count / self.batch_size)
-
-    def batches(self, epoch: int = 0, seed: int = 0, start: int = 0):
-        import mindspore.dataset as ds
-        import mindspore.dataset.vision as vision
-
-        ds.config.set_seed(seed * 100_003 + epoch)
-        augment = [vision.RandomResizedCrop(self.data_config.input_size, scale=(0.05, 1.0), ratio=(0.75, 1.333)),
-                   vision.RandomHorizontalFlip()] if self.train else None
-        dataset = self._dataset(shuffle=self.train, drop_remainder=self.train, augment=augment,
-                                num_shards=self.num_shards if self.num_shards > 1 else None,
-                                shard_id=self.shard_id if self.num_shards > 1 else None)
-        for b, (images, labels) in enumerate(dataset.create_tuple_iterator(output_numpy=True)):
-            if b >= start:
-                yield images, labels.astype(np.int32)
-
-    def evaluation_batches(self):
-        """Every image once, in order, with the eval recipe; the last batch may be short."""
-        for images, labels in self._dataset().create_tuple_iterator(output_numpy=True):
-            yield images, labels.astype(np.int32)
-
-    def _dataset(self, **options):
-        from .datasets import imagefolder_dataset
-
-        return imagefolder_dataset(self.folder, self.data_config, batch_size=self.batch_size,
-                                   workers=self.workers, **options)
-
-
-def _batch_size(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"batch_size must be a whole number >= 1, got {value!r}")
-    return int(value)
-
-
-def soft_targets(labels, num_classes: int, config: TrainConfig, rng, images):
-    """Label smoothing, then mixup or cutmix (half the batches each when both are on)."""
-    smooth = config.label_smoothing
-    targets = np.full((len(labels), num_classes), smooth / num_classes, np.float32)
-    targets[np.arange(len(labels)), labels] += 1.0 - smooth
-    use_mixup, use_cutmix = config.mixup > 0, config.cutmix > 0
-    if not (use_mixup or use_cutmix):
-        return images, targets
-    if use_mixup and use_cutmix:
-        use_mixup = rng.random() < 0.5
-        use_cutmix = not use_mixup
-    if use_mixup:
-        lam = float(rng.beta(config.mixup, config.mixup))
-        images = lam * images + (1 - lam) * images[::-1]
-    else:
-        lam = float(rng.beta(config.cutmix, config.cutmix))
-        h, w = images.shape[2:]
-        cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-        cy, cx = rng.integers(h), rng.integers(w)
-        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-        images = images.copy()
-        images[:, :, top:bottom, left:right] = images[::-1, :, top:bottom, left:right]
-        lam = 1 - (bottom - top) * (right - left) / (h * w)
-    return np.ascontiguousarray(images, dtype=np.float32), lam * targets + (1 - lam) * targets[::-1]
-
-
-# -- optimisation --------------------------------------------------------------------
-
-class WarmupCosine(LearningRateSchedule):
-    """Linear warm-up to `peak`, then cosine down to `floor`, as a function of the step."""
-
-    def __init__(self, peak: float, floor: float, warmup_steps: int, total_steps: int,
-                 scale: float = 1.0, offset: int = 0):
-        super().__init__()
-        self.peak, self.floor, self.scale = float(peak), float(floor), float(scale)
-        self.warmup, self.total, self.offset = int(warmup_steps), int(total_steps), int(offset)
-
-    def value(self, step: int) -> float:
-        """The same function in Python (for logs and tests)."""
-        step = step - self.offset
-        if step < self.warmup:
-            return self.scale * self.peak * (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.scale * (self.floor + 0.5 * (self.peak - self.floor) * (1 + math.cos(math.pi * progress)))
-
-    def construct(self, global_step):
-        step = global_step.astype(ms.float32) - self.offset
-        warm = self.peak * (step + 1.0) / max(1, self.warmup)
-        progress = ops.clamp((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
-        cosine = self.floor + 0.5 * (self.peak - self.floor) * (1.0 + ops.cos(math.pi * progress))
-        return self.scale * ops.select(step < self.warmup, warm, cosine)
-
-
-def no_weight_decay(name: str, parameter) -> bool:
-    """Biases, LayerNorm parameters, cls token and position embedding (DeiT's rule)."""
-    return len(parameter.shape) <= 1 or name in ("cls", "pos_embedding")
-
-
-def layer_id(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and head."""
-    if name.startswith("body.layers."):
-        return int(name.split(".")[2]) + 1
-    if name.startswith(("norm.", "head.")):
-        return depth + 1
-    return 0
-
-
-def build_optimizer(model, config: TrainConfig, steps_per_epoch: int, final_depth: int, offset: int = 0):
-    """AdamW with parameter groups by weight decay and (optionally) layer-wise lr scale."""
-    total = config.epochs * steps_per_epoch
-    warmup = 0 if (config.restart_lr and offset) else config.warmup_epochs * steps_per_epoch
-    decay = config.weight_decay * (model.depth / final_depth if config.scale_weight_decay else 1.0)
-    groups = {}
-    for parameter in model.trainable_params():
-        name = parameter.name
-        if config.freeze_backbone and not name.startswith("head."):
-            continue
-        scale = config.layer_decay ** (model.depth + 1 - layer_id(name, model.depth)) if config.layer_decay else 1.0
-        key = (no_weight_decay(name, parameter), round(scale, 8))
-        groups.setdefault(key, []).append(parameter)
-    if not groups:
-        raise ConfigError("nothing to train: the backbone is frozen and the network has no head")
-    offset_for_lr = offset if config.restart_lr else 0
-    length = total - offset_for_lr
-    param_groups = [{"params": params, "weight_decay": 0.0 if exempt else decay,
-                     "lr": WarmupCosine(config.lr, config.min_lr, warmup, length, scale, offset_for_lr)}
-                    for (exempt, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))]
-    schedule = WarmupCosine(config.lr, config.min_lr, warmup, length, 1.0, offset_for_lr)
-    optimizer = nn.AdamWeightDecay(param_groups, learning_rate=schedule)
-    optimizer.lr_schedule = schedule  # the unscaled schedule, for logs
-    optimizer.lr_scales = {p.name: scale for (_, scale), params in groups.items() for p in params}
-    return optimizer
 
 
 # -- the trainer ---------------------------------------------------------------------
@@ -391,8 +108,9 @@ class Trainer:
         self.ema = ema
         start = self.schedule.starts[self.schedule.stage_at(self._clock)]
         stage_start = start if self.schedule.unit == "step" else start * len(self.train_data)
-        self.optimizer = build_optimizer(self.model, self.config, len(self.train_data), self.final_depth,
+        optimization = build_optimizer(self.model, self.config, len(self.train_data), self.final_depth,
                                          offset=stage_start)
+        self.optimizer, self.lr_schedule = optimization.optimizer, optimization.lr_schedule
         self.optimizer.global_step.set_data(ms.Tensor(np.array([self.step], np.int32)))
         if carry:
             for parameter, m1, m2 in zip(self.optimizer.parameters, self.optimizer.moments1, self.optimizer.moments2):
@@ -577,7 +295,7 @@ class Trainer:
         record = {"event": "epoch", "epoch": self.epoch, "depth": self.model.depth,
                   "stage": self.schedule.stage_at(self._clock - 1), "loss": meter.mean_loss,
                   "train_top1": meter.top1, "images_per_s": meter.images_per_second,
-                  "lr": self.optimizer.lr_schedule.value(self.step - 1),
+                  "lr": self.lr_schedule.value(self.step - 1),
                   "train_seconds": meter.seconds}
         record.update(self.evaluate())
         record["wall_seconds"] = self.wall_seconds
@@ -830,10 +548,3 @@ class _EpochMeter:
 def _save_atomically(entries, path: Path, append: dict):
     with atomic_write(path, advice="The last checkpoint written is intact") as temporary:
         ms.save_checkpoint(entries, str(temporary), append_dict=append)
-
-
-def finetune_network(weights=True, num_classes: int = 10, **overrides) -> VisionTransformer:
-    """The released (or any) weights with a fresh head of `num_classes`, ready to train."""
-    from .hub import create_network
-
-    return create_network("NetworkExpansion", pretrained=weights, num_classes=num_classes, **overrides)

@@ -1,0 +1,185 @@
+"""The training recipe: every knob of a run (`TrainConfig`), soft targets with label
+smoothing, mixup and cutmix, the warm-up cosine learning rate, and AdamW's parameter groups.
+
+It follows DeiT and the authors' code: AdamW without weight decay on biases, LayerNorm
+parameters, cls token and position embedding (the model says which: `no_weight_decay()`);
+cosine learning rate with linear warm-up; label smoothing; optional mixup/cutmix, gradient
+clipping and layer-wise learning-rate decay (`layer_of()`); an EMA of the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+from mindspore.nn.learning_rate_schedule import LearningRateSchedule
+
+from .errors import ConfigError
+from .expansion import MODES, ExpansionSchedule
+
+DEFAULT_BATCH_SIZE = 64
+# Fine-tuning from pretrained weights: short, gentle, little warm-up.
+FINETUNE_DEFAULTS = {"epochs": 10, "lr": 1e-4, "warmup_epochs": 1}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run (defaults: DeiT-B / the authors' ImageNet recipe)."""
+
+    epochs: int = 300
+    lr: float = 5e-4                 # peak learning rate
+    min_lr: float = 1e-5
+    warmup_epochs: int = 5
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    mixup: float = 0.0               # Beta(alpha, alpha) of mixup; 0 switches it off (DeiT: 0.8)
+    cutmix: float = 0.0              # likewise for cutmix (DeiT: 1.0)
+    clip_grad: float | None = None   # global gradient norm
+    ema_decay: float = 0.99996
+    schedule: str | None = None      # expansion depths, e.g. "6,12"; None: fixed depth
+    stage_starts: str | None = None  # e.g. "0,150"; None: stages of equal length
+    stage_unit: str = "epoch"        # what stage_starts count: "epoch" or "step"
+    expansion_mode: str = "insert"
+    carry_moments: bool = False      # keep AdamW moments of existing blocks at growth
+    restart_lr: bool = False         # restart the cosine per stage, without warm-up
+    scale_weight_decay: bool = False  # weight decay * depth / final depth
+    layer_decay: float | None = None  # layer-wise lr decay (fine-tuning), e.g. 0.75
+    freeze_backbone: bool = False    # train the head only
+    log_every: int = 20              # steps between reading loss and accuracy back (and the NaN check)
+    seed: int = 0
+
+    def __post_init__(self):
+        def whole(value, low):
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        def number(value, low, high=math.inf, low_open=False, high_open=True):
+            return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                    and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+
+        rules = [
+            ("epochs", whole(self.epochs, 1), "a whole number >= 1"),
+            ("lr", number(self.lr, 0, low_open=True), "a number > 0"),
+            ("min_lr", number(self.min_lr, 0), "a number >= 0"),
+            ("warmup_epochs", whole(self.warmup_epochs, 0), "a whole number >= 0"),
+            ("weight_decay", number(self.weight_decay, 0), "a number >= 0"),
+            ("label_smoothing", number(self.label_smoothing, 0, 1), "a number in [0, 1)"),
+            ("mixup", number(self.mixup, 0), "a number >= 0 (0: off)"),
+            ("cutmix", number(self.cutmix, 0), "a number >= 0 (0: off)"),
+            ("clip_grad", self.clip_grad is None or number(self.clip_grad, 0, low_open=True), "None or a number > 0"),
+            ("ema_decay", number(self.ema_decay, 0, 1), "a number in [0, 1)"),
+            ("stage_unit", self.stage_unit in ("epoch", "step"), "'epoch' or 'step'"),
+            ("expansion_mode", self.expansion_mode in MODES, f"one of {', '.join(MODES)}"),
+            ("layer_decay", self.layer_decay is None or number(self.layer_decay, 0, 1, low_open=True, high_open=False),
+             "None or a number in (0, 1]"),
+            ("log_every", whole(self.log_every, 1), "a whole number of steps >= 1"),
+            ("seed", whole(self.seed, 0), "a whole number >= 0"),
+        ]
+        problems = [f"{name} must be {expected}, got {getattr(self, name)!r}" for name, ok, expected in rules if not ok]
+        if problems:
+            raise ConfigError("invalid TrainConfig: " + "; ".join(problems))
+
+    def final_depth(self, depth: int) -> int:
+        """The depth training ends at: the schedule's last stage, else `depth`."""
+        return int(str(self.schedule).split(",")[-1]) if self.schedule else depth
+
+    def expansion_schedule(self, depth: int, steps_per_epoch: int = 1) -> ExpansionSchedule:
+        if self.schedule is None:
+            return ExpansionSchedule.full(depth)
+        length = self.epochs * (steps_per_epoch if self.stage_unit == "step" else 1)
+        return ExpansionSchedule.parse(self.schedule, length, self.stage_starts, self.stage_unit)
+
+
+
+def soft_targets(labels, num_classes: int, config: TrainConfig, rng, images):
+    """Label smoothing, then mixup or cutmix (half the batches each when both are on)."""
+    smooth = config.label_smoothing
+    targets = np.full((len(labels), num_classes), smooth / num_classes, np.float32)
+    targets[np.arange(len(labels)), labels] += 1.0 - smooth
+    use_mixup, use_cutmix = config.mixup > 0, config.cutmix > 0
+    if not (use_mixup or use_cutmix):
+        return images, targets
+    if use_mixup and use_cutmix:
+        use_mixup = rng.random() < 0.5
+        use_cutmix = not use_mixup
+    if use_mixup:
+        lam = float(rng.beta(config.mixup, config.mixup))
+        images = lam * images + (1 - lam) * images[::-1]
+    else:
+        lam = float(rng.beta(config.cutmix, config.cutmix))
+        h, w = images.shape[2:]
+        cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = rng.integers(h), rng.integers(w)
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+        images = images.copy()
+        images[:, :, top:bottom, left:right] = images[::-1, :, top:bottom, left:right]
+        lam = 1 - (bottom - top) * (right - left) / (h * w)
+    return np.ascontiguousarray(images, dtype=np.float32), lam * targets + (1 - lam) * targets[::-1]
+
+
+# -- optimisation --------------------------------------------------------------------
+
+class WarmupCosine(LearningRateSchedule):
+    """Linear warm-up to `peak`, then cosine down to `floor`, as a function of the step."""
+
+    def __init__(self, peak: float, floor: float, warmup_steps: int, total_steps: int,
+                 scale: float = 1.0, offset: int = 0):
+        super().__init__()
+        self.peak, self.floor, self.scale = float(peak), float(floor), float(scale)
+        self.warmup, self.total, self.offset = int(warmup_steps), int(total_steps), int(offset)
+
+    def value(self, step: int) -> float:
+        """The same function in Python (for logs and tests)."""
+        step = step - self.offset
+        if step < self.warmup:
+            return self.scale * self.peak * (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.scale * (self.floor + 0.5 * (self.peak - self.floor) * (1 + math.cos(math.pi * progress)))
+
+    def construct(self, global_step):
+        step = global_step.astype(ms.float32) - self.offset
+        warm = self.peak * (step + 1.0) / max(1, self.warmup)
+        progress = ops.clamp((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
+        cosine = self.floor + 0.5 * (self.peak - self.floor) * (1.0 + ops.cos(math.pi * progress))
+        return self.scale * ops.select(step < self.warmup, warm, cosine)
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """What `build_optimizer` builds: MindSpore's AdamW, the unscaled learning-rate schedule
+    (for logs) and each parameter's layer-wise scale of it."""
+
+    optimizer: nn.AdamWeightDecay
+    lr_schedule: WarmupCosine
+    lr_scales: dict
+
+
+def build_optimizer(model, config: TrainConfig, steps_per_epoch: int, final_depth: int,
+                    offset: int = 0) -> Optimization:
+    """AdamW with parameter groups by weight decay and (optionally) layer-wise lr scale; the
+    model says which parameters are exempt from decay and which layer each belongs to."""
+    total = config.epochs * steps_per_epoch
+    warmup = 0 if (config.restart_lr and offset) else config.warmup_epochs * steps_per_epoch
+    decay = config.weight_decay * (model.depth / final_depth if config.scale_weight_decay else 1.0)
+    groups = {}
+    exempt, classifier, layer_of = model.no_weight_decay(), model.classifier_names(), model.layer_of()
+    for parameter in model.trainable_params():
+        name = parameter.name
+        if config.freeze_backbone and name not in classifier:
+            continue
+        scale = config.layer_decay ** (model.depth + 1 - layer_of[name]) if config.layer_decay else 1.0
+        key = (name in exempt, round(scale, 8))
+        groups.setdefault(key, []).append(parameter)
+    if not groups:
+        raise ConfigError("nothing to train: the backbone is frozen and the network has no head")
+    offset_for_lr = offset if config.restart_lr else 0
+    length = total - offset_for_lr
+    param_groups = [{"params": params, "weight_decay": 0.0 if exempt else decay,
+                     "lr": WarmupCosine(config.lr, config.min_lr, warmup, length, scale, offset_for_lr)}
+                    for (exempt, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))]
+    schedule = WarmupCosine(config.lr, config.min_lr, warmup, length, 1.0, offset_for_lr)
+    return Optimization(optimizer=nn.AdamWeightDecay(param_groups, learning_rate=schedule), lr_schedule=schedule,
+                        lr_scales={p.name: scale for (_, scale), params in groups.items() for p in params})
