@@ -70,7 +70,7 @@ def table(runs: dict, epochs: int) -> str:
             continue
         wall = statistics.mean(r["wall_seconds"] for r in rows.values())
         schedule = key.split()[0]
-        bound = 1.0 if key == "full" else ExpansionSchedule.parse(schedule, epochs).speedup_bound(epochs)
+        bound = 1.0 if key == "full" else ExpansionSchedule.of(schedule, epochs).speedup_bound(epochs)
         speedup = full_time / wall
         top1 = [100 * r["top1"] for r in rows.values()]
         ema = [100 * r["ema_top1"] for r in rows.values()]

@@ -12,20 +12,22 @@ from network_expansion.expansion import EMA, ExpansionSchedule, expand
 def test_even_schedule_splits_the_epochs_like_the_reference_code():
     assert ExpansionSchedule.even((6, 12), 300).starts == (0, 150)
     assert ExpansionSchedule.even((4, 8, 12), 300).starts == (0, 100, 200)
-    schedule = ExpansionSchedule.parse("6,9,12", 10)
+    schedule = ExpansionSchedule.of("6,9,12", 10)
     assert [schedule.depth_at(e) for e in range(10)] == [6, 6, 6, 9, 9, 9, 12, 12, 12, 12]
-    assert ExpansionSchedule.parse("6,12", 10, starts="0,3").starts == (0, 3)
+    assert [(s.depth, s.start) for s in schedule.stages] == [(6, 0), (9, 3), (12, 6)]
+    assert schedule.stage(7).depth == 12
+    assert ExpansionSchedule.of("6,12", 10, starts="0,3").starts == (0, 3)
 
 
 @pytest.mark.parametrize("depths,bound", [("6,12", 4 / 3), ("4,8,12", 1.5), ("8,12", 1.2)])
 def test_speedup_bound_is_the_inverse_of_the_blocks_share_of_work(depths, bound):
-    assert ExpansionSchedule.parse(depths, 300).speedup_bound(300) == pytest.approx(bound)
+    assert ExpansionSchedule.of(depths, 300).speedup_bound(300) == pytest.approx(bound)
 
 
 @pytest.mark.parametrize("text,message", [("12,6", "must grow"), ("3,12", "at most double"), ("6,x", "expected depths")])
 def test_invalid_schedules_are_refused(text, message):
     with pytest.raises(ConfigError, match=message):
-        ExpansionSchedule.parse(text, 10)
+        ExpansionSchedule.of(text, 10)
 
 
 def _distinct_ema(model):
@@ -88,3 +90,17 @@ def test_the_ema_moves_towards_the_live_weights_by_one_minus_decay():
     np.testing.assert_allclose(ema.network.cls.asnumpy(), before + 1.0, rtol=1e-6)
     assert ema.network.get_parameters().__next__().name == "ema.cls"
 
+
+
+def test_grow_grows_model_and_ema_together_and_keeps_the_existing_parameters():
+    import network_expansion as ne
+
+    model = ne.VisionTransformer(tiny_config(depth=2))
+    ema = ne.EMA(model, decay=0.9)
+    existing = [id(p) for p in model.blocks[0].get_parameters()]
+    growth = ne.grow(model, ema, 4)
+    assert growth.order == ["b0", "e0", "b1", "e1"] and model.depth == 4
+    assert growth.ema.network.depth == 4 and growth.ema.decay == 0.9
+    assert [id(p) for p in model.blocks[0].get_parameters()] == existing  # the same parameters, renamed in place
+    for mine, average in zip(model.get_parameters(), growth.ema.network.get_parameters()):
+        np.testing.assert_array_equal(mine.asnumpy(), average.asnumpy())  # the fresh EMA starts at the model

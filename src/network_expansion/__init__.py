@@ -11,7 +11,7 @@ from .errors import (CardError, CheckpointError, ConfigError, DataError, Downloa
                      UnknownModelError)
 from .datasets import ArrayData, FolderData
 from .evaluate import evaluate
-from .expansion import EMA, ExpansionSchedule, expand
+from .expansion import EMA, ExpansionSchedule, Growth, Stage, expand, grow
 from .hub import create_network, load
 from .model import ViTConfig, VisionTransformer
 from .predict import Classifier, Prediction, predict
@@ -27,7 +27,8 @@ __all__ = [
     "load_pretrained", "save_weights", "convert",
     "Classifier", "Prediction", "predict", "evaluate", "Preprocess", "DataConfig", "data_config",
     "model_card", "load_card", "validate_card", "HubCard",
-    "Trainer", "TrainConfig", "ExpansionSchedule", "EMA", "expand", "ArrayData", "FolderData",
+    "Trainer", "TrainConfig", "ExpansionSchedule", "Stage", "EMA", "grow", "Growth", "expand",
+    "ArrayData", "FolderData",
     "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
     "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError", "OutputError",
 ]

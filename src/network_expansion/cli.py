@@ -401,8 +401,8 @@ DEFAULT_SCHEDULE = "6,12"  # the released model's
 
 def _train(args) -> int:
     from .datasets import ImageFolder
-    from .expansion import parse_numbers
     from .hub import create_network
+    from .model import ViTConfig
 
     check_writable_folder(args.output, what="--output")
     if args.resume:
@@ -411,7 +411,7 @@ def _train(args) -> int:
     schedule = args.schedule or (None if args.depth else DEFAULT_SCHEDULE)
     config = _train_config(args, schedule=None if schedule == NO_SCHEDULE else schedule)
     num_classes = args.num_classes or len(ImageFolder.scan(args.data).classes)
-    first = parse_numbers(config.schedule, "schedule", "")[0] if config.schedule else (args.depth or 12)
+    first = config.first_depth(args.depth or ViTConfig.depth)
     return _run_training(args, lambda: create_network("NetworkExpansion", depth=first, num_classes=num_classes,
                                                       seed=config.seed, **_model_overrides(args)), config)
 

@@ -36,7 +36,7 @@ class DemoSettings:
 
     @property
     def final_depth(self) -> int:
-        return int(self.schedule.split(",")[-1])
+        return ExpansionSchedule.of(self.schedule, self.epochs).final_depth
 
 
 def digits(image_size: int = 32, seed: int = 0):
@@ -70,7 +70,7 @@ def trainer_for(settings: DemoSettings, schedule: str | None, output_dir: Path, 
                          warmup_epochs=settings.warmup_epochs, label_smoothing=0.1, weight_decay=0.05,
                          ema_decay=settings.ema_decay, schedule=schedule, seed=settings.seed,
                          carry_moments=carry_moments)
-    first_depth = int(schedule.split(",")[0]) if schedule else settings.final_depth
+    first_depth = config.first_depth(settings.final_depth)
     ms.set_seed(settings.seed)
     model = VisionTransformer(ViTConfig(image_size=settings.image_size, patch_size=settings.patch_size,
                                         width=settings.width, depth=first_depth, num_heads=settings.num_heads,
@@ -119,7 +119,7 @@ def compare(settings: DemoSettings = DemoSettings(), output_dir="expansion-demo"
     results = race(settings, {"full": (None, False), "expansion": (settings.schedule, False)}, output_dir, progress)
     full, grown = results["full"], results["expansion"]
     full["run"], grown["run"] = f"full depth {settings.final_depth}", f"expansion {settings.schedule}"
-    bound = ExpansionSchedule.parse(settings.schedule, settings.epochs).speedup_bound(settings.epochs)
+    bound = ExpansionSchedule.of(settings.schedule, settings.epochs).speedup_bound(settings.epochs)
     speedup = full["wall_seconds"] / grown["wall_seconds"]
     table = format_table([full, grown], speedup, bound)
     plot_path = plot([full, grown], output_dir / "accuracy_vs_time.png")

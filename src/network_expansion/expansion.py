@@ -16,7 +16,7 @@ the trainer starts a fresh EMA and rebuilds its optimizer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mindspore as ms
 from mindspore import nn, ops
@@ -25,6 +25,14 @@ from .errors import ConfigError
 from .model import VisionTransformer
 
 MODES = ("insert", "stack")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a schedule: its depth and the epoch (or step) it starts at."""
+
+    depth: int
+    start: int
 
 
 @dataclass(frozen=True)
@@ -68,13 +76,16 @@ class ExpansionSchedule:
         return cls(depths, tuple(i * length for i in range(len(depths))), unit)
 
     @classmethod
-    def parse(cls, text: str, epochs: int, starts: str | None = None, unit: str = "epoch") -> "ExpansionSchedule":
-        """From the command line: `'6,12'` (evenly split over `epochs`, which counts steps
-        when `unit='step'`), with optional `starts` `'0,40'`."""
-        depths = parse_numbers(text, "schedule", "depths separated by commas, e.g. 6,12")
+    def of(cls, depths, length: int, starts=None, unit: str = "epoch") -> "ExpansionSchedule":
+        """Depths `(6, 12)` evenly split over `length` epochs (or steps, with `unit='step'`),
+        or starting at `starts` `(0, 40)`; text such as `'6,12'` is parsed (`parse_numbers`)."""
+        if isinstance(depths, str):
+            depths = parse_numbers(depths, "schedule", "depths separated by commas, e.g. 6,12")
+        if isinstance(starts, str):
+            starts = parse_numbers(starts, "stage starts", "one start per stage, e.g. 0,150")
         if starts is None:
-            return cls.even(depths, epochs, unit)
-        return cls(depths, parse_numbers(starts, "stage starts", "one start per stage, e.g. 0,150"), unit)
+            return cls.even(depths, length, unit)
+        return cls(tuple(depths), tuple(starts), unit)
 
     @classmethod
     def full(cls, depth: int) -> "ExpansionSchedule":
@@ -84,6 +95,15 @@ class ExpansionSchedule:
     @property
     def final_depth(self) -> int:
         return self.depths[-1]
+
+    @property
+    def stages(self) -> tuple:
+        """`(Stage(depth, start), ...)` in order."""
+        return tuple(Stage(d, s) for d, s in zip(self.depths, self.starts))
+
+    def stage(self, clock: int) -> "Stage":
+        """The stage under way at `clock` (an epoch, or a step with `unit='step'`)."""
+        return self.stages[self.stage_at(clock)]
 
     def depth_at(self, epoch: int) -> int:
         return self.depths[self.stage_at(epoch)]
@@ -171,6 +191,39 @@ class _EMAUpdate(nn.Cell):
         for average, live in zip(self.average, self.live):
             ops.assign(average, average * self.decay + live * (1.0 - self.decay))
         return True
+
+
+@dataclass
+class Growth:
+    """What `grow` did: the new block order (labels), the fresh EMA of the grown model, and
+    the AdamW moments of the parameters that existed before (empty unless carried)."""
+
+    order: list
+    ema: EMA
+    moments: dict = field(default_factory=dict)  # id(parameter) -> (m1, m2) arrays
+
+    def hand_over(self, optimizer) -> None:
+        """Give `optimizer` (rebuilt for the grown model) the carried moments."""
+        for parameter, m1, m2 in zip(optimizer.parameters, optimizer.moments1, optimizer.moments2):
+            if id(parameter) in self.moments:
+                m1.set_data(ms.Tensor(self.moments[id(parameter)][0]))
+                m2.set_data(ms.Tensor(self.moments[id(parameter)][1]))
+
+
+def grow(model: VisionTransformer, ema: EMA, depth: int, *, mode: str = "insert", optimizer=None) -> Growth:
+    """Grow `model` to `depth` blocks the paper's way, with its EMA: the one place a growth happens.
+
+    New blocks are EMA copies of the last trained ones (`expand`); a fresh EMA of the grown
+    model starts (the reference code's choice). With `optimizer`, the AdamW moments of the
+    parameters that existed are kept for `Growth.hand_over` (the reference code drops them;
+    the parameters keep their identity through the growth, only their names change).
+    """
+    moments = {}
+    if optimizer is not None:
+        moments = {id(p): (m1.asnumpy(), m2.asnumpy())
+                   for p, m1, m2 in zip(optimizer.parameters, optimizer.moments1, optimizer.moments2)}
+    order = expand(model, ema, depth, mode)
+    return Growth(order=order, ema=EMA(model, ema.decay), moments=moments)
 
 
 def expand(model: VisionTransformer, ema: EMA, depth: int, mode: str = "insert") -> list:

@@ -18,7 +18,7 @@ from mindspore import nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 from .errors import ConfigError
-from .expansion import MODES, ExpansionSchedule
+from .expansion import MODES, ExpansionSchedule, parse_numbers
 
 DEFAULT_BATCH_SIZE = 64
 # Fine-tuning from pretrained weights: short, gentle, little warm-up.
@@ -39,8 +39,8 @@ class TrainConfig:
     cutmix: float = 0.0              # likewise for cutmix (DeiT: 1.0)
     clip_grad: float | None = None   # global gradient norm
     ema_decay: float = 0.99996
-    schedule: str | None = None      # expansion depths, e.g. "6,12"; None: fixed depth
-    stage_starts: str | None = None  # e.g. "0,150"; None: stages of equal length
+    schedule: tuple | None = None    # expansion depths, e.g. (6, 12) or "6,12"; None: fixed depth
+    stage_starts: tuple | None = None  # e.g. (0, 150) or "0,150"; None: stages of equal length
     stage_unit: str = "epoch"        # what stage_starts count: "epoch" or "step"
     expansion_mode: str = "insert"
     carry_moments: bool = False      # keep AdamW moments of existing blocks at growth
@@ -52,6 +52,14 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        # Text from a command line or a saved run ('6,12', [6, 12]) becomes a tuple here, once.
+        for name, what, expected in (("schedule", "schedule", "depths separated by commas, e.g. 6,12"),
+                                     ("stage_starts", "stage starts", "one start per stage, e.g. 0,150")):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                value = parse_numbers(value, what, expected) if isinstance(value, str) else tuple(value)
+                object.__setattr__(self, name, value)
+
         def whole(value, low):
             return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -83,13 +91,17 @@ class TrainConfig:
 
     def final_depth(self, depth: int) -> int:
         """The depth training ends at: the schedule's last stage, else `depth`."""
-        return int(str(self.schedule).split(",")[-1]) if self.schedule else depth
+        return self.schedule[-1] if self.schedule else depth
+
+    def first_depth(self, depth: int) -> int:
+        """The depth training starts at: the schedule's first stage, else `depth`."""
+        return self.schedule[0] if self.schedule else depth
 
     def expansion_schedule(self, depth: int, steps_per_epoch: int = 1) -> ExpansionSchedule:
         if self.schedule is None:
             return ExpansionSchedule.full(depth)
         length = self.epochs * (steps_per_epoch if self.stage_unit == "step" else 1)
-        return ExpansionSchedule.parse(self.schedule, length, self.stage_starts, self.stage_unit)
+        return ExpansionSchedule.of(self.schedule, length, self.stage_starts, self.stage_unit)
 
 
 

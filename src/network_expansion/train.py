@@ -37,7 +37,7 @@ from mindspore import ops
 
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from .expansion import EMA, expand
+from .expansion import EMA, grow
 from .model import ViTConfig, VisionTransformer, compiled_forward, pad_batch
 from .recipe import TrainConfig, build_optimizer, soft_targets
 
@@ -95,7 +95,7 @@ class Trainer:
         self._started = None        # the clock runs only inside fit()
         self._stop = _StopOnSignal()
         self._elapsed_before = 0.0
-        expected = self.schedule.depth_at(0)
+        expected = self.schedule.stage(0).depth
         if model.depth != expected:
             raise ConfigError(f"the schedule {self.schedule} starts at depth {expected}, the model has "
                               f"{model.depth}: build it with depth={expected}")
@@ -103,20 +103,17 @@ class Trainer:
 
     # -- building blocks -------------------------------------------------------------
 
-    def _rebuild(self, ema: EMA, carry=None):
+    def _rebuild(self, ema: EMA, growth=None):
         """(Re)build EMA, optimizer and the jitted steps for the model's current depth."""
         self.ema = ema
-        start = self.schedule.starts[self.schedule.stage_at(self._clock)]
+        start = self.schedule.stage(self._clock).start
         stage_start = start if self.schedule.unit == "step" else start * len(self.train_data)
         optimization = build_optimizer(self.model, self.config, len(self.train_data), self.final_depth,
                                          offset=stage_start)
         self.optimizer, self.lr_schedule = optimization.optimizer, optimization.lr_schedule
         self.optimizer.global_step.set_data(ms.Tensor(np.array([self.step], np.int32)))
-        if carry:
-            for parameter, m1, m2 in zip(self.optimizer.parameters, self.optimizer.moments1, self.optimizer.moments2):
-                if id(parameter) in carry:
-                    m1.set_data(ms.Tensor(carry[id(parameter)][0]))
-                    m2.set_data(ms.Tensor(carry[id(parameter)][1]))
+        if growth is not None:
+            growth.hand_over(self.optimizer)
         self._train_step = self._make_train_step()
         # Two graphs, not one with the EMA's weights swapped in: a graph that has run does
         # not see Parameter.set_data from the host (MindSpore 2.10; tests/test_model.py).
@@ -174,7 +171,7 @@ class Trainer:
                 meter = _EpochMeter(bar)
                 for images, labels in self.train_data.batches(self.epoch, rng_seed, start=self.position):
                     self._stop.rearm()  # the epoch's dataset pipeline installs MindSpore's handlers again
-                    if self.schedule.unit == "step" and self.schedule.depth_at(self.step) > self.model.depth:
+                    if self.schedule.unit == "step" and self.schedule.stage(self.step).depth > self.model.depth:
                         self._read_back(meter)  # grow from weights known to be finite
                         self._grow_if_due()
                     start = time.perf_counter()
@@ -246,18 +243,15 @@ class Trainer:
         return self.step if self.schedule.unit == "step" else self.epoch
 
     def _grow_if_due(self):
-        target = self.schedule.depth_at(self._clock)
-        if self.model.depth >= target:
+        stage = self.schedule.stage(self._clock)
+        if self.model.depth >= stage.depth:
             return
         before, started = self.model.depth, time.perf_counter()
-        carry = None
-        if self.config.carry_moments:
-            carry = {id(p): (m1.asnumpy(), m2.asnumpy())
-                     for p, m1, m2 in zip(self.optimizer.parameters, self.optimizer.moments1, self.optimizer.moments2)}
-        order = expand(self.model, self.ema, target, self.config.expansion_mode)
-        self._rebuild(ema=EMA(self.model, self.config.ema_decay), carry=carry)
-        record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before, "to": target, "order": order,
-                  "mode": self.config.expansion_mode}
+        growth = grow(self.model, self.ema, stage.depth, mode=self.config.expansion_mode,
+                      optimizer=self.optimizer if self.config.carry_moments else None)
+        self._rebuild(ema=growth.ema, growth=growth)
+        record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before, "to": stage.depth,
+                  "order": growth.order, "mode": self.config.expansion_mode}
         record.update(self.evaluate())
         record["seconds"] = time.perf_counter() - started
         record["wall_seconds"] = self.wall_seconds
@@ -357,20 +351,21 @@ class Trainer:
         saved = TrainConfig(**state["train_config"])
         config = saved
         if changes:
-            refused = sorted(k for k, v in changes.items() if k not in RESUMABLE and v != getattr(saved, k, v))
+            proposed = dataclasses.replace(saved, **changes)  # normalised as the saved config was
+            refused = sorted(k for k in changes if k not in RESUMABLE and getattr(proposed, k) != getattr(saved, k))
             if refused:
                 raise ConfigError(
                     "a resumed run keeps its recipe; these differ from the checkpoint's: "
-                    + ", ".join(f"{k}={changes[k]!r} (saved {getattr(saved, k)!r})" for k in refused)
+                    + ", ".join(f"{k}={getattr(proposed, k)!r} (saved {getattr(saved, k)!r})" for k in refused)
                     + f". Only {', '.join(RESUMABLE)} can change; start a new run for the others")
             config = dataclasses.replace(saved, **{k: v for k, v in changes.items() if k in RESUMABLE})
             if config.epochs != saved.epochs and saved.schedule and saved.stage_starts is None:
                 planned = saved.expansion_schedule(saved.final_depth(state["depth"]), len(train_data)).starts
-                config = dataclasses.replace(config, stage_starts=",".join(str(s) for s in planned))
+                config = dataclasses.replace(config, stage_starts=planned)
         if config.epochs < state["epoch"]:
             raise ConfigError(f"epochs={config.epochs}: the checkpoint is already at epoch {state['epoch']}")
         schedule = config.expansion_schedule(config.final_depth(state["depth"]), len(train_data))
-        model = VisionTransformer(ViTConfig(**{**state["model_config"], "depth": schedule.depth_at(0)}))
+        model = VisionTransformer(ViTConfig(**{**state["model_config"], "depth": schedule.stage(0).depth}))
         trainer = cls(model, train_data, val_data, config, output_dir=output_dir or Path(path).parent,
                       progress=progress, distributed=distributed)
         if state["depth"] != model.depth:
