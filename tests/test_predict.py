@@ -69,6 +69,14 @@ def test_a_single_bad_input_raises(imagenet_rig, tmp_path):
         imagenet_rig.predict(str(tmp_path / "missing.jpg"))
 
 
+def test_a_float16_classifier_leaves_the_callers_network_in_float32():
+    network = color_rigged_network()
+    classifier = Classifier(network, precision="float16", batch_size=2)
+    assert classifier.network is not network and classifier.predict(color_image(0)).indices[0] == 0
+    assert all(p.dtype == ms.float32 for p in network.get_parameters())
+    assert classifier.network.mixed_precision_type != network.mixed_precision_type  # only the copy is cast
+
+
 def test_bfloat16_on_the_cpu_says_why_not():
     with pytest.raises(PrecisionError, match="no bfloat16 MatMul"):
         Classifier(color_rigged_network(), precision="bfloat16")
@@ -140,14 +148,16 @@ def test_predict_stream_reads_lazily_and_keeps_order(imagenet_rig):
     assert [r.labels[0] for r in rest if r.ok][:2] == ["tench", "goldfish"]
 
 
-def test_threads_binds_the_process_to_that_many_cores():
+def test_use_cores_binds_the_process_and_a_classifier_does_not():
     import os
 
     from network_expansion.predict import use_cores
 
     before = os.sched_getaffinity(0)
     try:
-        Classifier(color_rigged_network(), threads=1)
+        Classifier(color_rigged_network())
+        assert os.sched_getaffinity(0) == before   # no hidden change to the process
+        use_cores(1)
         assert len(os.sched_getaffinity(0)) == 1
         with pytest.raises(ValueError, match="threads=999: this process may use 1 to"):
             use_cores(999)

@@ -12,20 +12,20 @@ from .errors import (CardError, CheckpointError, ConfigError, DataError, Downloa
 from .datasets import ArrayData, FolderData
 from .evaluate import evaluate
 from .expansion import EMA, ExpansionSchedule, Growth, Stage, expand, grow
-from .hub import create_network, load
+from .hub import create_network, load, load_pretrained
 from .model import ViTConfig, VisionTransformer
-from .predict import Classifier, Prediction, predict
+from .predict import Classifier, Prediction, predict, use_cores
 from .preprocess import DataConfig, Preprocess, data_config
 from .recipe import TrainConfig
 from .train import Trainer
-from .weights import convert, load_pretrained, save_weights
+from .weights import convert, save_weights
 
 __version__ = "1.0.0"
 
 __all__ = [
     "create_network", "load", "VisionTransformer", "ViTConfig",
     "load_pretrained", "save_weights", "convert",
-    "Classifier", "Prediction", "predict", "evaluate", "Preprocess", "DataConfig", "data_config",
+    "Classifier", "Prediction", "predict", "use_cores", "evaluate", "Preprocess", "DataConfig", "data_config",
     "model_card", "load_card", "validate_card", "HubCard",
     "Trainer", "TrainConfig", "ExpansionSchedule", "Stage", "EMA", "grow", "Growth", "expand",
     "ArrayData", "FolderData",

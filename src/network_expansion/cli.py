@@ -480,11 +480,13 @@ def _add_inference_options(parser) -> None:
 
 def _classifier(args):
     from .evaluate import read_class_names
-    from .predict import Classifier
+    from .predict import Classifier, use_cores
 
     names = read_class_names(args.class_names) if args.class_names else None
+    if args.threads:
+        use_cores(args.threads)  # the command is the whole process: binding it is its call to make
     return Classifier(weights=args.weights or True, batch_size=args.batch_size, precision=args.precision,
-                      threads=args.threads, class_names=names)
+                      class_names=names)
 
 
 def _predict(args) -> int:

@@ -11,7 +11,8 @@ import dataclasses
 from .card import model_card
 from .errors import ConfigError, UnknownModelError
 from .model import ViTConfig, VisionTransformer
-from .weights import load_pretrained, read_weights
+from . import weights as weight_files
+from .weights import read_weights
 
 
 def accepted_names() -> tuple:
@@ -51,13 +52,28 @@ def create_network(name: str = "NetworkExpansion", *args, pretrained=False, seed
     check_keywords(overrides)  # before any download
     if pretrained is False or pretrained is None:
         return VisionTransformer(ViTConfig(**overrides), seed=seed)
-    weights = read_weights(None if pretrained is True else pretrained)
+    source, sha256 = released_checkpoint() if pretrained is True else (pretrained, None)
+    weights = read_weights(source, sha256=sha256)
     # The weights decide the architecture (class count, depth, GELU form, ...); the
     # caller's keywords win. A class count of the caller's own asks for a new head.
     network = VisionTransformer(ViTConfig(**{**weights.config_fields(), **overrides}), seed=seed)
     new_head = overrides.get("num_classes", weights.num_classes) != weights.num_classes
-    load_pretrained(network, weights, head="keep" if new_head else "strict")
+    weight_files.load_pretrained(network, weights, head="keep" if new_head else "strict")
     return network
+
+
+def released_checkpoint() -> tuple:
+    """(URL, sha256 or None) of the released checkpoint, from the card: what `True` means."""
+    asset = model_card().checkpoint
+    return asset.link, asset.sha256 or None
+
+
+def load_pretrained(network, source=True, **options):
+    """`weights.load_pretrained`, where `source=True` (the default) is the released checkpoint."""
+    if source is True or source is None:
+        source, released_sha256 = released_checkpoint()
+        options.setdefault("sha256", released_sha256)
+    return weight_files.load_pretrained(network, source, **options)
 
 
 def load(name: str = "noahsark/NetworkExpansion", *, pretrained=False, **overrides) -> VisionTransformer:

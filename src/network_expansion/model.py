@@ -74,6 +74,26 @@ class ViTConfig:
         if problems:
             raise ConfigError("invalid ViTConfig: " + "; ".join(problems))
 
+    @staticmethod
+    def fields_from_shapes(shapes: dict) -> dict:
+        """The fields a checkpoint's `{name: shape}` says: class count (0 without a head),
+        depth, width, MLP width, and patch and image size (RGB input, square images)."""
+        fields = {"num_classes": int(shapes["head.0.weight"][0]) if "head.0.weight" in shapes else 0}
+        depth = len({name.split(".")[2] for name in shapes if name.startswith("body.layers.")})
+        if depth:
+            fields["depth"] = depth
+        if "cls" in shapes:
+            fields["width"] = int(shapes["cls"][-1])
+        if "body.layers.0.1.cell.1.ff1.dense.weight" in shapes:
+            fields["mlp_width"] = int(shapes["body.layers.0.1.cell.1.ff1.dense.weight"][0])
+        stem, positions = shapes.get("stem.patch_to_embedding.dense.weight"), shapes.get("pos_embedding")
+        if stem is not None and positions is not None:
+            patch = int(round((stem[1] / 3) ** 0.5))
+            grid = int(round((positions[1] - 1) ** 0.5))
+            if 3 * patch * patch == stem[1] and grid * grid == positions[1] - 1:
+                fields["patch_size"], fields["image_size"] = patch, grid * patch
+        return fields
+
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
@@ -87,6 +107,11 @@ class ViTConfig:
         if self.depth == 1:
             return [0.0]
         return [self.drop_path_rate * i / (self.depth - 1) for i in range(self.depth)]
+
+
+def is_classifier_name(name: str) -> bool:
+    """Whether a checkpoint name belongs to the head (of any class count)."""
+    return name.startswith("head.")
 
 
 def compiled_forward(network):

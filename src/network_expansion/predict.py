@@ -98,17 +98,13 @@ class Classifier:
         class_names: labels for the outputs; by default the network's own
             (`network.class_names`, saved with weights trained on an ImageFolder tree), else
             ImageNet-1k for a 1000/1001-way head, else the output index.
-        threads: CPU cores for this process (None: all it has). MindSpore 2.10 sizes its
-            CPU kernel thread pool itself (neither `runtime_num_threads` nor
-            OMP_NUM_THREADS change it, measured), so this binds the whole process to that
-            many cores (`os.sched_setaffinity`): ViT-B at batch 8 ran 2.6 images/s on one
-            core here, 4.5 on two.
+
+    It changes nothing outside itself: the caller's network keeps its precision (float16
+    runs a copy) and the process keeps its cores (to pin them, call `use_cores` yourself).
     """
 
     def __init__(self, network=None, *, weights=True, batch_size: int = 8, precision: str = "float32",
-                 class_names=None, threads: int | None = None):
-        if threads is not None:
-            use_cores(threads)
+                 class_names=None):
         if network is None:
             from .hub import create_network
 
@@ -118,14 +114,14 @@ class Classifier:
                 raise error.advise("Classifier(weights='/path/to/{name}')") from None
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-        self.network = network
+        self.network = _in_precision(network, precision)
         self.network.set_train(False)
+        self.precision = precision
         self.batch_size = int(batch_size)
         self.data_config = data_config(network)
         self.num_outputs = network.config.num_classes
-        self.precision = _apply_precision(network, precision)
         self.class_names = self._check_names(class_names) if class_names is not None else self._default_names()
-        self._forward = compiled_forward(network)
+        self._forward = compiled_forward(self.network)
         self._lock = threading.Lock()
 
     @property
@@ -267,13 +263,19 @@ class Classifier:
 
 
 def use_cores(count: int) -> list:
-    """Bind this process to `count` of the CPU cores it may use; returns them."""
+    """Bind this whole process to `count` of the CPU cores it may use; returns them.
+
+    An explicit call (the command line's `--threads` makes it), because it changes the
+    process: MindSpore 2.10 sizes its CPU kernel pool itself (neither `runtime_num_threads`
+    nor OMP_NUM_THREADS change it, measured), so binding is the only lever. ViT-B at batch 8
+    ran 2.6 images/s on one core here, 4.5 on two.
+    """
     import os
 
     allowed = sorted(os.sched_getaffinity(0))
-    if not 1 <= int(count) <= len(allowed):
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(allowed):
         raise ConfigError(f"threads={count}: this process may use 1 to {len(allowed)} cores ({allowed})")
-    chosen = allowed[:int(count)]
+    chosen = allowed[:count]
     os.sched_setaffinity(0, chosen)
     return chosen
 
@@ -283,18 +285,25 @@ def predict(inputs, topk: int = 5, **classifier_options):
     return Classifier(**classifier_options).predict(inputs, topk=topk)
 
 
-def _apply_precision(network, precision: str) -> str:
+def _in_precision(network, precision: str):
+    """`network` itself for float32; for float16/bfloat16 a copy cast to it (the caller's
+    network stays as it was)."""
     import mindspore as ms
 
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision == "float32":
-        return precision
+        return network
     device = ms.get_context("device_target")
     if precision == "bfloat16" and device == "CPU":
         raise PrecisionError(
             "bfloat16 is not available on the CPU: MindSpore 2.10's CPU backend has no bfloat16 "
             "MatMul ('Select CPU operator[MatMul] fail! Unsupported data type'). Use float32 on "
             "the CPU (the fastest there), bfloat16 on GPU or Ascend.")
-    network.to_float(ms.float16 if precision == "float16" else ms.bfloat16)
-    return precision
+    from .model import VisionTransformer
+
+    copy = VisionTransformer(network.config)
+    copy.class_names = network.class_names
+    for mine, theirs in zip(copy.get_parameters(), network.get_parameters()):
+        mine.set_data(theirs.value().copy())
+    return copy.to_float(ms.float16 if precision == "float16" else ms.bfloat16)

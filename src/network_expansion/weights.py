@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .card import model_card
 from .atomic import atomic_write
 from .download import fetch, file_name_of
 from .errors import CheckpointError, ConfigError, DownloadError
+from .model import ViTConfig, is_classifier_name
 
-FORMATS = (".ckpt", ".safetensors", ".npz")
 NAMING_SCHEMES = ("mindspore", "timm")
 METADATA_KEY = "network_expansion_metadata"
 
@@ -91,35 +90,17 @@ class Weights:
     class_names: tuple | None = None                  # labels of the head's outputs, if recorded
 
     @property
-    def num_classes(self) -> int:
-        head = self.state.get("head.0.weight")
-        return 0 if head is None else int(head.shape[0])
+    def shape_fields(self) -> dict:
+        """The `ViTConfig` fields the tensors' shapes say (`ViTConfig.fields_from_shapes`)."""
+        return ViTConfig.fields_from_shapes({name: np.shape(value) for name, value in self.state.items()})
 
     @property
-    def depth(self) -> int:
-        indices = {int(m.group(1)) for name in self.state if (m := re.match(r"body\.layers\.(\d+)\.", name))}
-        return len(indices)
+    def num_classes(self) -> int:
+        return self.shape_fields["num_classes"]
 
     def config_fields(self) -> dict:
         """The `ViTConfig` fields these weights imply (what `create_network` builds)."""
-        fields = {**self.assumed, **self.architecture}
-        fields["num_classes"] = self.num_classes
-        if self.depth:
-            fields["depth"] = self.depth
-        cls = self.state.get("cls")
-        if cls is not None:
-            fields["width"] = int(cls.shape[-1])
-        ff1 = self.state.get("body.layers.0.1.cell.1.ff1.dense.weight")
-        if ff1 is not None:
-            fields["mlp_width"] = int(ff1.shape[0])
-        stem = self.state.get(MINDSPORE_PATCH_WEIGHT)
-        positions = self.state.get("pos_embedding")
-        if stem is not None and positions is not None:
-            patch = int(round((stem.shape[1] / 3) ** 0.5))  # RGB input
-            grid = int(round((positions.shape[1] - 1) ** 0.5))
-            if 3 * patch * patch == stem.shape[1] and grid * grid == positions.shape[1] - 1:
-                fields["patch_size"], fields["image_size"] = patch, grid * patch
-        return fields
+        return {**self.assumed, **self.architecture, **self.shape_fields}
 
 
 @dataclass
@@ -146,14 +127,14 @@ class LoadReport:
 
 # -- reading -------------------------------------------------------------------------
 
-def read_weights(source=None, *, cache_dir=None, sha256=None, progress=True) -> Weights:
+def read_weights(source, *, cache_dir=None, sha256=None, progress=True) -> Weights:
     """Read weights from `source` and map them to MindSpore names.
 
-    `source`: None or True (the released checkpoint, from the card's link, through the
-    cache), an `http(s)` URL (through the cache), or the path of a `.ckpt`,
-    `.safetensors` or `.npz` file.
+    `source`: an `http(s)` URL (downloaded once, through the cache) or the path of a
+    `.ckpt`, `.safetensors` or `.npz` file. (The released checkpoint is the hub's business:
+    `create_network(pretrained=True)`, `network_expansion.load_pretrained(net)`.)
     """
-    path = resolve(source, cache_dir=cache_dir, sha256=sha256, progress=progress)
+    path = local_path(source, cache_dir=cache_dir, sha256=sha256, progress=progress)
     raw, metadata = _read_file(path)
     model = {k: v for k, v in raw.items() if not OPTIMIZER_ENTRY.match(k)}
     ignored = sorted(set(raw) - set(model))
@@ -175,11 +156,11 @@ def read_weights(source=None, *, cache_dir=None, sha256=None, progress=True) -> 
     return weights
 
 
-def resolve(source=None, *, cache_dir=None, sha256=None, progress=True) -> Path:
-    """The local path of `source` (downloading the released file or a URL if needed)."""
-    if source is None or source is True:
-        asset = model_card().checkpoint
-        source, sha256 = asset.link, sha256 or asset.sha256 or None
+def local_path(source, *, cache_dir=None, sha256=None, progress=True) -> Path:
+    """The local path of `source`: a file, or a URL downloaded into the cache."""
+    if source is None or isinstance(source, bool):
+        raise ConfigError(f"weights source {source!r}: pass a path or URL (True, the released checkpoint, is "
+                          f"understood by create_network and network_expansion.load_pretrained)")
     source = str(source)
     if source.startswith(("http://", "https://")):
         suffix = Path(file_name_of(source)).suffix.lower()
@@ -203,15 +184,8 @@ def _read_file(path: Path, suffix: str | None = None):
         raise CheckpointError(path, [f"unknown format {suffix or '(no suffix)'!r}"],
                               advice=f"Expected one of {', '.join(FORMATS)}.")
     try:
-        if suffix == ".ckpt":
-            with _named(path, suffix) as named:  # MindSpore reads only files named *.ckpt
-                return _read_ckpt(named)
-        if suffix == ".safetensors":
-            return _read_safetensors(path)
-        with np.load(path, allow_pickle=False) as archive:
-            state = {name: archive[name] for name in archive.files}
-        metadata = state.pop(METADATA_KEY, None)
-        return state, json.loads(str(metadata)) if metadata is not None else {}
+        with _named(path, suffix) as named:  # MindSpore reads only files named *.ckpt
+            return FORMATS[suffix].read(named)
     except CheckpointError:
         raise
     except Exception as error:  # each reader raises its own types for a damaged file
@@ -244,6 +218,13 @@ def _read_ckpt(path: Path):
         array = value.asnumpy()
         state[name] = array if array.dtype != np.float16 else array.astype(np.float32)
     return state, json.loads(metadata) if isinstance(metadata, str) else {}
+
+
+def _read_npz(path: Path):
+    with np.load(path, allow_pickle=False) as archive:  # no pickles: a file may not run code
+        state = {name: archive[name] for name in archive.files}
+    metadata = state.pop(METADATA_KEY, None)
+    return state, json.loads(str(metadata)) if metadata is not None else {}
 
 
 def _read_safetensors(path: Path):
@@ -341,12 +322,13 @@ def mindspore_to_timm(state: dict, in_channels: int = 3) -> dict:
 
 # -- loading -------------------------------------------------------------------------
 
-def load_pretrained(network, source=None, *, head="strict", cache_dir=None, sha256=None,
+def load_pretrained(network, source, *, head="strict", cache_dir=None, sha256=None,
                     progress=True) -> LoadReport:
     """Load weights into `network`, all of them or none.
 
     Args:
-        source: None/True (the released checkpoint), a URL, a path, or `Weights`.
+        source: a URL, a path, or `Weights` (`network_expansion.load_pretrained` also takes
+            True, the released checkpoint).
         head: 'strict' (the checkpoint's head must fit the network's class count) or
             'keep' (keep the network's own head, e.g. a new one for fine-tuning).
 
@@ -373,21 +355,21 @@ def load_pretrained(network, source=None, *, head="strict", cache_dir=None, sha2
         advice.append("Build the network from the weights: create_network('NetworkExpansion', "
                       "pretrained=PATH) sets these fields.")
 
-    head_names = [n for n in parameters if n.startswith("head.")]
     if head == "keep":
-        kept = head_names
-        for name in [n for n in state if n.startswith("head.")]:
+        kept = sorted(network.classifier_names())
+        for name in [n for n in state if is_classifier_name(n)]:
             state.pop(name)
     elif weights.num_classes != network.config.num_classes:
         advice.append(f"The checkpoint has {weights.num_classes} classes and the network "
                       f"{network.config.num_classes}: build it with num_classes={weights.num_classes}, "
                       f"or pass head='keep' to keep the network's own head (fine-tuning).")
 
-    if "pos_embedding" in state and "pos_embedding" in parameters:
-        resampled = _resample_positions(state["pos_embedding"], tuple(parameters["pos_embedding"].shape))
+    positions = network.pos_embedding.name
+    if positions in state:
+        resampled = _resample_positions(state[positions], tuple(network.pos_embedding.shape))
         if resampled is not None:
-            state["pos_embedding"] = resampled
-            resized.append(f"pos_embedding {weights.state['pos_embedding'].shape[1] - 1} -> "
+            state[positions] = resampled
+            resized.append(f"{positions} {weights.state[positions].shape[1] - 1} -> "
                            f"{resampled.shape[1] - 1} patches")
 
     for name, parameter in parameters.items():
@@ -492,19 +474,40 @@ def save_weights(network_or_weights, path, *, names: str = "mindspore") -> Path:
 
 
 def _write_file(state: dict, path: Path, metadata: str) -> None:
-    suffix = path.suffix.lower()
-    if suffix == ".ckpt":
-        import mindspore as ms
+    FORMATS[path.suffix.lower()].write({n: np.ascontiguousarray(v) for n, v in state.items()}, path, metadata)
 
-        ms.save_checkpoint([{"name": n, "data": ms.Tensor(np.ascontiguousarray(v))} for n, v in state.items()],
-                           str(path), append_dict={METADATA_KEY: metadata})
-    elif suffix == ".safetensors":
-        from safetensors.numpy import save_file
 
-        save_file({n: np.ascontiguousarray(v) for n, v in state.items()}, str(path),
-                  metadata={"format": "pt", METADATA_KEY: metadata})
-    else:
-        np.savez(path, **state, **{METADATA_KEY: np.array(metadata)})
+def _write_ckpt(state: dict, path: Path, metadata: str) -> None:
+    import mindspore as ms
+
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in state.items()], str(path),
+                       append_dict={METADATA_KEY: metadata})
+
+
+def _write_safetensors(state: dict, path: Path, metadata: str) -> None:
+    from safetensors.numpy import save_file
+
+    save_file(state, str(path), metadata={"format": "pt", METADATA_KEY: metadata})
+
+
+def _write_npz(state: dict, path: Path, metadata: str) -> None:
+    np.savez(path, **state, **{METADATA_KEY: np.array(metadata)})
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How one file format is read and written (`(state, metadata)`; metadata is JSON text)."""
+
+    read: object
+    write: object
+
+
+# The formats, by suffix: one place to add one.
+FORMATS = {
+    ".ckpt": WeightFormat(read=_read_ckpt, write=_write_ckpt),
+    ".safetensors": WeightFormat(read=_read_safetensors, write=_write_safetensors),
+    ".npz": WeightFormat(read=_read_npz, write=_write_npz),
+}
 
 
 def convert(source, destination, *, names: str | None = None) -> Path:
