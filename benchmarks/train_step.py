@@ -62,7 +62,7 @@ def main():
     trainers = {key: build(settings, key[1], key[0], data) for key in keys}
     # First epoch and first evaluation: compilation of the train step, the EMA update and
     # the two evaluation graphs, as after every growth.
-    compile_seconds = {key: timed(lambda t=t: (one_epoch(t), t.evaluate())) for key, t in trainers.items()}
+    compile_seconds = {key: timed(lambda t=t: (one_epoch(t), t.validate())) for key, t in trainers.items()}
     evaluation_seconds = {key: timed(t.evaluate) for key, t in trainers.items()}
     seconds = {key: [] for key in keys}
     for _ in range(args.rounds):  # interleaved: the machine's speed drifts by minutes

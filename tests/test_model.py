@@ -132,7 +132,7 @@ def test_config_rejects_values_that_cannot_be_built(overrides, message):
 
 
 def test_compiled_forward_follows_the_blocks_after_growth(tiny, tiny_images):
-    from network_expansion.model import compiled_forward
+    from network_expansion.graphs import compiled_forward
 
     x = ms.Tensor(tiny_images)
     compiled_forward(tiny)(x)
@@ -148,7 +148,7 @@ def test_a_graph_that_has_run_keeps_its_weights_when_the_host_sets_new_ones(tiny
     `Parameter.set_data` from the host is not seen by it (updates made inside graphs are).
     So the EMA gets a graph of its own instead of lending its weights to the model's graph.
     Should this test fail after a MindSpore upgrade, that graph can go."""
-    from network_expansion.model import compiled_forward
+    from network_expansion.graphs import compiled_forward
 
     x = ms.Tensor(tiny_images)
     forward = compiled_forward(tiny)

@@ -80,7 +80,7 @@ def test_evaluation_pads_the_last_batch_and_scores_model_and_ema_on_every_image(
     trainer.model.set_train(False)
     expected = {"val_top1": trainer.model(ms.Tensor(images)).asnumpy().argmax(-1),
                 "ema_val_top1": trainer.ema.network(ms.Tensor(images)).asnumpy().argmax(-1)}
-    got = trainer.evaluate()
+    got = trainer.validate()
     for key, predictions in expected.items():
         assert got[key] == pytest.approx(float((predictions == labels).mean()))
 
@@ -146,7 +146,7 @@ def _stop_before_growth(trainer):
 
 def _resume_and_finish(path, trainer):
     resumed = Trainer.resume(path, trainer.train_data, trainer.val_data, progress=False)
-    state = (resumed.epoch, resumed.position, resumed.model.depth)
+    state = (resumed.epoch, resumed.batch_in_epoch, resumed.model.depth)
     resumed.fit()
     return state, _weights(resumed.model)
 
@@ -288,7 +288,7 @@ def test_validation_scores_every_sample_even_from_data_built_with_drop_remainder
     predictions = trainer.model(ms.Tensor(images)).asnumpy().argmax(-1)
     for batch_size in (32, 256):
         trainer.val_data = ArrayData(images, labels, batch_size)
-        assert trainer.evaluate()["val_top1"] == pytest.approx(float((predictions == labels).mean()))
+        assert trainer.validate()["val_top1"] == pytest.approx(float((predictions == labels).mean()))
 
 
 def test_training_data_smaller_than_one_batch_says_so():

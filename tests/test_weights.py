@@ -270,7 +270,7 @@ def test_zoo_weights_without_metadata_still_load_into_a_network_built_otherwise(
 
 @pytest.mark.parametrize("mode", ["pynative", "own_jit", "package_forward"])
 def test_weights_loaded_after_a_graph_has_run_are_seen_by_that_graph(tmp_path, mode):
-    from network_expansion.model import compiled_forward
+    from network_expansion.graphs import compiled_forward
 
     ms.set_seed(0)
     network = VisionTransformer(tiny_config())

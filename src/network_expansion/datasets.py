@@ -28,6 +28,7 @@ import numpy as np
 from .errors import ConfigError, DataError, ImageError
 from .images import load_image
 from .preprocess import DataConfig, host_transforms, normalize_transforms
+from .stopping import restore_handlers
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif")
 
@@ -190,19 +191,29 @@ class FolderData(_Shardable):
         import mindspore.dataset as ds
         import mindspore.dataset.vision as vision
 
+        # mindspore.dataset draws from one process-wide seed: set it for this epoch's pipeline
+        # (same epoch, same seed, same crops: exact resume), then give it back.
+        previous = ds.config.get_seed()
         ds.config.set_seed(seed * 100_003 + epoch)
-        augment = [vision.RandomResizedCrop(self.data_config.input_size, scale=(0.05, 1.0), ratio=(0.75, 1.333)),
-                   vision.RandomHorizontalFlip()] if self.train else None
-        dataset = self._dataset(shuffle=self.train, drop_remainder=self.train, augment=augment,
-                                num_shards=self.num_shards if self.num_shards > 1 else None,
-                                shard_id=self.shard_id if self.num_shards > 1 else None)
-        for b, (images, labels) in enumerate(dataset.create_tuple_iterator(output_numpy=True)):
+        try:
+            augment = [vision.RandomResizedCrop(self.data_config.input_size, scale=(0.05, 1.0),
+                                                ratio=(0.75, 1.333)), vision.RandomHorizontalFlip()] if self.train else None
+            dataset = self._dataset(shuffle=self.train, drop_remainder=self.train, augment=augment,
+                                    num_shards=self.num_shards if self.num_shards > 1 else None,
+                                    shard_id=self.shard_id if self.num_shards > 1 else None)
+            iterator = dataset.create_tuple_iterator(output_numpy=True)
+        finally:
+            ds.config.set_seed(previous)
+        restore_handlers()
+        for b, (images, labels) in enumerate(iterator):
             if b >= start:
                 yield images, labels.astype(np.int32)
 
     def evaluation_batches(self):
         """Every image once, in order, with the eval recipe; the last batch may be short."""
-        for images, labels in self._dataset().create_tuple_iterator(output_numpy=True):
+        iterator = self._dataset().create_tuple_iterator(output_numpy=True)
+        restore_handlers()
+        for images, labels in iterator:
             yield images, labels.astype(np.int32)
 
     def _dataset(self, **options):

@@ -150,7 +150,7 @@ class EMA:
         self.copy_from(live)
         step = _EMAUpdate(self.network, live, self.decay)
 
-        def update():  # a fresh function: see model.compiled_forward
+        def update():  # a fresh function: see graphs.compiled_forward
             return step()
 
         self._jitted = ms.jit(update)

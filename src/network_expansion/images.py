@@ -22,19 +22,21 @@ from .errors import ImageError
 MAX_PIXELS = 120_000_000
 
 
-def load_image(source) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from a path, a PIL image or a NumPy array."""
+def load_image(source, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from a path, a PIL image or a NumPy array.
+
+    A file claiming more than `max_pixels` pixels is refused before it is decoded."""
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, Image.Image):
         return _to_rgb(source, "the PIL image")
     if isinstance(source, (str, Path)):
-        return _from_file(Path(source))
+        return _from_file(Path(source), max_pixels)
     raise ImageError(f"cannot read an image from a {type(source).__name__}: expected a path, "
                      f"a PIL image or a NumPy array")
 
 
-def describe(source) -> str:
+def source_name(source) -> str:
     """How to name an input in messages and results."""
     if isinstance(source, (str, Path)):
         return str(source)
@@ -43,7 +45,7 @@ def describe(source) -> str:
     return type(source).__name__
 
 
-def _from_file(path: Path) -> np.ndarray:
+def _from_file(path: Path, max_pixels: int) -> np.ndarray:
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if not path.is_file():
@@ -55,10 +57,10 @@ def _from_file(path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
                 width, height = image.size
-                if width * height > MAX_PIXELS:
+                if width * height > max_pixels:
                     raise ImageError(f"{path}: {width}x{height} pixels is above the limit of "
-                                     f"{MAX_PIXELS:,} (a decompression bomb?); raise "
-                                     f"network_expansion.images.MAX_PIXELS if you trust the file")
+                                     f"{max_pixels:,} (a decompression bomb?); pass a larger "
+                                     f"load_image(..., max_pixels=) if you trust the file")
                 image.load()
                 return _to_rgb(image, path)
         except UnidentifiedImageError as error:

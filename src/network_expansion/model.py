@@ -114,34 +114,6 @@ def is_classifier_name(name: str) -> bool:
     return name.startswith("head.")
 
 
-def compiled_forward(network):
-    """`network`'s forward pass in graph mode, compiled for its current blocks.
-
-    A fresh function each call, on purpose: MindSpore 2.10 caches `ms.jit(network.construct)`
-    by the bound method, so after `set_blocks` that would silently run the graph of the old
-    depth (checked in tests/test_model.py).
-    """
-    import mindspore as ms
-
-    def forward(images):
-        return network(images)
-
-    return ms.jit(forward)
-
-
-def pad_batch(images: np.ndarray, size: int) -> np.ndarray:
-    """`images` zero-padded to `size` along the batch axis.
-
-    A compiled graph is specialised to its input shape: feeding a short last batch
-    compiles the whole network again. Pad, run, and keep the first `len(images)` outputs.
-    """
-    if len(images) == size:
-        return images
-    padded = np.zeros((size,) + images.shape[1:], images.dtype)
-    padded[:len(images)] = images
-    return padded
-
-
 def initializer(seed=None) -> np.random.Generator:
     """The generator a network draws its initial weights from: NumPy's PCG64 seeded with
     `seed`, or, without one, from NumPy's global state (which `mindspore.set_seed` seeds)."""

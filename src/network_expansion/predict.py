@@ -25,8 +25,8 @@ import numpy as np
 
 from .card import asset_path
 from .errors import ConfigError, DownloadError, ImageError, PrecisionError
-from .images import describe, load_image
-from .model import compiled_forward, pad_batch
+from .images import load_image, source_name
+from .graphs import compiled_forward, pad_batch
 from .preprocess import data_config, preprocess_image
 
 IMAGENET_CLASSES = 1000
@@ -187,17 +187,17 @@ class Classifier:
         single = not isinstance(inputs, (list, tuple))
         if single:
             prepared = self._prepare(inputs)  # raises ImageError
-            return self._top(self.probabilities(prepared[None]), [describe(inputs)], topk)[0]
+            return self._top(self.probabilities(prepared[None]), [source_name(inputs)], topk)[0]
         results, batch, positions = [None] * len(inputs), [], []
         for position, item in enumerate(inputs):
             try:
                 batch.append(self._prepare(item))
                 positions.append(position)
             except ImageError as error:
-                results[position] = Prediction(source=describe(item), error=str(error))
+                results[position] = Prediction(source=source_name(item), error=str(error))
         if batch:
             predictions = self._top(self.probabilities(np.stack(batch)),
-                                    [describe(inputs[p]) for p in positions], topk)
+                                    [source_name(inputs[p]) for p in positions], topk)
             for position, prediction in zip(positions, predictions):
                 results[position] = prediction
         return results
@@ -221,10 +221,10 @@ class Classifier:
             while chunk := list(itertools.islice(iterator, self.batch_size)):
                 prepared = list(pool.map(self.try_prepare, chunk))
                 good = [i for i, (array, _) in enumerate(prepared) if array is not None]
-                results = [Prediction(source=describe(item), error=error) for item, (_, error) in zip(chunk, prepared)]
+                results = [Prediction(source=source_name(item), error=error) for item, (_, error) in zip(chunk, prepared)]
                 if good:
                     top = self._top(self.probabilities(np.stack([prepared[i][0] for i in good])),
-                                    [describe(chunk[i]) for i in good], topk)
+                                    [source_name(chunk[i]) for i in good], topk)
                     for i, prediction in zip(good, top):
                         results[i] = prediction
                 bar.update(len(chunk))

@@ -24,9 +24,7 @@ import dataclasses
 import json
 import logging
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +36,10 @@ from mindspore import ops
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .expansion import EMA, grow
-from .model import ViTConfig, VisionTransformer, compiled_forward, pad_batch
+from .graphs import compiled_forward, pad_batch
+from .model import ViTConfig, VisionTransformer
 from .recipe import TrainConfig, build_optimizer, soft_targets
+from .stopping import StopNow, StopOnSignal
 
 STATE_KEY = "network_expansion_trainer_state"
 logger = logging.getLogger(__name__)
@@ -90,10 +90,10 @@ class Trainer:
             model.class_names = tuple(names)  # saved with the weights: predictions say "cat", not "3"
         self.final_depth = config.final_depth(model.depth)
         self.schedule = config.expansion_schedule(self.final_depth, len(train_data))
-        self.epoch, self.position, self.step = 0, 0, 0
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.history = History()
         self._started = None        # the clock runs only inside fit()
-        self._stop = _StopOnSignal()
+        self._stop = StopOnSignal()
         self._elapsed_before = 0.0
         expected = self.schedule.stage(0).depth
         if model.depth != expected:
@@ -164,23 +164,23 @@ class Trainer:
                 self._grow_if_due()
                 self.model.set_train(True)
                 rng_seed = self.config.seed
-                bar = tqdm(total=len(self.train_data), initial=self.position, leave=False,
+                bar = tqdm(total=len(self.train_data), initial=self.batch_in_epoch, leave=False,
                            desc=f"{self.name + ': ' if self.name else ''}epoch {self.epoch + 1}/{self.config.epochs}",
                            unit="batch",
                            disable=not self.progress or not self._is_main, file=sys.stderr)
                 meter = _EpochMeter(bar)
-                for images, labels in self.train_data.batches(self.epoch, rng_seed, start=self.position):
+                for images, labels in self.train_data.batches(self.epoch, rng_seed, start=self.batch_in_epoch):
                     self._stop.rearm()  # the epoch's dataset pipeline installs MindSpore's handlers again
                     if self.schedule.unit == "step" and self.schedule.stage(self.step).depth > self.model.depth:
                         self._read_back(meter)  # grow from weights known to be finite
                         self._grow_if_due()
                     start = time.perf_counter()
-                    rng = np.random.default_rng([rng_seed, self.epoch, self.position, 2])
+                    rng = np.random.default_rng([rng_seed, self.epoch, self.batch_in_epoch, 2])
                     inputs, targets = soft_targets(labels, self.model.config.num_classes, self.config, rng, images)
                     loss, predictions = self._train_step(ms.Tensor(inputs), ms.Tensor(targets))
                     self.ema.update()
-                    meter.queue(loss, predictions, labels, self.epoch, self.position)
-                    self.position += 1
+                    meter.queue(loss, predictions, labels, self.epoch, self.batch_in_epoch)
+                    self.batch_in_epoch += 1
                     self.step += 1
                     meter.seconds += time.perf_counter() - start
                     if meter.queued >= self.config.log_every:
@@ -189,11 +189,11 @@ class Trainer:
                 self._read_back(meter)
                 bar.close()
                 self.epoch += 1
-                self.position = 0
+                self.batch_in_epoch = 0
                 self._record_epoch(meter)
                 self.save_checkpoint()
                 self._stop.check()
-        except _StopNow:
+        except StopNow:
             self.history.interrupted, self.history.stopped_by = True, self._stop.name
             logger.warning("stopped at once (asked twice): nothing saved since %s", self._checkpoint_path()
                            or "the start (no output_dir)")
@@ -208,7 +208,7 @@ class Trainer:
             if self._is_main:
                 where = f"saved {path}" if path else "nothing saved (no output_dir)"
                 logger.warning("%s: %s at epoch %d, batch %d; resume with Trainer.resume or --resume",
-                               self._stop.name, where, self.epoch + 1, self.position)
+                               self._stop.name, where, self.epoch + 1, self.batch_in_epoch)
             return self.history
         if self.epoch >= self.config.epochs:
             self._save_final()
@@ -252,12 +252,12 @@ class Trainer:
         self._rebuild(ema=growth.ema, growth=growth)
         record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before, "to": stage.depth,
                   "order": growth.order, "mode": self.config.expansion_mode}
-        record.update(self.evaluate())
+        record.update(self.validate())
         record["seconds"] = time.perf_counter() - started
         record["wall_seconds"] = self.wall_seconds
         self._log(record)
 
-    def evaluate(self) -> dict:
+    def validate(self) -> dict:
         """Top-1 of the model and of its EMA on `val_data` (empty without it)."""
         if self.val_data is None:
             return {}
@@ -291,7 +291,7 @@ class Trainer:
                   "train_top1": meter.top1, "images_per_s": meter.images_per_second,
                   "lr": self.lr_schedule.value(self.step - 1),
                   "train_seconds": meter.seconds}
-        record.update(self.evaluate())
+        record.update(self.validate())
         record["wall_seconds"] = self.wall_seconds
         self._log(record)
 
@@ -314,7 +314,7 @@ class Trainer:
         path = Path(path) if path else self._checkpoint_path()
         if path is None or not self._is_main:
             return path
-        state = {"epoch": self.epoch, "position": self.position, "step": self.step,
+        state = {"epoch": self.epoch, "position": self.batch_in_epoch, "step": self.step,
                  "depth": self.model.depth, "model_config": dataclasses.asdict(self.model.config),
                  "train_config": dataclasses.asdict(self.config), "history": self.history.records,
                  "wall_seconds": self.wall_seconds, "class_names": self.model.class_names,
@@ -370,7 +370,7 @@ class Trainer:
                       progress=progress, distributed=distributed)
         if state["depth"] != model.depth:
             model.set_blocks([model.new_block() for _ in range(state["depth"])])
-        trainer.epoch, trainer.position, trainer.step = state["epoch"], state["position"], state["step"]
+        trainer.epoch, trainer.batch_in_epoch, trainer.step = state["epoch"], state["position"], state["step"]
         trainer.history.records = state["history"]
         trainer._elapsed_before = state["wall_seconds"]
         if state.get("class_names") is not None:
@@ -408,71 +408,6 @@ def read_training_checkpoint(path, state_only: bool = False):
         raise CheckpointError(path, ["not a training checkpoint (no trainer state)"],
                               advice="To start from weights, use create_network(pretrained=...) instead.")
     return loaded, json.loads(loaded.pop(STATE_KEY))
-
-
-class _StopNow(KeyboardInterrupt):
-    """A second Ctrl-C: stop at once, without saving (the step under way may be half done)."""
-
-
-class _StopOnSignal:
-    """Ctrl-C (SIGINT) and SIGTERM ask the training loop to stop after the step under way,
-    save, and return; a second Ctrl-C stops at once.
-
-    Needed because MindSpore's runtime installs a SIGINT handler of its own once its first
-    op has run, which ends the process with SIGTERM (exit 143): nothing saved. Python's
-    handlers are put back at every `check` (between steps), since a new graph may install
-    MindSpore's again. Outside the main thread (where Python cannot take signals) this is
-    a no-op and Ctrl-C behaves as before.
-    """
-
-    NAMES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
-
-    def __init__(self):
-        self.received = None
-        self._previous = {}
-        self._inside = False
-        self._active = threading.current_thread() is threading.main_thread()
-
-    @property
-    def name(self) -> str:
-        return self.NAMES.get(self.received, "interrupted")
-
-    def __enter__(self):
-        self.received, self._inside = None, True
-        if self._active:
-            self._previous = {s: signal.getsignal(s) for s in self.NAMES}
-            self._arm()
-        return self
-
-    def __exit__(self, *exc):
-        self._inside = False
-        for number, handler in self._previous.items():
-            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
-
-    def _arm(self):
-        for number in self.NAMES:
-            signal.signal(number, self._handle)
-
-    def _handle(self, number, frame):
-        if self.received is not None:
-            raise _StopNow  # asked twice: stop now, wherever the loop is
-        self.received = number
-
-    def check(self) -> None:
-        """Raise KeyboardInterrupt if a signal came; re-install the handlers."""
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.rearm()
-
-    def rearm(self) -> None:
-        """Put Python's handlers back (a new graph or dataset pipeline may have replaced them)."""
-        if self._active and self._inside:
-            self._arm()
-
-    def ignore(self) -> None:
-        if self._active and self._inside:
-            for number in self.NAMES:
-                signal.signal(number, signal.SIG_IGN)
 
 
 def describe_record(record: dict, epochs: int) -> str:
