@@ -84,7 +84,7 @@ def test_a_small_training_folder_trains_with_a_smaller_batch_and_says_so(tmp_pat
                            "--epochs", "1", "--image-size", "16", "--patch-size", "8", "--width", "16",
                            "--num-heads", "2", "--mlp-width", "32", "--output", str(tmp_path / "run")], capsys)
     assert code == 0, err
-    assert "fewer than --batch-size 64: training with batches of 6" in out
+    assert "fewer than a batch of 64: training with batches of 6" in out
     assert "epoch 1/1  depth 1  loss " in out and "compiled again" not in err
     import network_expansion as ne
 

@@ -17,7 +17,7 @@ from .model import ViTConfig, VisionTransformer
 from .predict import Classifier, Prediction, predict, use_cores
 from .preprocess import DataConfig, Preprocess, data_config
 from .recipe import TrainConfig
-from .train import Trainer
+from .train import Trainer, folder_trainer
 from .weights import convert, save_weights
 
 __version__ = "1.0.0"
@@ -28,7 +28,7 @@ __all__ = [
     "Classifier", "Prediction", "predict", "use_cores", "evaluate", "Preprocess", "DataConfig", "data_config",
     "model_card", "load_card", "validate_card", "HubCard",
     "Trainer", "TrainConfig", "ExpansionSchedule", "Stage", "EMA", "grow", "Growth", "expand",
-    "ArrayData", "FolderData",
+    "ArrayData", "FolderData", "folder_trainer",
     "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
     "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError", "OutputError",
 ]

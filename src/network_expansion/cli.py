@@ -328,11 +328,8 @@ def _train_config(args, **fixed):
 
 
 def _run_training(args, model_factory, config) -> int:
-    from .model import ViTConfig
-    from .preprocess import data_config
-    from .datasets import FolderData
     from .recipe import DEFAULT_BATCH_SIZE
-    from .train import Trainer, read_training_state
+    from .train import folder_trainer, read_training_state
 
     state = read_training_state(args.resume) if args.resume else None
     batch_size = args.batch_size or (state or {}).get("batch_size") or DEFAULT_BATCH_SIZE
@@ -348,21 +345,9 @@ def _run_training(args, model_factory, config) -> int:
         from .distributed import init_data_parallel
 
         job = init_data_parallel()
-    model = None if state else model_factory()  # a resumed run builds its own: nothing to download
-    data = data_config(ViTConfig(**state["model_config"]) if state else model)
-    train = FolderData(args.data, data, batch_size, workers=args.workers)
-    if job:
-        train = job.shard(train)
-    if len(train) == 0 and not state and train.num_samples > 0:
-        print(f"note: {args.data} has {train.num_samples} training image(s) per process, fewer than --batch-size "
-              f"{batch_size}: training with batches of {train.num_samples}")
-        train.batch_size = train.num_samples
-    val = FolderData(args.val, data, train.batch_size, train=False, workers=args.workers) if args.val else None
-    if state:
-        trainer = Trainer.resume(args.resume, train, val, output_dir=args.output, distributed=job,
-                                 changes=_given(args, _RECIPE_FLAGS))
-    else:
-        trainer = Trainer(model, train, val, config, output_dir=args.output, distributed=job)
+    trainer = folder_trainer(None if state else model_factory(), args.data, args.val, config, batch_size=batch_size,
+                             workers=args.workers, output_dir=args.output, distributed=job,
+                             resume=args.resume, changes=_given(args, _RECIPE_FLAGS))
     history = trainer.fit()
     if history.interrupted:
         return 143 if history.stopped_by == "terminated" else 130

@@ -385,6 +385,37 @@ class Trainer:
         return trainer
 
 
+def folder_trainer(model, train_dir, val_dir=None, config: TrainConfig | None = None, *, batch_size: int = 64,
+                   workers: int = 2, output_dir=None, distributed=None, resume=None, changes=None,
+                   progress: bool = True) -> Trainer:
+    """A `Trainer` on ImageFolder trees, as `network-expansion train` and `finetune` build it.
+
+    `model` starts at the schedule's first depth (None with `resume`: the checkpoint builds
+    its own). The images go through the model's data config; a folder with fewer images
+    than `batch_size` trains with smaller batches (and says so); `distributed` (a
+    `DataParallel`) shards the training images. With `resume`, the run continues from that
+    `checkpoint.ckpt`, taking `changes` as `Trainer.resume` does.
+    """
+    from .datasets import FolderData
+    from .preprocess import data_config
+
+    state = read_training_state(resume) if resume else None
+    data = data_config(ViTConfig(**state["model_config"]) if state else model)
+    train = FolderData(train_dir, data, batch_size, workers=workers)
+    if distributed is not None:
+        train = distributed.shard(train)
+    if len(train) == 0 and not state and train.num_samples > 0:
+        logger.info("note: %s has %d training image(s) per process, fewer than a batch of %d: training with "
+                    "batches of %d", train_dir, train.num_samples, batch_size, train.num_samples)
+        train.batch_size = train.num_samples
+    val = FolderData(val_dir, data, train.batch_size, train=False, workers=workers) if val_dir else None
+    if state:
+        return Trainer.resume(resume, train, val, output_dir=output_dir, distributed=distributed, changes=changes,
+                              progress=progress)
+    return Trainer(model, train, val, config or TrainConfig(), output_dir=output_dir, distributed=distributed,
+                   progress=progress)
+
+
 # What a resumed run may change: how long it goes on and how often it reads results back.
 RESUMABLE = ("epochs", "log_every")
 
