@@ -318,8 +318,10 @@ class VisionTransformer(nn.Cell):
     def forward_features(self, images):
         """Tokens after the final LayerNorm: (batch, patches + 1, width); token 0 is cls."""
         tokens = self.stem(images)
-        cls = ops.broadcast_to(self.cls, (tokens.shape[0], 1, tokens.shape[2]))
-        tokens = self.dropout(ops.concat((cls, tokens), axis=1) + self.pos_embedding)
+        # In the tokens' precision: under float16 (`to_float`) the patch embedding computes in
+        # float16 while these two parameters stay float32 (MindSpore 2.7 does not cast them).
+        cls = ops.broadcast_to(self.cls.astype(tokens.dtype), (tokens.shape[0], 1, tokens.shape[2]))
+        tokens = self.dropout(ops.concat((cls, tokens), axis=1) + self.pos_embedding.astype(tokens.dtype))
         return self.norm(self.body(tokens))
 
     def forward_head(self, tokens, pre_logits: bool = False):
