@@ -116,10 +116,10 @@ def _real(low: float, high: float | None = None, *, low_open: bool = False, high
 
 
 def _schedule(text):
-    from .expansion import ExpansionSchedule, parse_numbers
+    from .expansion import ExpansionSchedule, parse_depths
 
     try:
-        depths = parse_numbers(text, "schedule", "depths separated by commas, e.g. 6,12")
+        depths = parse_depths(text)
         ExpansionSchedule.even(depths, len(depths))  # growing, at most doubling
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
@@ -134,10 +134,10 @@ def _schedule_or_none(text):
 
 
 def _starts(text):
-    from .expansion import parse_numbers
+    from .expansion import parse_starts
 
     try:
-        parse_numbers(text, "stage starts", "one start per stage, e.g. 0,150")
+        parse_starts(text)
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text

@@ -78,11 +78,11 @@ class ExpansionSchedule:
     @classmethod
     def of(cls, depths, length: int, starts=None, unit: str = "epoch") -> "ExpansionSchedule":
         """Depths `(6, 12)` evenly split over `length` epochs (or steps, with `unit='step'`),
-        or starting at `starts` `(0, 40)`; text such as `'6,12'` is parsed (`parse_numbers`)."""
+        or starting at `starts` `(0, 40)`; text such as `'6,12'` is parsed (`parse_depths`, `parse_starts`)."""
         if isinstance(depths, str):
-            depths = parse_numbers(depths, "schedule", "depths separated by commas, e.g. 6,12")
+            depths = parse_depths(depths)
         if isinstance(starts, str):
-            starts = parse_numbers(starts, "stage starts", "one start per stage, e.g. 0,150")
+            starts = parse_starts(starts)
         if starts is None:
             return cls.even(depths, length, unit)
         return cls(tuple(depths), tuple(starts), unit)
@@ -121,6 +121,16 @@ class ExpansionSchedule:
 
     def __str__(self):
         return " -> ".join(f"{d} (from {s})" for d, s in zip(self.depths, self.starts))
+
+
+def parse_depths(text) -> tuple:
+    """A schedule's depths from text: `'6,12'` -> (6, 12); `ConfigError` otherwise."""
+    return parse_numbers(text, "schedule", "depths separated by commas, e.g. 6,12")
+
+
+def parse_starts(text) -> tuple:
+    """The stages' starts from text: `'0,150'` -> (0, 150); `ConfigError` otherwise."""
+    return parse_numbers(text, "stage starts", "one start per stage, e.g. 0,150")
 
 
 def parse_numbers(text, what: str, expected: str) -> tuple:

@@ -18,7 +18,7 @@ from mindspore import nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 from .errors import ConfigError
-from .expansion import MODES, ExpansionSchedule, parse_numbers
+from .expansion import MODES, ExpansionSchedule, parse_depths, parse_starts
 
 DEFAULT_BATCH_SIZE = 64
 # Fine-tuning from pretrained weights: short, gentle, little warm-up.
@@ -53,12 +53,10 @@ class TrainConfig:
 
     def __post_init__(self):
         # Text from a command line or a saved run ('6,12', [6, 12]) becomes a tuple here, once.
-        for name, what, expected in (("schedule", "schedule", "depths separated by commas, e.g. 6,12"),
-                                     ("stage_starts", "stage starts", "one start per stage, e.g. 0,150")):
+        for name, parse in (("schedule", parse_depths), ("stage_starts", parse_starts)):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
-                value = parse_numbers(value, what, expected) if isinstance(value, str) else tuple(value)
-                object.__setattr__(self, name, value)
+                object.__setattr__(self, name, parse(value) if isinstance(value, str) else tuple(value))
 
         def whole(value, low):
             return isinstance(value, int) and not isinstance(value, bool) and value >= low
