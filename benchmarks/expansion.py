@@ -19,7 +19,6 @@ growths (row `6,12 carried`). `DIR/results.json` is written after every seed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -38,21 +37,21 @@ def main():
                         help="also run each schedule with the AdamW moments carried across growths")
     parser.add_argument("--output", default=None, help="folder for logs and results.json (default: a temporary one)")
     args = parser.parse_args()
-    base = dataclasses.replace(DemoSettings(), epochs=args.epochs)
+    base = DemoSettings().changed(epochs=args.epochs)
     output = Path(args.output or tempfile.mkdtemp(prefix="expansion-benchmark-"))
     variants = {"full": (None, False), **{s: (s, False) for s in args.schedules}}
     if args.carry_moments:
         variants.update({f"{s} carried": (s, True) for s in args.schedules})
     runs = {key: [] for key in variants}
     for seed in args.seeds:
-        results = race(dataclasses.replace(base, seed=seed), variants, output / f"seed{seed}", progress=False)
+        results = race(base.changed(seed=seed), variants, output / f"seed{seed}", progress=False)
         for key, summary in results.items():
             runs[key].append({"seed": seed, **summary})
             print(f"seed {seed} {key:>14}: {summary['wall_seconds']:.1f} s, top-1 {summary['top1']:.2%}, "
                   f"EMA {summary['ema_top1']:.2%}", flush=True)
         output.mkdir(parents=True, exist_ok=True)
         (output / "results.json").write_text(json.dumps({"epochs": args.epochs, "runs": runs}, indent=1))
-    print(f"\nseeds {' '.join(map(str, args.seeds))}, {args.epochs} epochs, {base.width}-wide ViT on digits, "
+    print(f"\nseeds {' '.join(map(str, args.seeds))}, {args.epochs} epochs, {base.model.width}-wide ViT on digits, "
           f"runs of a seed taking turns every epoch; logs in {output}\n")
     print(table(runs, args.epochs))
 

@@ -14,23 +14,22 @@ two evaluation graphs: what every growth pays again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import mindspore as ms
 
 from network_expansion.demo import DemoSettings, digits
-from network_expansion.model import ViTConfig, VisionTransformer
+from network_expansion.model import VisionTransformer
 from network_expansion import ArrayData, Trainer, TrainConfig
 
 
 def build(settings: DemoSettings, depth: int, log_every: int, data) -> Trainer:
     train_x, train_y, test_x, test_y = data
     ms.set_seed(0)
-    model = VisionTransformer(ViTConfig(image_size=settings.image_size, patch_size=settings.patch_size,
-                                        width=settings.width, depth=depth, num_heads=settings.num_heads,
-                                        mlp_width=settings.mlp_width, num_classes=10))
-    config = TrainConfig(epochs=1000, lr=settings.lr, warmup_epochs=1, ema_decay=settings.ema_decay,
+    model = VisionTransformer(dataclasses.replace(settings.model, depth=depth))
+    config = TrainConfig(epochs=1000, lr=settings.recipe.lr, warmup_epochs=1, ema_decay=settings.recipe.ema_decay,
                          log_every=log_every)
     return Trainer(model, ArrayData(train_x, train_y, settings.batch_size),
                    ArrayData(test_x, test_y, 256, shuffle=False, drop_remainder=False), config, progress=False)
@@ -57,13 +56,13 @@ def main():
     parser.add_argument("--log-every", type=int, nargs="+", default=[1, 20])
     args = parser.parse_args()
     settings = DemoSettings()
-    data = digits(settings.image_size, 0)
+    data = digits(settings.model.image_size, 0)
     keys = [(log_every, depth) for log_every in args.log_every for depth in args.depths]
     trainers = {key: build(settings, key[1], key[0], data) for key in keys}
     # First epoch and first evaluation: compilation of the train step, the EMA update and
     # the two evaluation graphs, as after every growth.
     compile_seconds = {key: timed(lambda t=t: (one_epoch(t), t.validate())) for key, t in trainers.items()}
-    evaluation_seconds = {key: timed(t.evaluate) for key, t in trainers.items()}
+    evaluation_seconds = {key: timed(t.validate) for key, t in trainers.items()}
     seconds = {key: [] for key in keys}
     for _ in range(args.rounds):  # interleaved: the machine's speed drifts by minutes
         for key, trainer in trainers.items():
@@ -73,7 +72,7 @@ def main():
         print(f"log_every {key[0]:>3}, depth {key[1]:>2}: epochs of", " ".join(f"{v:.2f}" for v in values), "s")
     ms_per_step = {key: 1e3 * statistics.median(values) / steps for key, values in seconds.items()}
     deepest = max(args.depths)
-    print(f"\nwidth {settings.width}, batch {settings.batch_size}, {steps} steps per epoch, median of "
+    print(f"\nwidth {settings.model.width}, batch {settings.batch_size}, {steps} steps per epoch, median of "
           f"{args.rounds} interleaved epochs per row\n")
     print(f"| log_every | depth | ms per step | share of depth {deepest} | bound's share | "
           "first epoch + evaluation s | one evaluation s |")

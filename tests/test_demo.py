@@ -10,8 +10,10 @@ def test_demo_trains_both_runs_and_writes_table_plot_and_summary(tmp_path, capsy
 
     from network_expansion import demo
 
-    tiny = dataclasses.replace(demo.DemoSettings(), epochs=2, schedule="1,2", width=16, num_heads=2, mlp_width=32,
-                               batch_size=128)
+    settings = demo.DemoSettings()
+    tiny = dataclasses.replace(settings, batch_size=128,
+                               recipe=dataclasses.replace(settings.recipe, epochs=2, schedule="1,2"),
+                               model=dataclasses.replace(settings.model, depth=2, width=16, num_heads=2, mlp_width=32))
     monkeypatch.setattr(demo, "DemoSettings", lambda: tiny)
     assert main(["demo", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -322,7 +322,7 @@ def test_a_mistake_on_the_command_line_is_one_line_naming_flag_value_and_what_is
 @pytest.mark.parametrize("fields,message", [
     ({"epochs": 0}, "epochs must be a whole number >= 1"),
     ({"lr": -1.0}, "lr must be a number > 0"),
-    ({"ema_decay": 1.0}, "ema_decay must be a number in \\[0, 1\\)"),
+    ({"ema_decay": 1.0}, "ema_decay must be a number >= 0 and < 1"),
     ({"clip_grad": 0.0}, "clip_grad must be None or a number > 0"),
     ({"expansion_mode": "sideways"}, "expansion_mode must be one of insert, stack"),
 ])

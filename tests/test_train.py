@@ -301,7 +301,7 @@ def test_training_data_smaller_than_one_batch_says_so():
 
 
 def test_the_console_tells_each_epoch_and_growth_in_one_line(uninterrupted):
-    from network_expansion.train import describe_record
+    from network_expansion.history import describe_record
 
     _, history, _ = uninterrupted
     lines = [describe_record(r, 4) for r in history.records]

@@ -17,6 +17,7 @@ import sys
 
 from .atomic import check_writable_folder
 from .errors import ConfigError, DownloadError, NetworkExpansionError
+from .ranges import POSITIVE, Range
 
 PROG = "network-expansion"
 
@@ -84,34 +85,13 @@ def _mindspore_logger() -> logging.Logger:
 
 # -- values a flag accepts -----------------------------------------------------------
 
-def _whole(minimum: int = 1, maximum: int | None = None):
+def _accepting(accepted):
+    """A flag's type: the value `accepted` (a `ranges.Range`) takes, or argparse's one-line error."""
     def parse(text):
         try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum or (maximum is not None and value > maximum):
-            accepted = f"a whole number from {minimum} to {maximum}" if maximum is not None else \
-                f"a whole number >= {minimum}"
-            raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}")
-        return value
-    return parse
-
-
-def _real(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = True):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        ok = value == value and (value > low if low_open else value >= low)
-        ok = ok and (high is None or (value < high if high_open else value <= high))
-        if not ok:
-            lower = f"{'>' if low_open else '>='} {low:g}"
-            accepted = f"a number {lower}" if high is None else \
-                f"a number {lower} and {'<' if high_open else '<='} {high:g}"
-            raise argparse.ArgumentTypeError(f"expected {accepted}, got {text!r}")
-        return value
+            return accepted.parse(text)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
     return parse
 
 
@@ -189,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify images (ImageNet labels with the released weights)")
     predict.add_argument("images", nargs="+", metavar="IMG", help="image files or folders of images")
     _add_inference_options(predict)
-    predict.add_argument("--topk", type=_whole(1), default=5, help="classes per image (default 5)")
+    predict.add_argument("--topk", type=_accepting(POSITIVE), default=5, help="classes per image (default 5)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.set_defaults(run=_predict)
 
@@ -197,14 +177,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("root", metavar="DIR", help="one sub-folder of images per class, named by class "
                                                       "(ImageNet: WordNet ids such as n01440764)")
     _add_inference_options(evaluate)
-    evaluate.add_argument("--workers", type=_whole(1), default=2, help="image decoding threads (default 2)")
+    evaluate.add_argument("--workers", type=_accepting(POSITIVE), default=2,
+                          help="image decoding threads (default 2)")
     evaluate.add_argument("--label-map", metavar="FILE", help="folder name -> output index, for folders named "
                                                               "otherwise (JSON object or lines 'folder<TAB>index')")
     evaluate.add_argument("--csv", metavar="FILE", help="write per-class accuracy to this CSV file")
     evaluate.set_defaults(run=_evaluate)
 
-    from .expansion import MODES
-    from .model import ViTConfig
+    from .expansion import MODES, STAGE_UNITS
+    from .model import RANGES as MODEL, ViTConfig
     from .recipe import TrainConfig
 
     vit = ViTConfig(image_size=224, num_classes=1000)
@@ -215,26 +196,29 @@ def _parser() -> argparse.ArgumentParser:
                                                                    f"'none' trains at --depth from the start")
     train.add_argument("--stage-starts", type=_starts, help="epoch each stage starts at, e.g. 0,150 "
                                                             "(default: equal stages)")
-    train.add_argument("--stage-unit", choices=("epoch", "step"),
+    train.add_argument("--stage-unit", choices=STAGE_UNITS,
                        help=f"what --stage-starts counts (default {TrainConfig.stage_unit})")
     train.add_argument("--mode", choices=MODES, help=f"where new blocks go (default {TrainConfig.expansion_mode})")
-    train.add_argument("--depth", type=_whole(1), help=f"depth without a schedule (default {vit.depth}; "
-                                                       f"--depth alone trains at that depth throughout)")
-    train.add_argument("--width", type=_whole(1), help=f"token width (default {vit.width})")
-    train.add_argument("--mlp-width", type=_whole(1), help=f"MLP hidden width (default {vit.mlp_width})")
-    train.add_argument("--patch-size", type=_whole(1), help=f"patch size (default {vit.patch_size})")
-    train.add_argument("--num-classes", type=_whole(1), help="default: the number of class folders")
+    def model(name):
+        return _accepting(MODEL[name])
+
+    train.add_argument("--depth", type=model("depth"), help=f"depth without a schedule (default {vit.depth}; "
+                                                          f"--depth alone trains at that depth throughout)")
+    train.add_argument("--width", type=model("width"), help=f"token width (default {vit.width})")
+    train.add_argument("--mlp-width", type=model("mlp_width"), help=f"MLP hidden width (default {vit.mlp_width})")
+    train.add_argument("--patch-size", type=model("patch_size"), help=f"patch size (default {vit.patch_size})")
+    train.add_argument("--num-classes", type=_accepting(POSITIVE), help="default: the number of class folders")
     _add_training_options(train, TrainConfig())
     train.set_defaults(run=_train)
 
-    from .recipe import FINETUNE_DEFAULTS
+    from .recipe import FINETUNE_DEFAULTS, RANGES as RECIPE
 
     finetune = commands.add_parser("finetune", help="fine-tune pretrained weights on an ImageFolder tree")
     finetune.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree of training images")
     finetune.add_argument("--val", metavar="DIR", help="ImageFolder tree of validation images")
     finetune.add_argument("--weights", default=None, help="checkpoint path or URL (default: the released one)")
     finetune.add_argument("--freeze-backbone", action="store_true", help="train the new head only")
-    finetune.add_argument("--layer-decay", type=_real(0, 1, low_open=True, high_open=False),
+    finetune.add_argument("--layer-decay", type=_accepting(RECIPE["layer_decay"]),
                           help="layer-wise learning-rate decay, e.g. 0.75 (default: none)")
     _add_training_options(finetune, TrainConfig(**FINETUNE_DEFAULTS))
     finetune.set_defaults(run=_finetune)
@@ -245,9 +229,11 @@ def _parser() -> argparse.ArgumentParser:
     about = ("expansion against full depth on scikit-learn's digits: table and plot (about 8 minutes on two "
              "CPU cores; needs the demo extra: pip install -e '.[demo]')")
     demo = commands.add_parser("demo", help=about, description=about)
-    demo.add_argument("--epochs", type=_whole(1), help=f"epochs of each run (default {demo_settings.epochs})")
-    demo.add_argument("--schedule", type=_schedule, help=f"expansion schedule (default {demo_settings.schedule})")
-    demo.add_argument("--width", type=_whole(1), help=f"token width of the small ViT (default {demo_settings.width})")
+    demo.add_argument("--epochs", type=_accepting(RECIPE["epochs"]),
+                      help=f"epochs of each run (default {demo_settings.recipe.epochs})")
+    demo.add_argument("--schedule", type=_schedule, help=f"expansion schedule (default {demo_settings.schedule_text})")
+    demo.add_argument("--width", type=_accepting(MODEL["width"]),
+                      help=f"token width of the small ViT (default {demo_settings.model.width})")
     demo.add_argument("--output", default="expansion-demo", help="folder for logs, plot and summary "
                                                                  "(default expansion-demo)")
     demo.set_defaults(run=_demo)
@@ -261,7 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--batch", type=_batch, default=1, help="batch size of the graph, or 'dynamic' (default 1)")
     export.add_argument("--with-preprocess", action="store_true",
                         help="take uint8 NHWC pictures and resize, crop, normalise inside the graph")
-    export.add_argument("--input-size", type=_whole(1), nargs=2, metavar=("H", "W"),
+    export.add_argument("--input-size", type=_accepting(POSITIVE), nargs=2, metavar=("H", "W"),
                         help="picture size with --with-preprocess (default: the resize size, square)")
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     export.set_defaults(run=_export)
@@ -273,24 +259,35 @@ def _add_training_options(parser, defaults) -> None:
     None here, so that a resumed run can tell what the user asked to change."""
     from .recipe import DEFAULT_BATCH_SIZE
 
+    from .model import RANGES as MODEL
+    from .recipe import RANGES as RECIPE
+
+    def recipe(name):
+        return _accepting(RECIPE[name])
+
     d = defaults
-    parser.add_argument("--epochs", type=_whole(1), help=f"default {d.epochs}")
-    parser.add_argument("--batch-size", type=_whole(1), help=f"images per step (default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--lr", type=_real(0, low_open=True), help=f"peak learning rate (default {d.lr:g})")
-    parser.add_argument("--warmup-epochs", type=_whole(0), help=f"default {d.warmup_epochs}")
-    parser.add_argument("--weight-decay", type=_real(0), help=f"default {d.weight_decay:g}")
-    parser.add_argument("--label-smoothing", type=_real(0, 1), help=f"default {d.label_smoothing:g}")
-    parser.add_argument("--mixup", type=_real(0), help=f"mixup alpha, 0 off (default {d.mixup:g}; DeiT: 0.8)")
-    parser.add_argument("--cutmix", type=_real(0), help=f"cutmix alpha, 0 off (default {d.cutmix:g}; DeiT: 1.0)")
-    parser.add_argument("--clip-grad", type=_real(0, low_open=True), help="clip the global gradient norm "
-                                                                          "(default: no clipping)")
-    parser.add_argument("--drop-path", type=_real(0, 1), help="maximum stochastic-depth rate (default 0)")
-    parser.add_argument("--ema-decay", type=_real(0, 1), help=f"default {d.ema_decay:g}")
-    parser.add_argument("--image-size", type=_whole(1), help="input size (default: the card's, or the weights')")
-    parser.add_argument("--num-heads", type=_whole(1), help="attention heads (default 12, or the weights')")
-    parser.add_argument("--workers", type=_whole(1), default=2, help="data loading workers (default 2)")
-    parser.add_argument("--seed", type=_whole(0), help=f"default {d.seed}")
-    parser.add_argument("--log-every", type=_whole(1), metavar="STEPS",
+    parser.add_argument("--epochs", type=recipe("epochs"), help=f"default {d.epochs}")
+    parser.add_argument("--batch-size", type=_accepting(POSITIVE),
+                        help=f"images per step (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--lr", type=recipe("lr"), help=f"peak learning rate (default {d.lr:g})")
+    parser.add_argument("--warmup-epochs", type=recipe("warmup_epochs"), help=f"default {d.warmup_epochs}")
+    parser.add_argument("--weight-decay", type=recipe("weight_decay"), help=f"default {d.weight_decay:g}")
+    parser.add_argument("--label-smoothing", type=recipe("label_smoothing"), help=f"default {d.label_smoothing:g}")
+    parser.add_argument("--mixup", type=recipe("mixup"), help=f"mixup alpha, 0 off (default {d.mixup:g}; DeiT: 0.8)")
+    parser.add_argument("--cutmix", type=recipe("cutmix"),
+                        help=f"cutmix alpha, 0 off (default {d.cutmix:g}; DeiT: 1.0)")
+    parser.add_argument("--clip-grad", type=recipe("clip_grad"), help="clip the global gradient norm "
+                                                                     "(default: no clipping)")
+    parser.add_argument("--drop-path", type=_accepting(MODEL["drop_path_rate"]),
+                        help="maximum stochastic-depth rate (default 0)")
+    parser.add_argument("--ema-decay", type=recipe("ema_decay"), help=f"default {d.ema_decay:g}")
+    parser.add_argument("--image-size", type=_accepting(MODEL["image_size"]),
+                        help="input size (default: the card's, or the weights')")
+    parser.add_argument("--num-heads", type=_accepting(MODEL["num_heads"]),
+                        help="attention heads (default 12, or the weights')")
+    parser.add_argument("--workers", type=_accepting(POSITIVE), default=2, help="data loading workers (default 2)")
+    parser.add_argument("--seed", type=recipe("seed"), help=f"default {d.seed}")
+    parser.add_argument("--log-every", type=recipe("log_every"), metavar="STEPS",
                         help=f"steps between reading loss and accuracy back from the device, and the NaN check "
                              f"(default {d.log_every})")
     parser.add_argument("--output", default="runs/network-expansion",
@@ -424,13 +421,9 @@ def _finetune(args) -> int:
 def _demo(args) -> int:
     from .demo import DemoSettings, compare
 
-    settings = DemoSettings()
-    changes = {k: v for k, v in (("epochs", args.epochs), ("schedule", args.schedule), ("width", args.width)) if v}
-    if "width" in changes:
-        changes["mlp_width"] = 2 * changes["width"]
-    settings = dataclasses.replace(settings, **changes)
-    print(f"training the same ViT twice on scikit-learn's digits ({settings.epochs} epochs each): "
-          f"full depth {settings.final_depth}, then expansion {settings.schedule}")
+    settings = DemoSettings().changed(epochs=args.epochs, schedule=args.schedule, width=args.width)
+    print(f"training the same ViT twice on scikit-learn's digits ({settings.recipe.epochs} epochs each): "
+          f"full depth {settings.model.depth}, then expansion {settings.schedule_text}")
     result = compare(settings, args.output)
     print(result["table"])
     print(f"plot: {result['plot']}; logs in {args.output}/")
@@ -454,11 +447,12 @@ def _add_inference_options(parser) -> None:
 
     parser.add_argument("--weights", metavar="PATH", default=None,
                         help="checkpoint path or URL (default: the released checkpoint, cached)")
-    parser.add_argument("--batch-size", type=_whole(1), default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--batch-size", type=_accepting(POSITIVE), default=8,
+                        help="images per forward pass (default 8)")
     parser.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
                         help=f"numeric precision where the device supports it (default {PRECISIONS[0]})")
-    parser.add_argument("--threads", type=_whole(1, _cores()), help=f"CPU cores to use, 1 to {_cores()} "
-                                                                    f"(default: all)")
+    parser.add_argument("--threads", type=_accepting(Range(int, 1, _cores(), high_open=False)),
+                        help=f"CPU cores to use, 1 to {_cores()} (default: all)")
     parser.add_argument("--class-names", metavar="FILE", help="one label per line, in output order (default: the "
                                                               "weights' own, or ImageNet's)")
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, DataError, ImageError
+from .errors import DataError, ImageError
 from .images import load_image
 from .preprocess import DataConfig, host_transforms, normalize_transforms
-from .stopping import restore_handlers
+from .ranges import POSITIVE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif")
 
@@ -122,7 +122,7 @@ class ArrayData(_Shardable):
         self.labels = np.asarray(labels, dtype=np.int32)
         if len(self.images) != len(self.labels):
             raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
-        self.batch_size, self.shuffle, self.flip = _batch_size(batch_size), shuffle, flip
+        self.batch_size, self.shuffle, self.flip = int(POSITIVE.check("batch_size", batch_size)), shuffle, flip
         self.drop_remainder = drop_remainder
         self.num_shards, self.shard_id = num_shards, shard_id
         self.class_names = tuple(class_names) if class_names is not None else None
@@ -172,7 +172,7 @@ class FolderData(_Shardable):
 
     def __init__(self, root, data_config, batch_size: int = 64, *, train: bool = True, workers: int = 2,
                  num_shards: int = 1, shard_id: int = 0):
-        self.root, self.data_config, self.batch_size = root, data_config, _batch_size(batch_size)
+        self.root, self.data_config, self.batch_size = root, data_config, int(POSITIVE.check("batch_size", batch_size))
         self.train, self.workers = train, workers
         self.num_shards, self.shard_id = num_shards, shard_id
         self.folder = ImageFolder.scan(root)
@@ -204,7 +204,6 @@ class FolderData(_Shardable):
             iterator = dataset.create_tuple_iterator(output_numpy=True)
         finally:
             ds.config.set_seed(previous)
-        restore_handlers()
         for b, (images, labels) in enumerate(iterator):
             if b >= start:
                 yield images, labels.astype(np.int32)
@@ -212,7 +211,6 @@ class FolderData(_Shardable):
     def evaluation_batches(self):
         """Every image once, in order, with the eval recipe; the last batch may be short."""
         iterator = self._dataset().create_tuple_iterator(output_numpy=True)
-        restore_handlers()
         for images, labels in iterator:
             yield images, labels.astype(np.int32)
 
@@ -220,8 +218,3 @@ class FolderData(_Shardable):
         return imagefolder_dataset(self.folder, self.data_config, batch_size=self.batch_size,
                                    workers=self.workers, **options)
 
-
-def _batch_size(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"batch_size must be a whole number >= 1, got {value!r}")
-    return int(value)

@@ -11,32 +11,60 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError
 from .expansion import ExpansionSchedule
+from .model import ViTConfig
+from .recipe import TrainConfig
+
+
+def _demo_model() -> ViTConfig:
+    # 8x8 digits upscaled to 16x16; 4x4 patches, 16 tokens + cls
+    return ViTConfig(image_size=16, patch_size=4, width=64, depth=12, num_heads=4, mlp_width=128, num_classes=10)
+
+
+def _demo_recipe() -> TrainConfig:
+    # 32 epochs: long enough to amortise the ~10 s recompilation at the growth;
+    # lr 3e-4: 1e-3 leaves a 12-block ViT at chance here
+    return TrainConfig(epochs=32, lr=3e-4, min_lr=3e-4 / 100, warmup_epochs=1, label_smoothing=0.1,
+                       weight_decay=0.05, ema_decay=0.99, schedule=(6, 12), seed=0)
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    epochs: int = 32                 # long enough to amortise the ~10 s recompilation at the growth
-    schedule: str = "6,12"
-    width: int = 64
-    num_heads: int = 4
-    mlp_width: int = 128
-    image_size: int = 16             # 8x8 digits upscaled; 4x4 patches, 16 tokens + cls
-    patch_size: int = 4
+    """The demo's runs: the small ViT at its full depth (`model`), the recipe of every run
+    (`recipe`: its `schedule` is the expansion run's, its `seed` also draws the data split),
+    and the batch size.
+
+    >>> DemoSettings().changed(epochs=48, seed=1)   # what the command line and benchmarks change
+    """
+
+    model: ViTConfig = field(default_factory=_demo_model)
+    recipe: TrainConfig = field(default_factory=_demo_recipe)
     batch_size: int = 32
-    lr: float = 3e-4                 # 1e-3 leaves a 12-block ViT at chance here
-    warmup_epochs: int = 1
-    ema_decay: float = 0.99
-    seed: int = 0
+
+    def __post_init__(self):
+        if self.recipe.final_depth(self.model.depth) != self.model.depth:
+            raise ConfigError(f"the demo's schedule {self.recipe.schedule} must end at the model's depth "
+                              f"{self.model.depth}")
+
+    def changed(self, *, epochs=None, schedule=None, width=None, seed=None) -> "DemoSettings":
+        """These settings with the given values: a `schedule` (text or depths) also sets the
+        full depth (its last stage); a `width` also sets the MLP width (twice it)."""
+        recipe = {k: v for k, v in (("epochs", epochs), ("schedule", schedule), ("seed", seed)) if v is not None}
+        new_recipe = dataclasses.replace(self.recipe, **recipe)
+        model = {"depth": new_recipe.final_depth(self.model.depth)}
+        if width is not None:
+            model.update(width=width, mlp_width=2 * width)
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, **model), recipe=new_recipe)
 
     @property
-    def final_depth(self) -> int:
-        return ExpansionSchedule.of(self.schedule, self.epochs).final_depth
+    def schedule_text(self) -> str:
+        return ",".join(map(str, self.recipe.schedule))
 
 
 def digits(image_size: int = 32, seed: int = 0):
@@ -55,26 +83,21 @@ def digits(image_size: int = 32, seed: int = 0):
     return train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32)
 
 
-def trainer_for(settings: DemoSettings, schedule: str | None, output_dir: Path, progress: bool = True,
+def trainer_for(settings: DemoSettings, schedule, output_dir: Path, progress: bool = True,
                 carry_moments: bool = False, name: str = ""):
-    """The Trainer of one run: the model at the schedule's first depth, from `settings.seed`."""
+    """The Trainer of one run (`schedule` None: full depth): the model at the schedule's
+    first depth, from the recipe's seed."""
     import mindspore as ms
 
-    from .model import ViTConfig, VisionTransformer
     from .datasets import ArrayData
-    from .recipe import TrainConfig
+    from .model import VisionTransformer
     from .train import Trainer
 
-    train_x, train_y, test_x, test_y = digits(settings.image_size, settings.seed)
-    config = TrainConfig(epochs=settings.epochs, lr=settings.lr, min_lr=settings.lr / 100,
-                         warmup_epochs=settings.warmup_epochs, label_smoothing=0.1, weight_decay=0.05,
-                         ema_decay=settings.ema_decay, schedule=schedule, seed=settings.seed,
-                         carry_moments=carry_moments)
-    first_depth = config.first_depth(settings.final_depth)
-    ms.set_seed(settings.seed)
-    model = VisionTransformer(ViTConfig(image_size=settings.image_size, patch_size=settings.patch_size,
-                                        width=settings.width, depth=first_depth, num_heads=settings.num_heads,
-                                        mlp_width=settings.mlp_width, num_classes=10))
+    seed = settings.recipe.seed
+    train_x, train_y, test_x, test_y = digits(settings.model.image_size, seed)
+    config = dataclasses.replace(settings.recipe, schedule=schedule, carry_moments=carry_moments)
+    ms.set_seed(seed)
+    model = VisionTransformer(dataclasses.replace(settings.model, depth=config.first_depth(settings.model.depth)))
     return Trainer(model, ArrayData(train_x, train_y, settings.batch_size, flip=False),
                    ArrayData(test_x, test_y, 256, shuffle=False, drop_remainder=False), config,
                    output_dir=output_dir, progress=progress, name=name)
@@ -94,7 +117,7 @@ def race(settings: DemoSettings, runs: dict, output_dir: Path, progress: bool = 
                                   carry, name=name)
                 for name, (schedule, carry) in runs.items()}
     order = list(trainers.values())
-    for epoch in range(1, settings.epochs + 1):
+    for epoch in range(1, settings.recipe.epochs + 1):
         turn = epoch % len(order)  # who goes first rotates: no run always follows the same one
         for trainer in order[turn:] + order[:turn]:
             trainer.fit(until=epoch)
@@ -116,10 +139,11 @@ def compare(settings: DemoSettings = DemoSettings(), output_dir="expansion-demo"
     """Both runs (taking turns every epoch), the table and the plot.
     Returns {'full': ..., 'expansion': ..., 'table': str}."""
     output_dir = Path(output_dir)
-    results = race(settings, {"full": (None, False), "expansion": (settings.schedule, False)}, output_dir, progress)
+    schedule, epochs = settings.recipe.schedule, settings.recipe.epochs
+    results = race(settings, {"full": (None, False), "expansion": (schedule, False)}, output_dir, progress)
     full, grown = results["full"], results["expansion"]
-    full["run"], grown["run"] = f"full depth {settings.final_depth}", f"expansion {settings.schedule}"
-    bound = ExpansionSchedule.of(settings.schedule, settings.epochs).speedup_bound(settings.epochs)
+    full["run"], grown["run"] = f"full depth {settings.model.depth}", f"expansion {settings.schedule_text}"
+    bound = ExpansionSchedule.of(schedule, epochs).speedup_bound(epochs)
     speedup = full["wall_seconds"] / grown["wall_seconds"]
     table = format_table([full, grown], speedup, bound)
     plot_path = plot([full, grown], output_dir / "accuracy_vs_time.png")

@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .model import VisionTransformer
 
 MODES = ("insert", "stack")
+STAGE_UNITS = ("epoch", "step")  # what a schedule's starts count
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,8 @@ class ExpansionSchedule:
                             f"trained block), got {depths}")
         if len(starts) != len(depths) or (starts and starts[0] != 0) or any(b <= a for a, b in zip(starts, starts[1:])):
             problems.append(f"starts must be increasing, begin at 0 and give one start per stage, got {starts}")
-        if self.unit not in ("epoch", "step"):
-            problems.append(f"unit must be 'epoch' or 'step', got {self.unit!r}")
+        if self.unit not in STAGE_UNITS:
+            problems.append(f"unit must be one of {', '.join(map(repr, STAGE_UNITS))}, got {self.unit!r}")
         if problems:
             raise ConfigError("invalid expansion schedule: " + "; ".join(problems))
         object.__setattr__(self, "depths", depths)

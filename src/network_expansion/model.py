@@ -30,6 +30,16 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .card import model_card
 from .errors import ConfigError
+from .ranges import Range
+
+
+# What each numeric field of ViTConfig accepts (the command line's flags say the same).
+RANGES = {
+    **{name: Range(int, 1) for name in ("image_size", "patch_size", "in_channels", "width", "depth", "num_heads",
+                                        "mlp_width")},
+    "num_classes": Range(int, 0, note="(0: no head)"),
+    **{name: Range(float, 0, 1) for name in ("dropout", "attention_dropout", "drop_path_rate")},
+}
 
 
 @dataclass(frozen=True)
@@ -53,18 +63,8 @@ class ViTConfig:
     layer_norm_eps: float = 1e-7
 
     def __post_init__(self):
-        problems = []
-        for name in ("image_size", "patch_size", "in_channels", "width", "depth",
-                     "num_heads", "mlp_width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            problems.append(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
-        for name in ("dropout", "attention_dropout", "drop_path_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value < 1:
-                problems.append(f"{name} must be in [0, 1), got {value!r}")
+        problems = [accepted.problem(name, getattr(self, name)) for name, accepted in RANGES.items()]
+        problems = [problem for problem in problems if problem]
         if not problems:
             if self.image_size % self.patch_size:
                 problems.append(f"image_size {self.image_size} is not a multiple of "

@@ -28,6 +28,7 @@ from .errors import ConfigError, DownloadError, ImageError, PrecisionError
 from .images import load_image, source_name
 from .graphs import compiled_forward, pad_batch
 from .preprocess import data_config, preprocess_image
+from .ranges import POSITIVE
 
 IMAGENET_CLASSES = 1000
 PRECISIONS = ("float32", "float16", "bfloat16")
@@ -112,8 +113,7 @@ class Classifier:
                 network = create_network("NetworkExpansion", pretrained=weights)
             except DownloadError as error:
                 raise error.advise("Classifier(weights='/path/to/{name}')") from None
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        POSITIVE.check("batch_size", batch_size)
         self.network = _in_precision(network, precision)
         self.network.set_train(False)
         self.precision = precision
@@ -251,9 +251,7 @@ class Classifier:
         return preprocess_image(load_image(item), self.data_config)
 
     def _top(self, probabilities: np.ndarray, sources, topk: int) -> list:
-        if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
-            raise ConfigError(f"topk must be a whole number >= 1, got {topk!r}")
-        topk = min(int(topk), probabilities.shape[1])
+        topk = min(int(POSITIVE.check("topk", topk)), probabilities.shape[1])
         # Sorted by probability, ties broken by the lower index: deterministic.
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :topk]
         return [Prediction(source=source, indices=[int(i) for i in row],

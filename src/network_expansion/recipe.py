@@ -18,11 +18,29 @@ from mindspore import nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 from .errors import ConfigError
-from .expansion import MODES, ExpansionSchedule, parse_depths, parse_starts
+from .expansion import MODES, STAGE_UNITS, ExpansionSchedule, parse_depths, parse_starts
+from .ranges import Range
 
 DEFAULT_BATCH_SIZE = 64
 # Fine-tuning from pretrained weights: short, gentle, little warm-up.
 FINETUNE_DEFAULTS = {"epochs": 10, "lr": 1e-4, "warmup_epochs": 1}
+
+# What each numeric field of TrainConfig accepts (the command line's flags say the same).
+RANGES = {
+    "epochs": Range(int, 1),
+    "lr": Range(float, 0, low_open=True),
+    "min_lr": Range(float, 0),
+    "warmup_epochs": Range(int, 0),
+    "weight_decay": Range(float, 0),
+    "label_smoothing": Range(float, 0, 1),
+    "mixup": Range(float, 0, note="(0: off)"),
+    "cutmix": Range(float, 0, note="(0: off)"),
+    "clip_grad": Range(float, 0, low_open=True, optional=True),
+    "ema_decay": Range(float, 0, 1),
+    "layer_decay": Range(float, 0, 1, low_open=True, high_open=False, optional=True),
+    "log_every": Range(int, 1),
+    "seed": Range(int, 0),
+}
 
 
 @dataclass(frozen=True)
@@ -58,32 +76,12 @@ class TrainConfig:
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, parse(value) if isinstance(value, str) else tuple(value))
 
-        def whole(value, low):
-            return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-        def number(value, low, high=math.inf, low_open=False, high_open=True):
-            return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                    and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
-
-        rules = [
-            ("epochs", whole(self.epochs, 1), "a whole number >= 1"),
-            ("lr", number(self.lr, 0, low_open=True), "a number > 0"),
-            ("min_lr", number(self.min_lr, 0), "a number >= 0"),
-            ("warmup_epochs", whole(self.warmup_epochs, 0), "a whole number >= 0"),
-            ("weight_decay", number(self.weight_decay, 0), "a number >= 0"),
-            ("label_smoothing", number(self.label_smoothing, 0, 1), "a number in [0, 1)"),
-            ("mixup", number(self.mixup, 0), "a number >= 0 (0: off)"),
-            ("cutmix", number(self.cutmix, 0), "a number >= 0 (0: off)"),
-            ("clip_grad", self.clip_grad is None or number(self.clip_grad, 0, low_open=True), "None or a number > 0"),
-            ("ema_decay", number(self.ema_decay, 0, 1), "a number in [0, 1)"),
-            ("stage_unit", self.stage_unit in ("epoch", "step"), "'epoch' or 'step'"),
-            ("expansion_mode", self.expansion_mode in MODES, f"one of {', '.join(MODES)}"),
-            ("layer_decay", self.layer_decay is None or number(self.layer_decay, 0, 1, low_open=True, high_open=False),
-             "None or a number in (0, 1]"),
-            ("log_every", whole(self.log_every, 1), "a whole number of steps >= 1"),
-            ("seed", whole(self.seed, 0), "a whole number >= 0"),
-        ]
-        problems = [f"{name} must be {expected}, got {getattr(self, name)!r}" for name, ok, expected in rules if not ok]
+        problems = [accepted.problem(name, getattr(self, name)) for name, accepted in RANGES.items()]
+        problems = [problem for problem in problems if problem]
+        if self.stage_unit not in STAGE_UNITS:
+            problems.append(f"stage_unit must be one of {', '.join(map(repr, STAGE_UNITS))}, got {self.stage_unit!r}")
+        if self.expansion_mode not in MODES:
+            problems.append(f"expansion_mode must be one of {', '.join(MODES)}, got {self.expansion_mode!r}")
         if problems:
             raise ConfigError("invalid TrainConfig: " + "; ".join(problems))
 

@@ -7,19 +7,6 @@ import signal
 import threading
 
 
-# The StopOnSignal whose `with` block the process is in: signal handlers belong to the
-# whole process, and so does this.
-_ACTIVE = []
-
-
-def restore_handlers() -> None:
-    """Put the running trainer's handlers back. MindSpore's dataset engine installs its own
-    for SIGINT and SIGTERM each time a pipeline starts (they end the process unsaved), so
-    `datasets.py` calls this right after it starts one."""
-    if _ACTIVE:
-        _ACTIVE[-1].rearm()
-
-
 class StopNow(KeyboardInterrupt):
     """A second Ctrl-C: stop at once, without saving (the step under way may be half done)."""
 
@@ -29,10 +16,12 @@ class StopOnSignal:
     save, and return; a second Ctrl-C stops at once.
 
     Needed because MindSpore's runtime installs a SIGINT handler of its own once its first
-    op has run, which ends the process with SIGTERM (exit 143): nothing saved. Python's
-    handlers are put back at every `check` (between steps), since a new graph may install
-    MindSpore's again. Outside the main thread (where Python cannot take signals) this is
-    a no-op and Ctrl-C behaves as before.
+    op has run, which ends the process with SIGTERM (exit 143): nothing saved. Every call
+    of a compiled graph installs it again, and MindSpore's dataset engine installs its own
+    SIGINT and SIGTERM handlers at a pipeline's first `next` (not when the iterator is
+    made). So the loop calls `rearm` at the top of every batch it takes from a pipeline and
+    `check` between steps. Outside the main thread (where Python cannot take signals) this
+    is a no-op and Ctrl-C behaves as before.
     """
 
     NAMES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
@@ -48,7 +37,6 @@ class StopOnSignal:
         return self.NAMES.get(self.received, "interrupted")
 
     def __enter__(self):
-        _ACTIVE.append(self)
         self.received, self._inside = None, True
         if self._active:
             self._previous = {s: signal.getsignal(s) for s in self.NAMES}
@@ -56,7 +44,6 @@ class StopOnSignal:
         return self
 
     def __exit__(self, *exc):
-        _ACTIVE.remove(self)
         self._inside = False
         for number, handler in self._previous.items():
             signal.signal(number, handler if handler is not None else signal.SIG_DFL)

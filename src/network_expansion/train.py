@@ -23,10 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mindspore as ms
@@ -37,32 +35,13 @@ from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .expansion import EMA, grow
 from .graphs import compiled_forward, pad_batch
+from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
 from .recipe import TrainConfig, build_optimizer, soft_targets
 from .stopping import StopNow, StopOnSignal
 
 STATE_KEY = "network_expansion_trainer_state"
 logger = logging.getLogger(__name__)
-
-
-# -- the trainer ---------------------------------------------------------------------
-
-@dataclass
-class History:
-    """What happened: one record per epoch and per growth (also written to log.jsonl)."""
-
-    records: list = field(default_factory=list)
-    interrupted: bool = False
-    stopped_by: str | None = None    # 'interrupted' (Ctrl-C, SIGINT) or 'terminated' (SIGTERM)
-    checkpoint: str | None = None
-
-    @property
-    def epochs(self) -> list:
-        return [r for r in self.records if r["event"] == "epoch"]
-
-    @property
-    def final(self) -> dict:
-        return self.epochs[-1] if self.epochs else {}
 
 
 class Trainer:
@@ -168,12 +147,11 @@ class Trainer:
                            desc=f"{self.name + ': ' if self.name else ''}epoch {self.epoch + 1}/{self.config.epochs}",
                            unit="batch",
                            disable=not self.progress or not self._is_main, file=sys.stderr)
-                meter = _EpochMeter(bar)
+                meter = EpochMeter(bar)
                 for images, labels in self.train_data.batches(self.epoch, rng_seed, start=self.batch_in_epoch):
                     self._stop.rearm()  # the epoch's dataset pipeline installs MindSpore's handlers again
-                    if self.schedule.unit == "step" and self.schedule.stage(self.step).depth > self.model.depth:
-                        self._read_back(meter)  # grow from weights known to be finite
-                        self._grow_if_due()
+                    if self.schedule.unit == "step":
+                        self._grow_if_due(meter)
                     start = time.perf_counter()
                     rng = np.random.default_rng([rng_seed, self.epoch, self.batch_in_epoch, 2])
                     inputs, targets = soft_targets(labels, self.model.config.num_classes, self.config, rng, images)
@@ -214,7 +192,7 @@ class Trainer:
             self._save_final()
         return self.history
 
-    def _read_back(self, meter: "_EpochMeter") -> None:
+    def _read_back(self, meter: EpochMeter) -> None:
         """Wait for the queued steps and take in their loss and accuracy.
 
         Steps are dispatched asynchronously and read back every `log_every` steps, so the
@@ -242,10 +220,12 @@ class Trainer:
         """Where training is, in the schedule's unit."""
         return self.step if self.schedule.unit == "step" else self.epoch
 
-    def _grow_if_due(self):
+    def _grow_if_due(self, meter: EpochMeter | None = None):
         stage = self.schedule.stage(self._clock)
         if self.model.depth >= stage.depth:
             return
+        if meter is not None:
+            self._read_back(meter)  # mid-epoch: grow from weights known to be finite
         before, started = self.model.depth, time.perf_counter()
         growth = grow(self.model, self.ema, stage.depth, mode=self.config.expansion_mode,
                       optimizer=self.optimizer if self.config.carry_moments else None)
@@ -285,7 +265,7 @@ class Trainer:
         running = time.perf_counter() - self._started if self._started is not None else 0.0
         return self._elapsed_before + running
 
-    def _record_epoch(self, meter: "_EpochMeter"):
+    def _record_epoch(self, meter: EpochMeter):
         record = {"event": "epoch", "epoch": self.epoch, "depth": self.model.depth,
                   "stage": self.schedule.stage_at(self._clock - 1), "loss": meter.mean_loss,
                   "train_top1": meter.top1, "images_per_s": meter.images_per_second,
@@ -439,71 +419,6 @@ def read_training_checkpoint(path, state_only: bool = False):
         raise CheckpointError(path, ["not a training checkpoint (no trainer state)"],
                               advice="To start from weights, use create_network(pretrained=...) instead.")
     return loaded, json.loads(loaded.pop(STATE_KEY))
-
-
-def describe_record(record: dict, epochs: int) -> str:
-    """One line of the console's story of a run: an epoch, or a growth."""
-    def top1(key, label):
-        return f"  {label} {record[key]:.1%}" if key in record else ""
-
-    if record["event"] == "grow":
-        order = record["order"]
-        copied = [label[1:] for label in order if label.startswith("e")]
-        after = (f"; val top-1 right after: {record['val_top1']:.1%} (EMA {record['ema_val_top1']:.1%})"
-                 if "val_top1" in record else "")
-        return (f"grew {record['from']} -> {record['to']} blocks at epoch {record['epoch'] + 1}: EMA copies of "
-                f"block{'s' if len(copied) > 1 else ''} {', '.join(copied)}, {record.get('mode', 'insert')}ed "
-                f"({' '.join(order)}){after}; took {record.get('seconds', 0.0):.1f} s")
-    loss = record.get("loss")
-    return (f"epoch {record['epoch']}/{epochs}  depth {record['depth']}  loss "
-            f"{'-' if loss is None else f'{loss:.4f}'}{top1('train_top1', 'train')}{top1('val_top1', 'val')}"
-            f"{top1('ema_val_top1', 'EMA')}  {record['images_per_s']:.0f} img/s  lr {record['lr']:.2e}")
-
-
-class _EpochMeter:
-    """Loss and accuracy of an epoch's steps, read back from the device in batches."""
-
-    def __init__(self, bar):
-        self.bar = bar
-        self.pending = []  # (loss tensor, predictions tensor, labels, epoch, position)
-        self.losses, self.hits, self.seen, self.seconds = [], 0, 0, 0.0
-
-    @property
-    def queued(self) -> int:
-        return len(self.pending)
-
-    def queue(self, loss, predictions, labels, epoch: int, position: int) -> None:
-        self.pending.append((loss, predictions, labels, epoch, position))
-
-    def read_back(self):
-        """Take in the queued steps; returns (loss, epoch, position) of the first that diverged."""
-        pending, self.pending = self.pending, []
-        for loss, predictions, labels, epoch, position in pending:
-            loss = float(loss.asnumpy())
-            if not math.isfinite(loss):
-                return loss, epoch, position
-            self.losses.append(loss)
-            self.hits += int((predictions.asnumpy() == labels).sum())
-            self.seen += len(labels)
-        self.bar.update(len(pending))
-        return None
-
-    def show(self, depth: int) -> None:
-        if self.seen:
-            self.bar.set_postfix(loss=f"{self.mean_loss:.3f}", acc=f"{self.top1:.1%}",
-                                 img_s=f"{self.images_per_second:.0f}", depth=depth)
-
-    @property
-    def mean_loss(self):
-        return float(np.mean(self.losses)) if self.losses else None
-
-    @property
-    def top1(self) -> float:
-        return self.hits / max(self.seen, 1)
-
-    @property
-    def images_per_second(self) -> float:
-        return self.seen / max(self.seconds, 1e-9)
 
 
 def _save_atomically(entries, path: Path, append: dict):

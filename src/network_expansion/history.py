@@ -1,0 +1,93 @@
+"""What a training run tells: its records (one per epoch and per growth, also written to
+`log.jsonl`), the console line of each, and the meter that reads an epoch's results back
+from the device in batches."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class History:
+    """What happened: one record per epoch and per growth (also written to log.jsonl)."""
+
+    records: list = field(default_factory=list)
+    interrupted: bool = False
+    stopped_by: str | None = None    # 'interrupted' (Ctrl-C, SIGINT) or 'terminated' (SIGTERM)
+    checkpoint: str | None = None
+
+    @property
+    def epochs(self) -> list:
+        return [r for r in self.records if r["event"] == "epoch"]
+
+    @property
+    def final(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def describe_record(record: dict, epochs: int) -> str:
+    """One line of the console's story of a run: an epoch, or a growth."""
+    def top1(key, label):
+        return f"  {label} {record[key]:.1%}" if key in record else ""
+
+    if record["event"] == "grow":
+        order = record["order"]
+        copied = [label[1:] for label in order if label.startswith("e")]
+        after = (f"; val top-1 right after: {record['val_top1']:.1%} (EMA {record['ema_val_top1']:.1%})"
+                 if "val_top1" in record else "")
+        return (f"grew {record['from']} -> {record['to']} blocks at epoch {record['epoch'] + 1}: EMA copies of "
+                f"block{'s' if len(copied) > 1 else ''} {', '.join(copied)}, {record.get('mode', 'insert')}ed "
+                f"({' '.join(order)}){after}; took {record.get('seconds', 0.0):.1f} s")
+    loss = record.get("loss")
+    return (f"epoch {record['epoch']}/{epochs}  depth {record['depth']}  loss "
+            f"{'-' if loss is None else f'{loss:.4f}'}{top1('train_top1', 'train')}{top1('val_top1', 'val')}"
+            f"{top1('ema_val_top1', 'EMA')}  {record['images_per_s']:.0f} img/s  lr {record['lr']:.2e}")
+
+
+class EpochMeter:
+    """Loss and accuracy of an epoch's steps, read back from the device in batches."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.pending = []  # (loss tensor, predictions tensor, labels, epoch, position)
+        self.losses, self.hits, self.seen, self.seconds = [], 0, 0, 0.0
+
+    @property
+    def queued(self) -> int:
+        return len(self.pending)
+
+    def queue(self, loss, predictions, labels, epoch: int, position: int) -> None:
+        self.pending.append((loss, predictions, labels, epoch, position))
+
+    def read_back(self):
+        """Take in the queued steps; returns (loss, epoch, position) of the first that diverged."""
+        pending, self.pending = self.pending, []
+        for loss, predictions, labels, epoch, position in pending:
+            loss = float(loss.asnumpy())
+            if not math.isfinite(loss):
+                return loss, epoch, position
+            self.losses.append(loss)
+            self.hits += int((predictions.asnumpy() == labels).sum())
+            self.seen += len(labels)
+        self.bar.update(len(pending))
+        return None
+
+    def show(self, depth: int) -> None:
+        if self.seen:
+            self.bar.set_postfix(loss=f"{self.mean_loss:.3f}", acc=f"{self.top1:.1%}",
+                                 img_s=f"{self.images_per_second:.0f}", depth=depth)
+
+    @property
+    def mean_loss(self):
+        return float(np.mean(self.losses)) if self.losses else None
+
+    @property
+    def top1(self) -> float:
+        return self.hits / max(self.seen, 1)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.seen / max(self.seconds, 1e-9)
