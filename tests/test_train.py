@@ -103,6 +103,20 @@ def test_the_final_weights_load_with_create_network(uninterrupted):
     assert (out / "model_ema.ckpt").is_file()
 
 
+def test_each_step_moves_the_ema_towards_the_weights_the_optimizer_just_wrote():
+    ms.set_seed(0)
+    trainer = Trainer(VisionTransformer(ViTConfig(**SMALL, depth=2)), ArrayData(*_data(16), 16),  # one step
+                      config=TrainConfig(epochs=1, warmup_epochs=0, lr=2e-3, ema_decay=0.75), progress=False)
+    before = _weights(trainer.ema.network)
+    trainer.fit()
+    after, live = _weights(trainer.ema.network), _weights(trainer.model)
+    assert trainer.step == 1
+    for name, value in live.items():
+        expected = 0.75 * before["ema." + name] + 0.25 * value
+        np.testing.assert_allclose(after["ema." + name], expected, rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(before["ema." + n], after["ema." + n]) for n in live)
+
+
 def test_the_step_after_growth_trains_the_new_blocks():
     trainer = _trainer(epochs=3, schedule="2,4", stage_starts="0,1")
     trainer.train_data.batch_size = 48  # one step per epoch

@@ -177,6 +177,7 @@ class EMA:
             theirs.set_data(mine.value().copy())
 
     def update(self) -> None:
+        """One step of the average, as its own compiled graph."""
         self._jitted()
 
     def block_copy(self, index: int):

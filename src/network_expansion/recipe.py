@@ -101,6 +101,11 @@ class TrainConfig:
 
 
 
+def soft_cross_entropy(logits, targets):
+    """The training loss: cross entropy against soft targets (`soft_targets`), batch mean."""
+    return -(targets * ops.log_softmax(logits, -1)).sum(-1).mean()
+
+
 def soft_targets(labels, num_classes: int, config: TrainConfig, rng, images):
     """Label smoothing, then mixup or cutmix (half the batches each when both are on)."""
     smooth = config.label_smoothing

@@ -37,7 +37,7 @@ from .expansion import EMA, grow
 from .graphs import compiled_forward, pad_batch
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
-from .recipe import TrainConfig, build_optimizer, soft_targets
+from .recipe import TrainConfig, build_optimizer, soft_cross_entropy, soft_targets
 from .stopping import StopNow, StopOnSignal
 
 STATE_KEY = "network_expansion_trainer_state"
@@ -105,8 +105,7 @@ class Trainer:
 
         def forward(images, targets):
             logits = model(images)
-            loss = -(targets * ops.log_softmax(logits, -1)).sum(-1).mean()
-            return loss, logits
+            return soft_cross_entropy(logits, targets), logits
 
         gradients = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
 
@@ -198,7 +197,7 @@ class Trainer:
         Steps are dispatched asynchronously and read back every `log_every` steps, so the
         host never waits on the device just to log (on a GPU it queues the next steps
         meanwhile). On this CPU, reading back every step measured no different
-        (benchmarks/train_step.py: epochs vary by +-15% either way).
+        (benchmarks/stage_cost.py: epochs vary by +-15% either way).
         """
         start = time.perf_counter()
         diverged = meter.read_back()

@@ -1,0 +1,71 @@
+"""The gradients the trainer steps with are the true gradients of its loss.
+
+The reference is the independent NumPy forward pass (`numpy_vit.py`) in float64: for every
+parameter tensor, the directional derivative of the loss along a random direction, by
+central differences, against the package's compiled gradient along the same direction.
+"""
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+import numpy_vit
+from conftest import parameters_of, tiny_config
+from network_expansion.model import VisionTransformer
+from network_expansion.recipe import soft_cross_entropy
+
+
+def _off_the_defaults(network, seed):
+    """Unit-gain weights, LayerNorms and biases moved off 1 and 0: every gradient matters."""
+    rng = np.random.default_rng(seed)
+    for p in network.get_parameters():
+        scale = 1 / np.sqrt(p.shape[-1]) if p.name.endswith(".weight") else 0.5
+        values = rng.standard_normal(p.shape) * scale + (1.0 if p.name.endswith(".gamma") else 0.0)
+        p.set_data(ms.Tensor(values.astype(np.float32)))
+
+
+def _numpy_loss(params, images, targets, **reference):
+    logits = numpy_vit.forward(params, images, **reference)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return float(-(targets * log_probabilities).sum(-1).mean())
+
+
+@pytest.mark.parametrize("gelu_approximate,layer_norm_eps", [(True, 1e-7), (False, 1e-6)])
+def test_compiled_gradients_match_central_differences_of_the_numpy_reference(gelu_approximate, layer_norm_eps):
+    network = VisionTransformer(tiny_config(gelu_approximate=gelu_approximate, layer_norm_eps=layer_norm_eps), seed=3)
+    _off_the_defaults(network, seed=4)
+    network.set_train(True)  # the trainer's mode (dropout and drop-path are 0)
+    rng = np.random.default_rng(5)
+    images = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    targets = np.full((3, 10), 0.01, np.float32)
+    targets[np.arange(3), [1, 7, 4]] += 0.9  # label-smoothed, as soft_targets makes them
+
+    parameters = network.trainable_params()
+    def loss_of(x, t):
+        return soft_cross_entropy(network(x), t)
+
+    gradients = ms.value_and_grad(loss_of, None, parameters)
+
+    def step(x, t):
+        return gradients(x, t)
+
+    loss, grads = ms.jit(step)(ms.Tensor(images), ms.Tensor(targets))
+    params = {k: v.astype(np.float64) for k, v in parameters_of(network).items()}
+    reference = dict(num_heads=4, gelu_approximate=gelu_approximate, layer_norm_eps=layer_norm_eps)
+    images64, targets64 = images.astype(np.float64), targets.astype(np.float64)
+    assert abs(float(loss.asnumpy()) - _numpy_loss(params, images64, targets64, **reference)) < 1e-5
+
+    checked = 0
+    for parameter, grad in zip(parameters, grads):
+        direction = rng.standard_normal(parameter.shape)
+        step_size = 1e-5
+        plus, minus = dict(params), dict(params)
+        plus[parameter.name] = params[parameter.name] + step_size * direction
+        minus[parameter.name] = params[parameter.name] - step_size * direction
+        expected = (_numpy_loss(plus, images64, targets64, **reference)
+                    - _numpy_loss(minus, images64, targets64, **reference)) / (2 * step_size)
+        got = float((grad.asnumpy().astype(np.float64) * direction).sum())
+        assert abs(got - expected) <= 1e-3 * abs(expected) + 1e-5, (parameter.name, got, expected)
+        checked += 1
+    assert checked == len(params)  # every parameter has a gradient, and each was checked
