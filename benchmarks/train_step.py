@@ -1,87 +1,280 @@
-"""What one training step costs at each depth, and what a growth costs in compilation.
+"""One training step of this package against timm + PyTorch's AdamW, in the same run.
 
-    .venv/bin/python benchmarks/train_step.py [--depths 6 12] [--rounds 5] [--log-every 1 20]
+    .venv/bin/python benchmarks/train_step.py [--scales vit-b demo] [--rounds 5]
+        [--peer-python /path/to/python-with-torch-and-timm] [--baseline OTHER/src]
 
-The demo's ViT (scikit-learn's digits, 16x16, width 64) trained at a fixed depth with the
-real `Trainer`, once per depth and per `log_every` (how many steps run before loss and
-accuracy are read back from the device; 1 is the peer: a read-back every step), their
-epochs interleaved. Prints milliseconds per step (median epoch), each depth's step time as
-a share of the deepest one's (network expansion's bound assumes depth / final depth), and
-the first epoch with its evaluation, which compiles the train step, the EMA update and the
-two evaluation graphs: what every growth pays again.
+Each side runs in a worker process of its own (so each has its own peak memory), and the
+coordinator makes them take turns, a few steps each round: this machine's speed drifts by
+up to 20% within minutes, and runs that take turns share the drift.
+
+* package: the step the `Trainer` runs (soft targets on the host, forward, loss, backward,
+  AdamW, then the EMA update), through the real `Trainer` on random images; beside it,
+  the same network's forward alone (train mode) and forward + backward, compiled the same
+  way, to say where the step's time goes.
+* timm: `vit_base_patch16_224` (or the demo's shape), `torch.optim.AdamW` with DeiT's
+  weight-decay groups, label-smoothed cross entropy, `timm.utils.ModelEmaV3` updated every
+  step; two threads, as MindSpore uses here.
+* inference: the eval-mode forward of each side (batch 8 at ViT-B).
+
+Scales: `vit-b` is ViT-B/16 at 224 px, batch 8, fp32; `demo` the demo's ViT (width 64,
+12 blocks, 16x16 px, patch 4), batch 32. The peer needs torch and timm, which the package
+does not depend on; put them in a venv of their own (the MindSpore wheel pins NumPy < 2,
+PyTorch's wants NumPy 2) and name its python with `--peer-python`:
+
+    python3 -m venv .venv-peer && .venv-peer/bin/pip install torch==2.14.1 torchvision==0.29.1 timm
+
+Prints a table: median milliseconds per step over the rounds, images/s, the package's step
+as a share of timm's speed, and each worker's peak resident memory (whole process).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
-import mindspore as ms
+import numpy as np
 
-from network_expansion.demo import DemoSettings, digits
-from network_expansion.model import VisionTransformer
-from network_expansion import ArrayData, Trainer, TrainConfig
-
-
-def build(settings: DemoSettings, depth: int, log_every: int, data) -> Trainer:
-    train_x, train_y, test_x, test_y = data
-    ms.set_seed(0)
-    model = VisionTransformer(dataclasses.replace(settings.model, depth=depth))
-    config = TrainConfig(epochs=1000, lr=settings.recipe.lr, warmup_epochs=1, ema_decay=settings.recipe.ema_decay,
-                         log_every=log_every)
-    return Trainer(model, ArrayData(train_x, train_y, settings.batch_size),
-                   ArrayData(test_x, test_y, 256, shuffle=False, drop_remainder=False), config, progress=False)
+SCALES = {
+    # name: (architecture, batch size)
+    "vit-b": (dict(image_size=224, patch_size=16, width=768, depth=12, num_heads=12, mlp_width=3072,
+                   num_classes=1000), 8),
+    "demo": (dict(image_size=16, patch_size=4, width=64, depth=12, num_heads=4, mlp_width=128, num_classes=10), 32),
+}
 
 
-def one_epoch(trainer: Trainer) -> float:
-    """Train exactly one more epoch (no evaluation); returns its training seconds."""
-    val_data, trainer.val_data = trainer.val_data, None
-    history = trainer.fit(until=trainer.epoch + 1)
-    trainer.val_data = val_data
-    return history.epochs[-1]["train_seconds"]
+# -- the workers: each answers "steps N" with the seconds of N steps -----------------
+
+def package_worker(scale: str, job: str):
+    import mindspore as ms
+    from mindspore import ops
+
+    from network_expansion import ArrayData, TrainConfig, Trainer, ViTConfig, VisionTransformer
+
+    architecture, batch = SCALES[scale]
+    config = ViTConfig(**architecture)
+    rng = np.random.default_rng(0)
+    model = VisionTransformer(config, seed=0)
+    if job == "inference":
+        from network_expansion.graphs import compiled_forward
+
+        model.set_train(False)
+        forward = compiled_forward(model)
+        images = ms.Tensor(rng.standard_normal((batch, 3, config.image_size, config.image_size), dtype=np.float32))
+
+        def run(steps):
+            for _ in range(steps):
+                out = forward(images)
+            out.asnumpy()
+        return run
+    if job in ("forward", "backward"):
+        model.set_train(True)
+        images = ms.Tensor(rng.standard_normal((batch, 3, config.image_size, config.image_size), dtype=np.float32))
+        targets = ms.Tensor(np.eye(config.num_classes, dtype=np.float32)[rng.integers(0, config.num_classes, batch)])
+
+        def loss_of(x, t):
+            return -(t * ops.log_softmax(model(x), -1)).sum(-1).mean()
+
+        gradients = ms.value_and_grad(loss_of, None, model.trainable_params())
+
+        def forward_only(x, t):
+            return loss_of(x, t)
+
+        def forward_backward(x, t):
+            return gradients(x, t)  # all of it: a graph that returned the loss alone would drop the backward
+
+        compiled = ms.jit(forward_only if job == "forward" else forward_backward)
+
+        def run(steps):
+            for _ in range(steps):
+                out = compiled(images, targets)
+            (out[0] if isinstance(out, tuple) else out).asnumpy()
+        return run
+    # the Trainer's own step, on random images: one "epoch" is `steps` steps
+    state = {"trainer": None}
+
+    def run(steps):
+        if state["trainer"] is None or len(state["trainer"].train_data) != steps:
+            x = rng.standard_normal((steps * batch, 3, config.image_size, config.image_size), dtype=np.float32)
+            y = rng.integers(0, config.num_classes, steps * batch).astype(np.int32)
+            recipe = TrainConfig(epochs=10_000, warmup_epochs=1, log_every=steps)
+            fresh = state["trainer"] is None
+            state["trainer"] = Trainer(model if fresh else state["trainer"].model, ArrayData(x, y, batch, flip=False),
+                                       config=recipe, progress=False)
+        trainer = state["trainer"]
+        trainer.fit(until=trainer.epoch + 1)
+    return run
 
 
-def timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
+def timm_worker(scale: str, job: str):
+    import timm
+    import torch
+    from timm.utils import ModelEmaV3
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    architecture, batch = SCALES[scale]
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=architecture["image_size"], patch_size=architecture["patch_size"], embed_dim=architecture["width"],
+        depth=architecture["depth"], num_heads=architecture["num_heads"],
+        mlp_ratio=architecture["mlp_width"] / architecture["width"], num_classes=architecture["num_classes"])
+    images = torch.randn(batch, 3, architecture["image_size"], architecture["image_size"])
+    if job == "inference":
+        model.eval()
+
+        def run(steps):
+            with torch.inference_mode():
+                for _ in range(steps):
+                    model(images)
+        return run
+    labels = torch.randint(0, architecture["num_classes"], (batch,))
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n not in ("cls_token", "pos_embed")]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and n not in ("cls_token", "pos_embed"))]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=5e-4)
+    ema = ModelEmaV3(model, decay=0.99996)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    model.train()
+
+    def run(steps):
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            ema.update(model)
+    return run
+
+
+def serve(side: str, scale: str, job: str):
+    """The worker's loop: read `steps N`, answer with seconds; `memory` answers peak RSS."""
+    run = (package_worker if side == "package" else timm_worker)(scale, job)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["do"] == "steps":
+            start = time.perf_counter()
+            run(command["steps"])
+            print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+        elif command["do"] == "memory":
+            print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+        else:
+            return
+
+
+# -- the coordinator -------------------------------------------------------------------
+
+class Worker:
+    def __init__(self, python: str, side: str, scale: str, job: str, source: str | None = None, label: str = ""):
+        self.name = f"{side}{label} {job}"
+        environment = dict(os.environ, GLOG_v="3")
+        if source:  # another version of the package, e.g. a worktree of an earlier commit
+            environment["PYTHONPATH"] = source
+        self.process = subprocess.Popen([python, __file__, "--worker", side, scale, job], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=environment)
+        self.ask(None)
+
+    def ask(self, command):
+        if command is not None:
+            self.process.stdin.write(json.dumps(command) + "\n")
+            self.process.stdin.flush()
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"worker {self.name} ended")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def close(self):
+        self.process.stdin.write(json.dumps({"do": "stop"}) + "\n")
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def has_peer(python: str) -> bool:
+    probe = subprocess.run([python, "-c", "import timm, torch"], capture_output=True)
+    return probe.returncode == 0
+
+
+def race(scale: str, rounds: int, peer_python: str | None, baseline: str | None = None, parts: bool = False) -> list:
+    """Rows of one scale: every job's median seconds per step, taking turns each round.
+
+    The workers stay alive through the race, so their memory adds up (about 7 GiB for the
+    package's ViT-B train step): `parts` races the forward and forward + backward graphs
+    alone instead of the train steps."""
+    _, batch = SCALES[scale]
+    steps = 2 if scale == "vit-b" else 20
+    if parts:
+        jobs = [("package", "forward", None), ("package", "backward", None)]
+    else:
+        jobs = [("package", "train", None), ("package", "inference", None)]
+        if baseline:
+            jobs += [("package", "train", baseline)]
+        if peer_python:
+            jobs += [("timm", "train", None), ("timm", "inference", None)]
+    workers = []
+    for side, job, source in jobs:  # one at a time: no worker's build or compile overlaps another's timing
+        worker = Worker(sys.executable if side == "package" else peer_python, side, scale, job, source,
+                        " (baseline)" if source else "")
+        worker.ask({"do": "steps", "steps": steps})  # warm-up: compiles, allocates the optimizer state
+        workers.append(worker)
+    seconds = {w.name: [] for w in workers}
+    for round_number in range(rounds):
+        turn = round_number % len(workers)
+        for worker in workers[turn:] + workers[:turn]:
+            seconds[worker.name].append(worker.ask({"do": "steps", "steps": steps})["seconds"] / steps)
+    rows = []
+    for worker in workers:
+        per_step = statistics.median(seconds[worker.name])
+        rows.append({"scale": scale, "run": worker.name, "ms_per_step": 1e3 * per_step,
+                     "images_per_s": batch / per_step, "peak_mib": worker.ask({"do": "memory"})["peak_mib"],
+                     "all_ms": [1e3 * s for s in seconds[worker.name]]})
+        worker.close()
+    return rows
+
+
+def table(rows: list) -> str:
+    lines = ["| scale | run | ms per step | images/s | vs timm train | peak RSS MiB |", "|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        peer = next((r for r in rows if r["scale"] == row["scale"] and r["run"] == "timm train"), None)
+        relative = f"{peer['ms_per_step'] / row['ms_per_step']:.2f}x" if peer else "-"
+        lines.append(f"| {row['scale']} | {row['run']} | {row['ms_per_step']:.1f} | {row['images_per_s']:.2f} | "
+                     f"{relative} | {row['peak_mib']:.0f} |")
+    return "\n".join(lines)
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        return serve(*sys.argv[2:5])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", type=int, nargs="+", default=[6, 12])
-    parser.add_argument("--rounds", type=int, default=5, help="epochs per configuration after the first")
-    parser.add_argument("--log-every", type=int, nargs="+", default=[1, 20])
+    parser.add_argument("--scales", nargs="+", choices=tuple(SCALES), default=list(SCALES))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--peer-python", default=sys.executable,
+                        help="a python with torch and timm (default: this one)")
+    parser.add_argument("--baseline", metavar="SRC",
+                        help="also race the package found in this src folder (e.g. a worktree of an earlier commit)")
+    parser.add_argument("--parts", action="store_true",
+                        help="race the package's forward (train mode) and forward + backward graphs instead")
+    parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
-    settings = DemoSettings()
-    data = digits(settings.model.image_size, 0)
-    keys = [(log_every, depth) for log_every in args.log_every for depth in args.depths]
-    trainers = {key: build(settings, key[1], key[0], data) for key in keys}
-    # First epoch and first evaluation: compilation of the train step, the EMA update and
-    # the two evaluation graphs, as after every growth.
-    compile_seconds = {key: timed(lambda t=t: (one_epoch(t), t.validate())) for key, t in trainers.items()}
-    evaluation_seconds = {key: timed(t.validate) for key, t in trainers.items()}
-    seconds = {key: [] for key in keys}
-    for _ in range(args.rounds):  # interleaved: the machine's speed drifts by minutes
-        for key, trainer in trainers.items():
-            seconds[key].append(one_epoch(trainer))
-    steps = len(next(iter(trainers.values())).train_data)
-    for key, values in seconds.items():
-        print(f"log_every {key[0]:>3}, depth {key[1]:>2}: epochs of", " ".join(f"{v:.2f}" for v in values), "s")
-    ms_per_step = {key: 1e3 * statistics.median(values) / steps for key, values in seconds.items()}
-    deepest = max(args.depths)
-    print(f"\nwidth {settings.model.width}, batch {settings.batch_size}, {steps} steps per epoch, median of "
-          f"{args.rounds} interleaved epochs per row\n")
-    print(f"| log_every | depth | ms per step | share of depth {deepest} | bound's share | "
-          "first epoch + evaluation s | one evaluation s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for key in keys:
-        log_every, depth = key
-        share = ms_per_step[key] / ms_per_step[log_every, deepest]
-        print(f"| {log_every} | {depth} | {ms_per_step[key]:.1f} | {share:.0%} | {depth / deepest:.0%} | "
-              f"{compile_seconds[key]:.1f} | {evaluation_seconds[key]:.2f} |")
+    peer = args.peer_python if has_peer(args.peer_python) else None
+    if peer is None:
+        print(f"no torch/timm in {args.peer_python}: the peer is left out (see the docstring)", file=sys.stderr)
+    rows = []
+    for scale in args.scales:
+        rows += race(scale, args.rounds, peer, args.baseline, args.parts)
+        print(table(rows), flush=True)
+    steps = {scale: 2 if scale == "vit-b" else 20 for scale in args.scales}
+    print(f"\nmedian of {args.rounds} rounds of {steps} steps per worker, workers taking turns")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
 
 if __name__ == "__main__":
     main()
