@@ -90,7 +90,8 @@ def forms():
         ("LayerNorm 768", "reductions + elementwise", ManualLayerNorm(768), TOKENS + (768,)),
         ("GELU (tanh) 3072", "ops.gelu(approximate='tanh')", Function(tanh_gelu), TOKENS + (3072,)),
         ("GELU (tanh) 3072", "x * sigmoid(...), autodiff", Function(sigmoid_gelu), TOKENS + (3072,)),
-        ("GELU (tanh) 3072", "x * sigmoid(...), written-out backward (model.GELU)", GELU(approximate=True), TOKENS + (3072,)),
+        ("GELU (tanh) 3072", "x * sigmoid(...), written-out backward (model.GELU)", GELU(approximate=True),
+         TOKENS + (3072,)),
         ("softmax 12 x 197 x 197", "ops.softmax", Function(softmax), (8, 12, 197, 197)),
         ("softmax 12 x 197 x 197", "mint softmax", Function(mint_softmax), (8, 12, 197, 197)),
     ]

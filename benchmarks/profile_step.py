@@ -73,7 +73,8 @@ def main():
                 totals[key] += float(row["op_total_time(ms)"]) / args.steps
                 calls[key] += int(row["op_occurrences"]) // args.steps
     measured = sum(totals.values())
-    print(f"depth {args.depth}, batch {args.batch}: {wall:.2f} s per step (unprofiled), op time {measured / 1e3:.2f} s\n")
+    print(f"depth {args.depth}, batch {args.batch}: {wall:.2f} s per step (unprofiled), "
+          f"op time {measured / 1e3:.2f} s\n")
     print("| op type | part | ms per step | calls | share |")
     print("|---|---|---:|---:|---:|")
     for (op_type, part), ms_per_step in sorted(totals.items(), key=lambda item: -item[1]):
