@@ -199,6 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--stage-unit", choices=STAGE_UNITS,
                        help=f"what --stage-starts counts (default {TrainConfig.stage_unit})")
     train.add_argument("--mode", choices=MODES, help=f"where new blocks go (default {TrainConfig.expansion_mode})")
+
     def model(name):
         return _accepting(MODEL[name])
 

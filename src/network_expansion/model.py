@@ -30,7 +30,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .card import model_card
 from .errors import ConfigError
-from .ranges import Range
+from .ranges import Range, problems as out_of_range
 
 
 # What each numeric field of ViTConfig accepts (the command line's flags say the same).
@@ -63,8 +63,7 @@ class ViTConfig:
     layer_norm_eps: float = 1e-7
 
     def __post_init__(self):
-        problems = [accepted.problem(name, getattr(self, name)) for name, accepted in RANGES.items()]
-        problems = [problem for problem in problems if problem]
+        problems = out_of_range(self, RANGES)
         if not problems:
             if self.image_size % self.patch_size:
                 problems.append(f"image_size {self.image_size} is not a multiple of "

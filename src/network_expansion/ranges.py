@@ -71,7 +71,7 @@ class Range:
     def parse(self, text: str):
         """The value `text` spells, or `ConfigError('expected <range>, got <text>')`."""
         try:
-            value = self.kind(text) if self.kind is float else int(text)
+            value = self.kind(text)
         except (TypeError, ValueError):
             value = None
         if value is None or not self.accepts(value):
@@ -80,3 +80,9 @@ class Range:
 
 
 POSITIVE = Range(int, 1)
+
+
+def problems(settings, ranges: dict) -> list:
+    """What is wrong with the fields of `settings` that `ranges` ({field: Range}) names."""
+    found = [accepted.problem(name, getattr(settings, name)) for name, accepted in ranges.items()]
+    return [problem for problem in found if problem]

@@ -19,7 +19,7 @@ from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 from .errors import ConfigError
 from .expansion import MODES, STAGE_UNITS, ExpansionSchedule, parse_depths, parse_starts
-from .ranges import Range
+from .ranges import Range, problems as out_of_range
 
 DEFAULT_BATCH_SIZE = 64
 # Fine-tuning from pretrained weights: short, gentle, little warm-up.
@@ -76,8 +76,7 @@ class TrainConfig:
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, parse(value) if isinstance(value, str) else tuple(value))
 
-        problems = [accepted.problem(name, getattr(self, name)) for name, accepted in RANGES.items()]
-        problems = [problem for problem in problems if problem]
+        problems = out_of_range(self, RANGES)
         if self.stage_unit not in STAGE_UNITS:
             problems.append(f"stage_unit must be one of {', '.join(map(repr, STAGE_UNITS))}, got {self.stage_unit!r}")
         if self.expansion_mode not in MODES:
