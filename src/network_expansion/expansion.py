@@ -22,6 +22,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from .errors import ConfigError
+from .graphs import compiled
 from .model import VisionTransformer
 
 MODES = ("insert", "stack")
@@ -164,7 +165,7 @@ class EMA:
         def update():  # a fresh function: see graphs.compiled_forward
             return step()
 
-        self._jitted = ms.jit(update)
+        self._jitted = compiled(update)
 
     def copy_from(self, network) -> None:
         """Set the averages to `network`'s weights."""

@@ -34,7 +34,7 @@ from mindspore import ops
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .expansion import EMA, grow
-from .graphs import compiled_forward, pad_batch
+from .graphs import compiled, compiled_forward, pad_batch
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
 from .recipe import TrainConfig, build_optimizer, soft_cross_entropy, soft_targets
@@ -118,7 +118,7 @@ class Trainer:
             optimizer(grads)
             return loss, logits.argmax(-1)
 
-        return ms.jit(step)
+        return compiled(step)
 
     # -- the loop --------------------------------------------------------------------
 
