@@ -1,7 +1,7 @@
 """Network expansion against full-depth training: speed-up and accuracy, several seeds.
 
     .venv/bin/python benchmarks/expansion.py [--seeds 0 1 2] [--epochs 48] [--schedules 6,12 4,8,12 8,12]
-        [--carry-moments] [--output DIR]
+        [--growth reference exact learned] [--carry-moments] [--plot FILE] [--output DIR]
 
 The longer version of `network-expansion demo` (scikit-learn's digits, the same small ViT
 for every run). For every seed it trains the full-depth baseline and each schedule from the
@@ -12,8 +12,14 @@ mean top-1 of the model and its EMA with their spread over seeds, and the paired
 to the baseline of the same seed. Wall time includes graph compilation (again after each
 growth), the per-epoch evaluations and checkpoints, as a user pays them.
 
+`--growth` says how each schedule grows: `reference` (the authors' EMA copies, row `6,12`),
+`exact` (the same copies behind gates at 0 that ramp to 1 over an epoch, row `6,12 exact`),
+`learned` (gates learned from 0, row `6,12 learned`). The second table gives, per run with
+a growth, top-1 at the epoch before the (first) growth, right after it and at the end of
+the epoch after it, and the final top-1 paired with the reference growth of the same seed.
 `--carry-moments` adds, for each schedule, a run that carries the AdamW moments across
-growths (row `6,12 carried`). `DIR/results.json` is written after every seed.
+growths (row `6,12 carried`). `DIR/results.json` is written after every seed; `--plot`
+draws top-1 against time for the first seed's runs.
 """
 
 from __future__ import annotations
@@ -33,15 +39,22 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=48)
     parser.add_argument("--schedules", nargs="+", default=["6,12", "4,8,12", "8,12"])
+    parser.add_argument("--growth", nargs="+", choices=("reference", "exact", "learned"), default=["reference"],
+                        help="how each schedule grows (default: reference)")
+    parser.add_argument("--plot", help="draw top-1 against wall time of the first seed's runs to this file")
     parser.add_argument("--carry-moments", action="store_true",
                         help="also run each schedule with the AdamW moments carried across growths")
     parser.add_argument("--output", default=None, help="folder for logs and results.json (default: a temporary one)")
     args = parser.parse_args()
     base = DemoSettings().changed(epochs=args.epochs)
     output = Path(args.output or tempfile.mkdtemp(prefix="expansion-benchmark-"))
-    variants = {"full": (None, False), **{s: (s, False) for s in args.schedules}}
+    growths = {"reference": ("", {}), "exact": (" exact", {"growth": "exact"}),
+               "learned": (" learned", {"growth": "exact", "growth_gate": "learned"})}
+    variants = {"full": (None, {})}
+    for schedule in args.schedules:
+        variants.update({schedule + growths[g][0]: (schedule, growths[g][1]) for g in args.growth})
     if args.carry_moments:
-        variants.update({f"{s} carried": (s, True) for s in args.schedules})
+        variants.update({f"{s} carried": (s, {"carry_moments": True}) for s in args.schedules})
     runs = {key: [] for key in variants}
     for seed in args.seeds:
         results = race(base.changed(seed=seed), variants, output / f"seed{seed}", progress=False)
@@ -54,6 +67,14 @@ def main():
     print(f"\nseeds {' '.join(map(str, args.seeds))}, {args.epochs} epochs, {base.model.width}-wide ViT on digits, "
           f"runs of a seed taking turns every epoch; logs in {output}\n")
     print(table(runs, args.epochs))
+    print()
+    print(growth_table(runs))
+    if args.plot:
+        from network_expansion.demo import plot
+
+        first = args.seeds[0]
+        print("plot:", plot([{**r, "run": key} for key, rows in runs.items() for r in rows if r["seed"] == first],
+                            Path(args.plot)))
 
 
 def table(runs: dict, epochs: int) -> str:
@@ -79,6 +100,27 @@ def table(runs: dict, epochs: int) -> str:
                      f"{statistics.mean(top1):.2f} ± {spread(top1):.2f} | {statistics.mean(ema):.2f} ± "
                      f"{spread(ema):.2f} | {statistics.mean(paired):+.2f} ± {spread(paired):.2f} |")
     return "\n".join(lines)
+
+
+def growth_table(runs: dict) -> str:
+    """Top-1 around the first growth (mean ± spread over seeds) and the final top-1 paired
+    with the reference growth of the same schedule and seed."""
+    spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+    cell = lambda xs: f"{statistics.mean(xs):.2f} ± {spread(xs):.2f}"  # noqa: E731
+    lines = ["| run | top-1 before growth | right after | an epoch after | after - before | "
+             "final - reference (paired) |", "|---|---:|---:|---:|---:|---:|"]
+    for key, rows in runs.items():
+        rows = [r for r in rows if r["growths"]]
+        if not rows:
+            continue
+        first = [r["growths"][0] for r in rows]
+        before, at, later = ([100 * g[k] for g in first] for k in ("before", "at", "epoch_after"))
+        reference = {r["seed"]: r for r in runs.get(key.split()[0], [])} if " " in key else {}
+        paired = [100 * (r["top1"] - reference[r["seed"]]["top1"]) for r in rows if r["seed"] in reference]
+        lines.append(f"| {key} | {cell(before)} | {cell(at)} | {cell(later)} | "
+                     f"{cell([a - b for a, b in zip(at, before)])} | {cell(paired) if paired else '-'} |")
+    return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

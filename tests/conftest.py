@@ -6,7 +6,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from network_expansion import VisionTransformer, ViTConfig
+from network_expansion import ArrayData, TrainConfig, Trainer, VisionTransformer, ViTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -139,3 +139,47 @@ def noise_folder(root, classes=("ant", "bee"), per_class=4, size=20, seed=0):
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(Path(root) / name / f"{i}.png")
     return Path(root)
+
+
+# -- the trainer's tests (test_train.py, test_growth.py) -----------------------------
+
+SMALL = dict(image_size=16, patch_size=4, width=16, num_heads=2, mlp_width=32, num_classes=4)
+
+
+def learnable_data(n=48, seed=0):
+    """Noise images whose label shows in one colour corner: a 16x16 task a tiny ViT learns."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    images = rng.standard_normal((n, 3, 16, 16)).astype(np.float32) * 0.5
+    images[:, labels % 3, :4, :4] += 2.0  # a learnable signal
+    return images, labels
+
+
+def small_trainer(output_dir=None, depth=2, epochs=4, **config):
+    """A Trainer of a SMALL ViT growing 2 -> 4 at epoch 2 (3 steps an epoch); `config`: TrainConfig fields."""
+    images, labels = learnable_data()
+    ms.set_seed(0)
+    np.random.seed(0)
+    model = VisionTransformer(ViTConfig(**SMALL, depth=depth))
+    settings = dict(epochs=epochs, schedule="2,4", warmup_epochs=1, lr=2e-3, ema_decay=0.9, seed=3)
+    settings.update(config)
+    return Trainer(model, ArrayData(images, labels, 16), ArrayData(images, labels, 48, shuffle=False,
+                                                                     drop_remainder=False),
+                   TrainConfig(**settings), output_dir=output_dir, progress=False)
+
+
+def stop_at_step(trainer, at):
+    """Ctrl-C (KeyboardInterrupt) just before the trainer's `at`-th step, whatever the depth."""
+    make = trainer._make_train_step
+
+    def make_interruptible():
+        step = make()
+
+        def run(*args):
+            if trainer.step == at:
+                raise KeyboardInterrupt
+            return step(*args)
+        return run
+
+    trainer._make_train_step = make_interruptible
+    trainer._train_step = make_interruptible()

@@ -107,3 +107,13 @@ def test_mindspore_warnings_stay_out_of_a_training_run_unless_verbose(tmp_path):
         stderr[bool(flags)] = result.stderr
     assert "compiled again" in stderr[True]
     assert "WARNING" not in stderr[False] and "compiled again" not in stderr[False]
+
+
+def test_the_growth_flags_reach_the_training_recipe():
+    from network_expansion.cli import _parser, _train_config
+
+    args = _parser().parse_args(["train", "--data", "d", "--growth", "exact", "--growth-gate", "learned",
+                                 "--growth-ramp", "30"])
+    config = _train_config(args)
+    assert (config.growth, config.growth_gate, config.growth_ramp) == ("exact", "learned", 30)
+    assert _train_config(_parser().parse_args(["train", "--data", "d"])).growth == "reference"

@@ -98,7 +98,7 @@ def test_grow_grows_model_and_ema_together_and_keeps_the_existing_parameters():
     model = ne.VisionTransformer(tiny_config(depth=2))
     ema = ne.EMA(model, decay=0.9)
     existing = [id(p) for p in model.blocks[0].get_parameters()]
-    growth = ne.grow(model, ema, 4)
+    growth = ne.grow(model, 4, ema=ema)
     assert growth.order == ["b0", "e0", "b1", "e1"] and model.depth == 4
     assert growth.ema.network.depth == 4 and growth.ema.decay == 0.9
     assert [id(p) for p in model.blocks[0].get_parameters()] == existing  # the same parameters, renamed in place

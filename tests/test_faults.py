@@ -303,6 +303,9 @@ def test_a_huge_or_binary_card_is_refused(tmp_path):
     (["train", "--data", "d", "--batch-size", "-4"], "--batch-size", "'-4'", "a whole number >= 1"),
     (["train", "--data", "d", "--ema-decay", "1"], "--ema-decay", "'1'", "a number >= 0 and < 1"),
     (["train", "--data", "d", "--stage-starts", "0,x"], "--stage-starts", "'0,x'", "one start per stage"),
+    (["train", "--data", "d", "--growth", "smooth"], "--growth", "'smooth'", "'reference', 'exact'"),
+    (["train", "--data", "d", "--growth-gate", "both"], "--growth-gate", "'both'", "'ramp', 'learned'"),
+    (["train", "--data", "d", "--growth-ramp", "0"], "--growth-ramp", "'0'", "a whole number >= 1"),
     (["export", "m.mindir", "--batch", "0"], "--batch", "'0'", "a whole number >= 1 or 'dynamic'"),
     (["export", "m.mindir", "--batch", "-2"], "--batch", "'-2'", "a whole number >= 1 or 'dynamic'"),
     (["export", "m.mindir", "--batch", "abc"], "--batch", "'abc'", "a whole number >= 1 or 'dynamic'"),
@@ -325,6 +328,8 @@ def test_a_mistake_on_the_command_line_is_one_line_naming_flag_value_and_what_is
     ({"ema_decay": 1.0}, "ema_decay must be a number >= 0 and < 1"),
     ({"clip_grad": 0.0}, "clip_grad must be None or a number > 0"),
     ({"expansion_mode": "sideways"}, "expansion_mode must be one of insert, stack"),
+    ({"growth_gate": "both"}, "growth_gate must be one of ramp, learned"),
+    ({"growth_ramp": 0}, "growth_ramp must be None or a whole number >= 1"),
 ])
 def test_a_training_recipe_that_makes_no_sense_is_refused(fields, message):
     with pytest.raises(ConfigError, match=message):

@@ -6,36 +6,12 @@ import time
 import mindspore as ms
 import numpy as np
 import pytest
+from conftest import SMALL, learnable_data as _data, parameters_of as _weights, small_trainer as _trainer
+from conftest import stop_at_step as _stop_at_step
 
 from network_expansion import ConfigError, VisionTransformer, ViTConfig, create_network, save_weights
 from network_expansion import ArrayData, Trainer, TrainConfig, TrainingDiverged
 from network_expansion.recipe import WarmupCosine, build_optimizer
-
-SMALL = dict(image_size=16, patch_size=4, width=16, num_heads=2, mlp_width=32, num_classes=4)
-
-
-def _data(n=48, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 4, n)
-    images = rng.standard_normal((n, 3, 16, 16)).astype(np.float32) * 0.5
-    images[:, labels % 3, :4, :4] += 2.0  # a learnable signal
-    return images, labels
-
-
-def _trainer(output_dir=None, depth=2, epochs=4, **config):
-    images, labels = _data()
-    ms.set_seed(0)
-    np.random.seed(0)
-    model = VisionTransformer(ViTConfig(**SMALL, depth=depth))
-    settings = dict(epochs=epochs, schedule="2,4", warmup_epochs=1, lr=2e-3, ema_decay=0.9, seed=3)
-    settings.update(config)
-    return Trainer(model, ArrayData(images, labels, 16), ArrayData(images, labels, 48, shuffle=False,
-                                                                     drop_remainder=False),
-                   TrainConfig(**settings), output_dir=output_dir, progress=False)
-
-
-def _weights(network):
-    return {p.name: p.asnumpy().copy() for p in network.get_parameters()}
 
 
 @pytest.fixture(scope="module")
@@ -126,26 +102,9 @@ def test_the_step_after_growth_trains_the_new_blocks():
     images, labels = next(trainer.train_data.batches(1, 0))
     targets = np.eye(4, dtype=np.float32)[labels]
     trainer.model.set_train(True)
-    trainer._train_step(ms.Tensor(images), ms.Tensor(targets))
+    trainer._train_step(ms.Tensor(images), ms.Tensor(targets), ms.Tensor(1.0, ms.float32))
     after = trainer.model.blocks[1][1].cell[1].ff1.dense.weight.asnumpy()
     assert not np.allclose(after, new_block_before)
-
-
-def _stop_at_step(trainer, at):
-    """Ctrl-C (KeyboardInterrupt) just before the trainer's `at`-th step, whatever the depth."""
-    make = trainer._make_train_step
-
-    def make_interruptible():
-        step = make()
-
-        def run(*args):
-            if trainer.step == at:
-                raise KeyboardInterrupt
-            return step(*args)
-        return run
-
-    trainer._make_train_step = make_interruptible
-    trainer._train_step = make_interruptible()
 
 
 def _stop_before_growth(trainer):
@@ -220,7 +179,7 @@ def test_carrying_adamw_moments_keeps_those_of_the_existing_blocks():
         trainer.epoch = 0
         images, labels = next(trainer.train_data.batches(0, 0))
         trainer.model.set_train(True)
-        trainer._train_step(ms.Tensor(images), ms.Tensor(np.eye(4, dtype=np.float32)[labels]))
+        trainer._train_step(ms.Tensor(images), ms.Tensor(np.eye(4, dtype=np.float32)[labels]), ms.Tensor(1.0, ms.float32))
         trainer.epoch = 1
         trainer._grow_if_due()
         moments = {m.name: m.asnumpy() for m in trainer.optimizer.moments1}

@@ -184,9 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", metavar="FILE", help="write per-class accuracy to this CSV file")
     evaluate.set_defaults(run=_evaluate)
 
-    from .expansion import MODES, STAGE_UNITS
+    from .expansion import GATES, GROWTHS, MODES, STAGE_UNITS
     from .model import RANGES as MODEL, ViTConfig
-    from .recipe import TrainConfig
+    from .recipe import RANGES as RECIPE, TrainConfig
 
     vit = ViTConfig(image_size=224, num_classes=1000)
     train = commands.add_parser("train", help="train a ViT from scratch, with network expansion")
@@ -199,6 +199,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--stage-unit", choices=STAGE_UNITS,
                        help=f"what --stage-starts counts (default {TrainConfig.stage_unit})")
     train.add_argument("--mode", choices=MODES, help=f"where new blocks go (default {TrainConfig.expansion_mode})")
+    train.add_argument("--growth", choices=GROWTHS,
+                       help=f"'exact': new blocks enter behind gates at 0, so the function does not change at the "
+                            f"growth; 'reference': as the authors' code (default {TrainConfig.growth})")
+    train.add_argument("--growth-gate", choices=GATES, help=f"with --growth exact: the gates ramp linearly to 1, "
+                                                           f"or are learned from 0 (default {TrainConfig.growth_gate})")
+    train.add_argument("--growth-ramp", type=_accepting(RECIPE["growth_ramp"]), metavar="STEPS",
+                       help="steps of the gates' ramp (default: one epoch)")
 
     def model(name):
         return _accepting(MODEL[name])
@@ -212,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_training_options(train, TrainConfig())
     train.set_defaults(run=_train)
 
-    from .recipe import FINETUNE_DEFAULTS, RANGES as RECIPE
+    from .recipe import FINETUNE_DEFAULTS
 
     finetune = commands.add_parser("finetune", help="fine-tune pretrained weights on an ImageFolder tree")
     finetune.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree of training images")
@@ -305,7 +312,8 @@ _RECIPE_FLAGS = {"epochs": "epochs", "lr": "lr", "warmup_epochs": "warmup_epochs
                  "label_smoothing": "label_smoothing", "mixup": "mixup", "cutmix": "cutmix",
                  "clip_grad": "clip_grad", "ema_decay": "ema_decay", "seed": "seed", "log_every": "log_every",
                  "schedule": "schedule", "stage_starts": "stage_starts", "stage_unit": "stage_unit",
-                 "mode": "expansion_mode", "freeze_backbone": "freeze_backbone", "layer_decay": "layer_decay"}
+                 "mode": "expansion_mode", "growth": "growth", "growth_gate": "growth_gate",
+                 "growth_ramp": "growth_ramp", "freeze_backbone": "freeze_backbone", "layer_decay": "layer_decay"}
 # Flags of the architecture -> ViTConfig fields.
 _MODEL_FLAGS = {"depth": "depth", "width": "width", "mlp_width": "mlp_width", "patch_size": "patch_size",
                 "num_heads": "num_heads", "image_size": "image_size", "drop_path": "drop_path_rate",

@@ -84,9 +84,10 @@ def digits(image_size: int = 32, seed: int = 0):
 
 
 def trainer_for(settings: DemoSettings, schedule, output_dir: Path, progress: bool = True,
-                carry_moments: bool = False, name: str = ""):
+                changes: dict | None = None, name: str = ""):
     """The Trainer of one run (`schedule` None: full depth): the model at the schedule's
-    first depth, from the recipe's seed."""
+    first depth, from the recipe's seed; `changes`: other recipe fields of this run (e.g.
+    `{"growth": "exact"}`)."""
     import mindspore as ms
 
     from .datasets import ArrayData
@@ -95,7 +96,7 @@ def trainer_for(settings: DemoSettings, schedule, output_dir: Path, progress: bo
 
     seed = settings.recipe.seed
     train_x, train_y, test_x, test_y = digits(settings.model.image_size, seed)
-    config = dataclasses.replace(settings.recipe, schedule=schedule, carry_moments=carry_moments)
+    config = dataclasses.replace(settings.recipe, schedule=schedule, **(changes or {}))
     ms.set_seed(seed)
     model = VisionTransformer(dataclasses.replace(settings.model, depth=config.first_depth(settings.model.depth)))
     return Trainer(model, ArrayData(train_x, train_y, settings.batch_size, flip=False),
@@ -107,15 +108,15 @@ def race(settings: DemoSettings, runs: dict, output_dir: Path, progress: bool = 
     """Train several runs of `settings` in turn, an epoch each, every run on its own clock.
 
     `runs` maps a name (also the run's folder under `output_dir`) to
-    `(schedule or None, carry_moments)`. This machine's speed drifts by up to 20% within
+    `(schedule or None, {recipe field: value} of that run)`. This machine's speed drifts by up to 20% within
     minutes: runs trained one after the other put that drift into the speed-up, runs that
     take turns every epoch (in a rotating order) share it. A run's wall time is its own
     time in `fit` (graph compilation, training, evaluation, checkpoints), nothing of the
     others'. Returns `{name: summary}`.
     """
     trainers = {name: trainer_for(settings, schedule, Path(output_dir) / name.replace(" ", "-"), progress,
-                                  carry, name=name)
-                for name, (schedule, carry) in runs.items()}
+                                  changes, name=name)
+                for name, (schedule, changes) in runs.items()}
     order = list(trainers.values())
     for epoch in range(1, settings.recipe.epochs + 1):
         turn = epoch % len(order)  # who goes first rotates: no run always follows the same one
@@ -128,7 +129,14 @@ def summary(trainer, name: str) -> dict:
     """What the table and the plot need of a finished run."""
     epochs = trainer.history.epochs
     images = sum(r["images_per_s"] * r["train_seconds"] for r in epochs)
-    return {"run": name, "wall_seconds": trainer.wall_seconds,
+    growths = []
+    for position, record in enumerate(trainer.history.records):
+        if record["event"] == "grow":  # top-1 at the epoch before, right after the growth, an epoch later
+            before = [r for r in trainer.history.records[:position] if r["event"] == "epoch"][-1]
+            later = [r for r in trainer.history.records[position:] if r["event"] == "epoch"][0]
+            growths.append({"epoch": record["epoch"], "before": before["val_top1"], "at": record["val_top1"],
+                            "epoch_after": later["val_top1"]})
+    return {"run": name, "wall_seconds": trainer.wall_seconds, "growths": growths,
             "images_per_s": images / sum(r["train_seconds"] for r in epochs),
             "top1": epochs[-1]["val_top1"], "ema_top1": epochs[-1]["ema_val_top1"],
             "curve": [(r["wall_seconds"], r["val_top1"]) for r in epochs],
@@ -140,7 +148,7 @@ def compare(settings: DemoSettings = DemoSettings(), output_dir="expansion-demo"
     Returns {'full': ..., 'expansion': ..., 'table': str}."""
     output_dir = Path(output_dir)
     schedule, epochs = settings.recipe.schedule, settings.recipe.epochs
-    results = race(settings, {"full": (None, False), "expansion": (schedule, False)}, output_dir, progress)
+    results = race(settings, {"full": (None, {}), "expansion": (schedule, {})}, output_dir, progress)
     full, grown = results["full"], results["expansion"]
     full["run"], grown["run"] = f"full depth {settings.model.depth}", f"expansion {settings.schedule_text}"
     bound = ExpansionSchedule.of(schedule, epochs).speedup_bound(epochs)
@@ -173,7 +181,7 @@ def plot(runs, path: Path) -> Path:
 
     figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
     for r in runs:
-        seconds, accuracy = zip(*r["curve"])
+        seconds, accuracy = zip(*sorted(r["curve"] + r["growth"]))  # the growth's evaluation: the dip, if any
         axes.plot(seconds, [100 * a for a in accuracy], marker="o", markersize=3, label=r["run"])
         for s, a in r["growth"]:
             axes.axvline(s, color="gray", linestyle=":", linewidth=1)

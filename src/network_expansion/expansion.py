@@ -12,6 +12,13 @@ blocks:
 
 Then the drop-path rates are spread again over the new depth (`set_blocks` does it) and
 the trainer starts a fresh EMA and rebuilds its optimizer.
+
+That changes the network's function at the growth (the accuracy dips). Exact growth
+(`grow(..., exact=True)`) starts each new block the same way but behind gates,
+`x + g f(x)` on both of its residuals with `g = 0`, so the logits are unchanged; `g` then
+ramps to 1 over a number of steps (`Ramp`, set inside the train step) or is learned from 0
+(`gate='learned'`), and is folded into the branch's last Dense afterwards
+(`VisionTransformer.fold_gates`), which leaves the released names.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from .model import VisionTransformer
 
 MODES = ("insert", "stack")
 STAGE_UNITS = ("epoch", "step")  # what a schedule's starts count
+GROWTHS = ("reference", "exact")  # the authors' EMA copies, or the same behind gates that start at 0
+GATES = ("ramp", "learned")       # how an exact growth's gates go from 0: a linear ramp, or learned
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,10 @@ class EMA:
             raise ConfigError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
         self.live = live
-        self.network = VisionTransformer(live.config)
+        self.network = VisionTransformer(live.config, initialize=False)  # copied from `live` below
+        gated = live.gated_blocks()
+        if gated:  # the same gates (learned ones averaged, ramped ones copied: see _EMAUpdate)
+            self.network.add_gates(gated, trainable=bool(live.gates[0].requires_grad))
         self.network.update_parameters_name("ema.")
         self.network.set_train(False)
         self.copy_from(live)
@@ -188,32 +200,77 @@ class EMA:
             mine.set_data(average.value().copy())
         return block
 
+    def take_grown(self, old: "EMA", order: list) -> None:
+        """Take `old`'s averages, grown in `order` (`'b3'`: old block 3, `'e3'` its copy):
+        the EMA of an exact growth goes on averaging, as its function is unchanged too.
+        Gates keep the values they have (those of the grown network)."""
+        def source(name):
+            parts = name.split(".")
+            if parts[1:3] == ["body", "layers"]:
+                parts[3] = order[int(parts[3])][1:]
+            return ".".join(parts)
+
+        averages = {p.name: p for p in old.network.get_parameters()}
+        for parameter in self.network.get_parameters():
+            if not parameter.name.endswith(".gate"):
+                parameter.set_data(averages[source(parameter.name)].value().copy())
+
     def load_state(self, state: dict) -> None:
         for parameter in self.network.get_parameters():
             parameter.set_data(ms.Tensor(state[parameter.name]))
 
 
 class _EMAUpdate(nn.Cell):
+    """Averages the trainable parameters; copies the others (a ramping gate is a schedule,
+    not a weight: the EMA's new blocks enter as the live ones do)."""
+
     def __init__(self, average, live, decay):
         super().__init__()
         self.average = ms.ParameterTuple(average.get_parameters())
         self.live = ms.ParameterTuple(live.get_parameters())
-        self.decay = decay
+        self.decays = tuple(decay if p.requires_grad else 0.0 for p in live.get_parameters())
 
     def construct(self):
-        for average, live in zip(self.average, self.live):
-            ops.assign(average, average * self.decay + live * (1.0 - self.decay))
+        for average, live, decay in zip(self.average, self.live, self.decays):
+            ops.assign(average, average * decay + live * (1.0 - decay))
         return True
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """A gate schedule: 0 at the growth, `(k + 1) / length` at the k-th step after it
+    (`start` is the step count at the growth), 1 from step `start + length - 1` on.
+
+    >>> [Ramp(start=10, length=4).value(step) for step in (10, 11, 12, 13, 14)]
+    [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+
+    start: int
+    length: int
+
+    def __post_init__(self):
+        if not isinstance(self.length, int) or self.length < 1:
+            raise ConfigError(f"a gate ramp lasts a whole number of steps >= 1, got {self.length!r}")
+
+    def value(self, step: int) -> float:
+        """The gates' value in the forward of step `step`."""
+        return min(1.0, (step - self.start + 1) / self.length)
+
+    def done(self, step: int) -> bool:
+        """Whether step `step` ran with the gates at 1 (they can be folded after it)."""
+        return self.value(step) >= 1.0
 
 
 @dataclass
 class Growth:
-    """What `grow` did: the new block order (labels), the fresh EMA of the grown model, and
-    the AdamW moments of the parameters that existed before (empty unless carried)."""
+    """What `grow` did: the new block order (labels), the EMA of the grown model, the
+    AdamW moments of the parameters that existed before (empty unless carried), and the
+    gates of the new blocks (empty unless exact; `set_gates` moves ramped ones)."""
 
     order: list
     ema: EMA
     moments: dict = field(default_factory=dict)  # id(parameter) -> (m1, m2) arrays
+    gates: list = field(default_factory=list)
 
     def hand_over(self, optimizer) -> None:
         """Give `optimizer` (rebuilt for the grown model) the carried moments."""
@@ -223,20 +280,49 @@ class Growth:
                 m2.set_data(ms.Tensor(self.moments[id(parameter)][1]))
 
 
-def grow(model: VisionTransformer, ema: EMA, depth: int, *, mode: str = "insert", optimizer=None) -> Growth:
-    """Grow `model` to `depth` blocks the paper's way, with its EMA: the one place a growth happens.
+def grow(network: VisionTransformer, depth: int, *, ema: EMA | None = None, exact: bool = False,
+         gate: str = "ramp", mode: str = "insert", optimizer=None) -> Growth:
+    """Grow `network` to `depth` blocks, with its EMA: the one place a growth happens.
 
-    New blocks are EMA copies of the last trained ones (`expand`); a fresh EMA of the grown
-    model starts (the reference code's choice). With `optimizer`, the AdamW moments of the
-    parameters that existed are kept for `Growth.hand_over` (the reference code drops them;
-    the parameters keep their identity through the growth, only their names change).
+    New blocks are EMA copies of the last trained ones (`expand`; without an `ema`, copies
+    of the blocks themselves), in `mode` order. `exact=True` puts each new block behind
+    gates at 0 (`x + g f(x)` on both residuals), so the network's function is unchanged;
+    `gate='ramp'`: the gates are set by a schedule (`Ramp`, `set_gates`), `'learned'`:
+    they are trained from 0. Gates left from an earlier growth are folded first. The EMA:
+    a fresh one from the grown network (the reference code's choice), or, when exact, the
+    old averages grown the same way (its function is unchanged too). With `optimizer`, the
+    AdamW moments of the parameters that existed are kept for `Growth.hand_over` (the
+    reference code drops them; the parameters keep their identity, only their names change).
+
+    >>> growth = grow(network, 12, ema=ema, exact=True)     # doctest: +SKIP
     """
+    if gate not in GATES:
+        raise ConfigError(f"gate {gate!r}: expected one of {', '.join(GATES)}")
+    network.fold_gates()
+    if ema is None:
+        ema = EMA(network, 0.0)
+    else:
+        ema.network.fold_gates()
     moments = {}
     if optimizer is not None:
         moments = {id(p): (m1.asnumpy(), m2.asnumpy())
                    for p, m1, m2 in zip(optimizer.parameters, optimizer.moments1, optimizer.moments2)}
-    order = expand(model, ema, depth, mode)
-    return Growth(order=order, ema=EMA(model, ema.decay), moments=moments)
+    order = expand(network, ema, depth, mode)
+    gates = []
+    if exact:
+        gates = network.add_gates([i for i, label in enumerate(order) if label[0] == "e"], trainable=gate == "learned")
+    grown = EMA(network, ema.decay)
+    if exact:
+        grown.take_grown(ema, order)
+    return Growth(order=order, ema=grown, moments=moments, gates=gates)
+
+
+def set_gates(gates, value) -> bool:
+    """Set every gate of `gates` to `value` (a scalar Tensor) inside a compiled step, where a
+    host-side `set_data` would not be seen (docs: MindSpore on this machine)."""
+    for gate in gates:
+        ops.assign(gate, value)
+    return True
 
 
 def expand(model: VisionTransformer, ema: EMA, depth: int, mode: str = "insert") -> list:

@@ -1,4 +1,4 @@
-"""What a training run tells: its records (one per epoch and per growth, also written to
+"""What a training run tells: its records (one per epoch, per growth and per gate fold, also written to
 `log.jsonl`), the console line of each, and the meter that reads an epoch's results back
 from the device in batches."""
 
@@ -12,7 +12,8 @@ import numpy as np
 
 @dataclass
 class History:
-    """What happened: one record per epoch and per growth (also written to log.jsonl)."""
+    """What happened: one record per epoch, per growth and per fold of an exact growth's gates
+    (also written to log.jsonl)."""
 
     records: list = field(default_factory=list)
     interrupted: bool = False
@@ -29,7 +30,7 @@ class History:
 
 
 def describe_record(record: dict, epochs: int) -> str:
-    """One line of the console's story of a run: an epoch, or a growth."""
+    """One line of the console's story of a run: an epoch, a growth, or a fold of gates."""
     def top1(key, label):
         return f"  {label} {record[key]:.1%}" if key in record else ""
 
@@ -38,9 +39,12 @@ def describe_record(record: dict, epochs: int) -> str:
         copied = [label[1:] for label in order if label.startswith("e")]
         after = (f"; val top-1 right after: {record['val_top1']:.1%} (EMA {record['ema_val_top1']:.1%})"
                  if "val_top1" in record else "")
+        gated = ", behind gates at 0 (exact)" if record.get("growth") == "exact" else ""
         return (f"grew {record['from']} -> {record['to']} blocks at epoch {record['epoch'] + 1}: EMA copies of "
                 f"block{'s' if len(copied) > 1 else ''} {', '.join(copied)}, {record.get('mode', 'insert')}ed "
-                f"({' '.join(order)}){after}; took {record.get('seconds', 0.0):.1f} s")
+                f"({' '.join(order)}){gated}{after}; took {record.get('seconds', 0.0):.1f} s")
+    if record["event"] == "fold":
+        return f"the new blocks' gates reached 1 after step {record['step']} and were folded away"
     loss = record.get("loss")
     return (f"epoch {record['epoch']}/{epochs}  depth {record['depth']}  loss "
             f"{'-' if loss is None else f'{loss:.4f}'}{top1('train_top1', 'train')}{top1('val_top1', 'val')}"

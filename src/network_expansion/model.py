@@ -17,7 +17,11 @@ That is why the attributes below carry the zoo's names (`stem`, `body.layers`, `
     head.0.weight|bias                             classifier on the cls token
 
 Depth is not fixed: network expansion grows the model by inserting blocks between
-others (`set_blocks`), after which the names run `body.layers.0 .. depth-1` again.
+others (`set_blocks`), after which the names run `body.layers.0 .. depth-1` again. While
+a new block enters by exact growth (`expansion.grow(exact=True)`), each of its two
+residuals holds a gate, `body.layers.{i}.0.gate` and `body.layers.{i}.1.gate` (a scalar
+that scales the branch: 0 at growth); `fold_gates` folds them into the branch's last
+Dense, after which the names are the released ones again.
 """
 
 from __future__ import annotations
@@ -190,6 +194,11 @@ class Attention(nn.Cell):
         self.attention_dropout = nn.Dropout(p=config.attention_dropout)
         self.output_dropout = nn.Dropout(p=config.dropout)
 
+    @property
+    def output_layer(self) -> nn.Dense:
+        """The branch's last Dense: a gate folds into it."""
+        return self.to_out
+
     def _heads(self, tokens):
         b, n, d = tokens.shape
         return tokens.reshape(b, n, self.num_heads, d // self.num_heads).transpose(0, 2, 1, 3)
@@ -256,6 +265,11 @@ class FeedForward(nn.Cell):
         self.ff2 = TokenDense(config.mlp_width, config.width, rng)
         self.dropout = nn.Dropout(p=config.dropout)
 
+    @property
+    def output_layer(self) -> nn.Dense:
+        """The branch's last Dense: a gate folds into it."""
+        return self.ff2.dense
+
     def construct(self, tokens):
         hidden = self.dropout(self.activation(self.ff1(tokens)))
         return self.dropout(self.ff2(hidden))
@@ -278,16 +292,46 @@ class DropPath(nn.Cell):
 
 
 class PreNormResidual(nn.Cell):
-    """`x + f(LN(x))`; the zoo's ResidualCell around a `[LayerNorm, f]` sequence (`.cell`)."""
+    """`x + f(LN(x))`; the zoo's ResidualCell around a `[LayerNorm, f]` sequence (`.cell`).
+
+    With a gate (`add_gate`): `x + g f(LN(x))`, `g` a scalar Parameter named `gate`, which
+    exists only while gated (so an ungated residual has exactly the released names).
+    """
 
     def __init__(self, config: ViTConfig, branch: nn.Cell, drop_path_rate: float):
         super().__init__()
         self.cell = nn.SequentialCell([
             nn.LayerNorm((config.width,), epsilon=config.layer_norm_eps), branch])
         self.drop_path = DropPath(drop_path_rate)
+        self.gated = False
 
     def construct(self, tokens):
-        return tokens + self.drop_path(self.cell(tokens))
+        branch = self.cell(tokens)
+        if self.gated:
+            branch = branch * self.gate
+        return tokens + self.drop_path(branch)
+
+    def add_gate(self, value: float = 0.0, trainable: bool = False) -> Parameter:
+        """Scale the branch by a new gate (`trainable`: a learned scale; otherwise set by a
+        schedule). Rename the network's parameters afterwards (`update_parameters_name`)."""
+        if self.gated:
+            raise ConfigError("this residual already has a gate; fold it first")
+        self.gate = Parameter(Tensor(np.array(value, np.float32)), name="gate", requires_grad=trainable)
+        self.gated = True
+        return self.gate
+
+    def fold_gate(self) -> None:
+        """`x + g f(x)` -> `x + f'(x)`: `g` scales the branch's last Dense (nothing for g = 1),
+        and the gate is gone. The same function, up to float rounding when g != 1."""
+        if not self.gated:
+            return
+        value = float(self.gate.asnumpy())
+        if value != 1.0:
+            layer = self.cell[1].output_layer
+            for parameter in (layer.weight, layer.bias):
+                parameter.set_data(Tensor(parameter.asnumpy() * np.float32(value)))
+        del self.gate
+        self.gated = False
 
 
 class TransformerBlock(nn.SequentialCell):
@@ -303,6 +347,11 @@ class TransformerBlock(nn.SequentialCell):
     def set_drop_path_rate(self, rate: float) -> None:
         for residual in self:
             residual.drop_path.rate = float(rate)
+
+    @property
+    def gates(self) -> list:
+        """The gates of its residuals (empty unless the block is entering by exact growth)."""
+        return [residual.gate for residual in self if residual.gated]
 
 
 class Transformer(nn.Cell):
@@ -401,6 +450,42 @@ class VisionTransformer(nn.Cell):
         for block, rate in zip(blocks, self.config.drop_path_rates()):
             block.set_drop_path_rate(rate)
         self.update_parameters_name()
+
+    @property
+    def gates(self) -> list:
+        """Every gate of the blocks entering by exact growth (empty otherwise)."""
+        return [gate for block in self.body.layers for gate in block.gates]
+
+    def add_gates(self, blocks, value: float = 0.0, trainable: bool = False) -> list:
+        """Gate both residuals of each block at `blocks` (indices); returns the new gates.
+
+        The names follow the network's prefix (`ema.` for an EMA's network)."""
+        prefix = self.cls.name[:-len("cls")]
+        gates = [residual.add_gate(value, trainable) for i in blocks for residual in self.body.layers[i]]
+        self.update_parameters_name(prefix)
+        return gates
+
+    def gated_blocks(self) -> list:
+        """Indices of the blocks with gates."""
+        return [i for i, block in enumerate(self.body.layers) if block.gates]
+
+    def fold_gates(self) -> None:
+        """Fold every gate into its branch (`PreNormResidual.fold_gate`): the same function,
+        the released names."""
+        for block in self.body.layers:
+            for residual in block:
+                residual.fold_gate()
+
+    def folded_copy(self) -> "VisionTransformer":
+        """A copy of this network with its gates folded (`fold_gates`) and the released names
+        (no prefix such as an EMA's `ema.`); this network keeps its gates."""
+        copy = VisionTransformer(self.config, initialize=False)
+        copy.add_gates(self.gated_blocks())
+        for mine, theirs in zip(copy.get_parameters(), self.get_parameters()):
+            mine.set_data(theirs.value().copy())
+        copy.fold_gates()
+        copy.class_names = self.class_names
+        return copy
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised head for `num_classes` (0 removes the head)."""

@@ -18,7 +18,7 @@ from mindspore import nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 from .errors import ConfigError
-from .expansion import MODES, STAGE_UNITS, ExpansionSchedule, parse_depths, parse_starts
+from .expansion import GATES, GROWTHS, MODES, STAGE_UNITS, ExpansionSchedule, parse_depths, parse_starts
 from .ranges import Range, problems as out_of_range
 
 DEFAULT_BATCH_SIZE = 64
@@ -38,6 +38,7 @@ RANGES = {
     "clip_grad": Range(float, 0, low_open=True, optional=True),
     "ema_decay": Range(float, 0, 1),
     "layer_decay": Range(float, 0, 1, low_open=True, high_open=False, optional=True),
+    "growth_ramp": Range(int, 1, optional=True, note="(None: one epoch)"),
     "log_every": Range(int, 1),
     "seed": Range(int, 0),
 }
@@ -61,6 +62,9 @@ class TrainConfig:
     stage_starts: tuple | None = None  # e.g. (0, 150) or "0,150"; None: stages of equal length
     stage_unit: str = "epoch"        # what stage_starts count: "epoch" or "step"
     expansion_mode: str = "insert"
+    growth: str = "reference"        # "exact": new blocks enter behind gates at 0 (expansion.grow)
+    growth_gate: str = "ramp"        # an exact growth's gates: "ramp" (linear to 1) or "learned" (from 0)
+    growth_ramp: int | None = None   # steps of the ramp; None: one epoch
     carry_moments: bool = False      # keep AdamW moments of existing blocks at growth
     restart_lr: bool = False         # restart the cosine per stage, without warm-up
     scale_weight_decay: bool = False  # weight decay * depth / final depth
@@ -79,8 +83,9 @@ class TrainConfig:
         problems = out_of_range(self, RANGES)
         if self.stage_unit not in STAGE_UNITS:
             problems.append(f"stage_unit must be one of {', '.join(map(repr, STAGE_UNITS))}, got {self.stage_unit!r}")
-        if self.expansion_mode not in MODES:
-            problems.append(f"expansion_mode must be one of {', '.join(MODES)}, got {self.expansion_mode!r}")
+        for name, choices in (("expansion_mode", MODES), ("growth", GROWTHS), ("growth_gate", GATES)):
+            if getattr(self, name) not in choices:
+                problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if problems:
             raise ConfigError("invalid TrainConfig: " + "; ".join(problems))
 

@@ -33,7 +33,7 @@ from mindspore import ops
 
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from .expansion import EMA, grow
+from .expansion import EMA, Ramp, grow, set_gates
 from .graphs import compiled, compiled_forward, pad_batch
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
@@ -71,6 +71,7 @@ class Trainer:
         self.schedule = config.expansion_schedule(self.final_depth, len(train_data))
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.history = History()
+        self._ramp = None           # the gates' schedule while new blocks enter (exact growth)
         self._started = None        # the clock runs only inside fit()
         self._stop = StopOnSignal()
         self._elapsed_before = 0.0
@@ -102,6 +103,7 @@ class Trainer:
     def _make_train_step(self):
         model, optimizer, clip = self.model, self.optimizer, self.config.clip_grad
         reducer = self.distributed.reducer(optimizer.parameters) if self.distributed else None
+        ramped = [gate for gate in model.gates if not gate.requires_grad]  # set by self._ramp
 
         def forward(images, targets):
             logits = model(images)
@@ -109,7 +111,8 @@ class Trainer:
 
         gradients = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
 
-        def step(images, targets):
+        def step(images, targets, gate):
+            set_gates(ramped, gate)  # inside the graph: a host-side set_data would not be seen
             (loss, logits), grads = gradients(images, targets)
             if reducer is not None:
                 grads = reducer(grads)
@@ -154,8 +157,11 @@ class Trainer:
                     start = time.perf_counter()
                     rng = np.random.default_rng([rng_seed, self.epoch, self.batch_in_epoch, 2])
                     inputs, targets = soft_targets(labels, self.model.config.num_classes, self.config, rng, images)
-                    loss, predictions = self._train_step(ms.Tensor(inputs), ms.Tensor(targets))
+                    gate = self._ramp.value(self.step) if self._ramp else 1.0
+                    loss, predictions = self._train_step(ms.Tensor(inputs), ms.Tensor(targets),
+                                                         ms.Tensor(gate, ms.float32))
                     self.ema.update()
+                    self._fold_if_ramped()
                     meter.queue(loss, predictions, labels, self.epoch, self.batch_in_epoch)
                     self.batch_in_epoch += 1
                     self.step += 1
@@ -219,6 +225,18 @@ class Trainer:
         """Where training is, in the schedule's unit."""
         return self.step if self.schedule.unit == "step" else self.epoch
 
+    def _fold_if_ramped(self):
+        """Once a step has run with the gates at 1, fold them away (model and EMA): the
+        checkpoints have the released names again. The compiled graphs keep multiplying by
+        a gate fixed at 1, bitwise the same as none, until they are next rebuilt (a growth,
+        a resume): recompiling now would cost more than the multiply ever does."""
+        if self._ramp is None or not self._ramp.done(self.step):
+            return
+        self.model.fold_gates()
+        self.ema.network.fold_gates()
+        self._ramp = None
+        self._log({"event": "fold", "epoch": self.epoch, "step": self.step + 1, "wall_seconds": self.wall_seconds})
+
     def _grow_if_due(self, meter: EpochMeter | None = None):
         stage = self.schedule.stage(self._clock)
         if self.model.depth >= stage.depth:
@@ -226,11 +244,14 @@ class Trainer:
         if meter is not None:
             self._read_back(meter)  # mid-epoch: grow from weights known to be finite
         before, started = self.model.depth, time.perf_counter()
-        growth = grow(self.model, self.ema, stage.depth, mode=self.config.expansion_mode,
-                      optimizer=self.optimizer if self.config.carry_moments else None)
+        exact = self.config.growth == "exact"
+        growth = grow(self.model, stage.depth, ema=self.ema, exact=exact, gate=self.config.growth_gate,
+                      mode=self.config.expansion_mode, optimizer=self.optimizer if self.config.carry_moments else None)
+        ramped = exact and self.config.growth_gate == "ramp"
+        self._ramp = Ramp(self.step, self.config.growth_ramp or len(self.train_data)) if ramped else None
         self._rebuild(ema=growth.ema, growth=growth)
         record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before, "to": stage.depth,
-                  "order": growth.order, "mode": self.config.expansion_mode}
+                  "order": growth.order, "mode": self.config.expansion_mode, "growth": self.config.growth}
         record.update(self.validate())
         record["seconds"] = time.perf_counter() - started
         record["wall_seconds"] = self.wall_seconds
@@ -297,7 +318,8 @@ class Trainer:
                  "depth": self.model.depth, "model_config": dataclasses.asdict(self.model.config),
                  "train_config": dataclasses.asdict(self.config), "history": self.history.records,
                  "wall_seconds": self.wall_seconds, "class_names": self.model.class_names,
-                 "batch_size": self.train_data.batch_size}
+                 "batch_size": self.train_data.batch_size, "gated_blocks": self.model.gated_blocks(),
+                 "ramp": dataclasses.asdict(self._ramp) if self._ramp else None}
         entries = [{"name": p.name, "data": p.value()} for p in self.model.get_parameters()]
         entries += [{"name": p.name, "data": p.value()} for p in self.ema.network.get_parameters()]
         entries += [{"name": p.name, "data": p.value()} for p in self.optimizer.moments1]
@@ -310,9 +332,8 @@ class Trainer:
             return
         from .weights import save_weights
 
-        save_weights(self.model, self.output_dir / "model.ckpt")
-        ema_model = VisionTransformer(self.model.config)
-        self.ema.copy_to(ema_model)
+        save_weights(self.model, self.output_dir / "model.ckpt")  # gates folded in: the released names
+        ema_model = self.ema.network.folded_copy()
         ema_model.class_names = self.model.class_names
         save_weights(ema_model, self.output_dir / "model_ema.ckpt")
         self.history.checkpoint = str(self.output_dir / "model.ckpt")
@@ -349,6 +370,9 @@ class Trainer:
                       progress=progress, distributed=distributed)
         if state["depth"] != model.depth:
             model.set_blocks([model.new_block() for _ in range(state["depth"])])
+        if state.get("gated_blocks"):  # saved inside an exact growth's ramp (or with learned gates)
+            model.add_gates(state["gated_blocks"], trainable=config.growth_gate == "learned")
+        trainer._ramp = Ramp(**state["ramp"]) if state.get("ramp") else None
         trainer.epoch, trainer.batch_in_epoch, trainer.step = state["epoch"], state["position"], state["step"]
         trainer.history.records = state["history"]
         trainer._elapsed_before = state["wall_seconds"]

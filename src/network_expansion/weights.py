@@ -445,7 +445,8 @@ def save_weights(network_or_weights, path, *, names: str = "mindspore") -> Path:
 
     The architecture fields the weights need (GELU form, LayerNorm epsilon, heads) are
     recorded in the file's metadata, so `create_network(pretrained=path)` rebuilds the
-    same network. Written to a temporary file, then renamed: never half a file.
+    same network; a network inside an exact growth is saved with its gates folded in (the
+    released names). Written to a temporary file, then renamed: never half a file.
     """
     if names not in NAMING_SCHEMES:
         raise ConfigError(f"names must be one of {', '.join(NAMING_SCHEMES)}, got {names!r}")
@@ -458,6 +459,8 @@ def save_weights(network_or_weights, path, *, names: str = "mindspore") -> Path:
         state, architecture = weights.state, {**weights.assumed, **weights.architecture}
         class_names = weights.class_names
     else:
+        if getattr(network_or_weights, "gates", None):
+            network_or_weights = network_or_weights.folded_copy()
         config = network_or_weights.config
         state = network_state(network_or_weights)
         architecture = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
