@@ -285,7 +285,7 @@ def grow(network: VisionTransformer, depth: int, *, ema: EMA | None = None, exac
     """Grow `network` to `depth` blocks, with its EMA: the one place a growth happens.
 
     New blocks are EMA copies of the last trained ones (`expand`; without an `ema`, copies
-    of the blocks themselves), in `mode` order. `exact=True` puts each new block behind
+    of the blocks themselves, and `Growth.ema` has decay 0), in `mode` order. `exact=True` puts each new block behind
     gates at 0 (`x + g f(x)` on both residuals), so the network's function is unchanged;
     `gate='ramp'`: the gates are set by a schedule (`Ramp`, `set_gates`), `'learned'`:
     they are trained from 0. Gates left from an earlier growth are folded first. The EMA:
@@ -319,7 +319,7 @@ def grow(network: VisionTransformer, depth: int, *, ema: EMA | None = None, exac
 
 def set_gates(gates, value) -> bool:
     """Set every gate of `gates` to `value` (a scalar Tensor) inside a compiled step, where a
-    host-side `set_data` would not be seen (docs: MindSpore on this machine)."""
+    host-side `set_data` would not be seen (docs/expansion.md)."""
     for gate in gates:
         ops.assign(gate, value)
     return True
