@@ -89,7 +89,11 @@ def package_worker(scale: str, job: str):
         def forward_backward(x, t):
             return gradients(x, t)  # all of it: a graph that returned the loss alone would drop the backward
 
-        compiled = ms.jit(forward_only if job == "forward" else forward_backward)
+        try:  # as the package compiles its graphs (on the CPU: without MindSpore's queue thread)
+            from network_expansion.graphs import compiled as jit
+        except ImportError:  # versions before 2026-12-01
+            jit = ms.jit
+        compiled = jit(forward_only if job == "forward" else forward_backward)
 
         def run(steps):
             for _ in range(steps):
