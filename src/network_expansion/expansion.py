@@ -184,11 +184,6 @@ class EMA:
         for mine, theirs in zip(self.network.get_parameters(), network.get_parameters()):
             mine.set_data(theirs.value().copy())
 
-    def copy_to(self, network) -> None:
-        """Write the averages into `network` (of the same architecture)."""
-        for mine, theirs in zip(self.network.get_parameters(), network.get_parameters()):
-            theirs.set_data(mine.value().copy())
-
     def update(self) -> None:
         """One step of the average, as its own compiled graph."""
         self._jitted()
