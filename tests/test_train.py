@@ -320,3 +320,42 @@ def test_resume_refuses_a_changed_recipe(uninterrupted):
     trainer, _, out = uninterrupted
     with pytest.raises(ConfigError, match=r"lr=0.1 \(saved 0.002\).*Only epochs, log_every can change"):
         Trainer.resume(out / "checkpoint.ckpt", trainer.train_data, progress=False, changes={"lr": 0.1})
+
+
+def test_adamw_is_pytorchs_with_bias_correction_per_cohort_of_moments():
+    """Two cohorts: `a`'s moments carried from step 0 (as `carry_moments` keeps them), `b`'s
+    started at step 3, the first step this optimizer takes; against PyTorch's AdamW in NumPy."""
+    from network_expansion.recipe import AdamW
+
+    rng = np.random.default_rng(0)
+    values = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(4)}
+    params = {k: ms.Parameter(ms.Tensor(v.astype(np.float32)), name=k) for k, v in values.items()}
+    schedule = WarmupCosine(1e-2, 1e-4, 2, 10)
+    optimizer = AdamW([{"params": [params["a"]], "weight_decay": 0.1, "lr": schedule},
+                       {"params": [params["b"]], "weight_decay": 0.0, "lr": schedule}], schedule, born=[0, 3])
+    optimizer.global_step.set_data(ms.Tensor(np.array([3], np.int32)))
+    m = {"a": rng.standard_normal((3, 4)) * 0.1, "b": np.zeros(4)}
+    v = {"a": rng.random((3, 4)) * 0.01, "b": np.zeros(4)}
+    optimizer.moments1[0].set_data(ms.Tensor(m["a"].astype(np.float32)))
+    optimizer.moments2[0].set_data(ms.Tensor(v["a"].astype(np.float32)))
+
+    def step(grads):
+        return optimizer(grads)
+
+    compiled = ms.jit(step)
+    born, decay = {"a": 0, "b": 3}, {"a": 0.1, "b": 0.0}
+    fresh = params["b"].asnumpy().copy()
+    for s in range(3, 8):
+        grads = {k: rng.standard_normal(x.shape) for k, x in values.items()}
+        compiled((ms.Tensor(grads["a"].astype(np.float32)), ms.Tensor(grads["b"].astype(np.float32))))
+        lr = schedule.value(s)
+        for k in values:  # torch.optim.AdamW's update, in float64
+            t = s - born[k] + 1
+            values[k] = values[k] * (1 - lr * decay[k])
+            m[k] = 0.9 * m[k] + 0.1 * grads[k]
+            v[k] = 0.999 * v[k] + 0.001 * grads[k] ** 2
+            values[k] = values[k] - lr * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)
+        for k in values:
+            np.testing.assert_allclose(params[k].asnumpy(), values[k], rtol=1e-5, atol=1e-6)
+        if s == 3:  # fresh moments' first step moves each weight by the learning rate (uncorrected: 3.16x)
+            np.testing.assert_allclose(np.abs(params["b"].asnumpy() - fresh), schedule.value(3), rtol=1e-3)

@@ -264,8 +264,13 @@ class Growth:
 
     order: list
     ema: EMA
-    moments: dict = field(default_factory=dict)  # id(parameter) -> (m1, m2) arrays
+    moments: dict = field(default_factory=dict)  # id(parameter) -> (m1, m2, the step they started)
     gates: list = field(default_factory=list)
+
+    def born(self, network) -> dict:
+        """`{name: step}`: when the carried moments started, for `build_optimizer(born=...)`
+        (their bias correction goes on counting)."""
+        return {p.name: self.moments[id(p)][2] for p in network.get_parameters() if id(p) in self.moments}
 
     def hand_over(self, optimizer) -> None:
         """Give `optimizer` (rebuilt for the grown model) the carried moments."""
@@ -300,8 +305,9 @@ def grow(network: VisionTransformer, depth: int, *, ema: EMA | None = None, exac
         ema.network.fold_gates()
     moments = {}
     if optimizer is not None:
-        moments = {id(p): (m1.asnumpy(), m2.asnumpy())
-                   for p, m1, m2 in zip(optimizer.parameters, optimizer.moments1, optimizer.moments2)}
+        born = getattr(optimizer, "born", (0,) * len(optimizer.parameters))
+        moments = {id(p): (m1.asnumpy(), m2.asnumpy(), b)
+                   for p, m1, m2, b in zip(optimizer.parameters, optimizer.moments1, optimizer.moments2, born)}
     order = expand(network, ema, depth, mode)
     gates = []
     if exact:

@@ -66,6 +66,7 @@ class TrainConfig:
     growth_gate: str = "ramp"        # an exact growth's gates: "ramp" (linear to 1) or "learned" (from 0)
     growth_ramp: int | None = None   # steps of the ramp; None: one epoch
     carry_moments: bool = False      # keep AdamW moments of existing blocks at growth
+    bias_correction: bool = True     # AdamW as PyTorch's; False: MindSpore's AdamWeightDecay (none)
     restart_lr: bool = False         # restart the cosine per stage, without warm-up
     scale_weight_decay: bool = False  # weight decay * depth / final depth
     layer_decay: float | None = None  # layer-wise lr decay (fine-tuning), e.g. 0.75
@@ -164,20 +165,102 @@ class WarmupCosine(LearningRateSchedule):
         return self.scale * ops.select(step < self.warmup, warm, cosine)
 
 
+class AdamW(nn.AdamWeightDecay):
+    """PyTorch's AdamW (bias-corrected, decoupled weight decay) on MindSpore's fused kernel.
+
+    MindSpore's `nn.AdamWeightDecay` has no bias correction: its first update moves a weight
+    by about 3x the learning rate (`0.1 g / sqrt(0.001 g^2)`), and the moments take about a
+    thousand steps to settle; so does every restart of the moments at a growth, at the peak
+    learning rate. Here the fused kernel is given `lr * c` with `c = sqrt(1 - b2^t) / (1 - b1^t)`,
+    `eps * sqrt(1 - b2^t)` and `weight_decay / c`, which is PyTorch's update exactly. `t`
+    counts the steps of each parameter's own moments: `born[i]` is the global step at which
+    those of parameter `i` started (a growth that carries moments has two cohorts).
+    `bias_correction=False` is MindSpore's optimizer as it is.
+    """
+
+    def __init__(self, param_groups, schedule, born, beta1=0.9, beta2=0.999, eps=1e-8, bias_correction=True):
+        super().__init__(param_groups, learning_rate=schedule, beta1=beta1, beta2=beta2, eps=eps)
+        self.bias_correction = bool(bias_correction)
+        self.born = tuple(int(b) for b in born)
+        if len(self.born) != len(self.parameters):
+            raise ConfigError(f"{len(self.born)} birth steps for {len(self.parameters)} parameters")
+        # The learning rates, decays and corrections are computed once per distinct
+        # (schedule, decay, cohort), a handful of scalars, not once per tensor.
+        schedules, combos, self.cohorts = [], [], tuple(sorted(set(self.born)))
+        self.combo_of = ()
+        for learning_rate, decay, born_at in zip(self.learning_rate, self.weight_decay, self.born):
+            if all(learning_rate is not s for s in schedules):
+                schedules.append(learning_rate)
+            key = (next(i for i, s in enumerate(schedules) if s is learning_rate),
+                   float(decay.asnumpy()) if isinstance(decay, ms.Tensor) else float(decay),
+                   self.cohorts.index(born_at))
+            if key not in combos:
+                combos.append(key)
+            self.combo_of += (combos.index(key),)
+        self.schedules = nn.CellList(schedules, auto_prefix=False)
+        self.combos = tuple(combos)
+
+    def construct(self, gradients):
+        step = self.global_step.astype(ms.float32).reshape(())
+        rates = ()
+        for schedule in self.schedules:
+            rates += (schedule(self.global_step).reshape(()),)
+        scales, epsilons = (), ()
+        for born_at in self.cohorts:
+            if self.bias_correction:
+                t = ops.maximum(step - born_at + 1.0, 1.0)  # >= 1: a step before `born` is no step
+                root = ops.sqrt(1.0 - ops.pow(self.beta2.reshape(()), t))
+                scales += (root / (1.0 - ops.pow(self.beta1.reshape(()), t)),)
+                epsilons += (self.eps.reshape(()) * root,)
+            else:
+                scales += (ms.Tensor(1.0, ms.float32),)
+                epsilons += (self.eps.reshape(()),)
+        combo_lr, combo_decay, combo_eps = (), (), ()
+        for schedule, decay, cohort in self.combos:
+            combo_lr += (rates[schedule] * scales[cohort],)
+            combo_decay += (decay / scales[cohort],)
+            combo_eps += (epsilons[cohort],)
+        lrs, decays, epsilons = (), (), ()
+        for combo in self.combo_of:
+            lrs += (combo_lr[combo],)
+            decays += (combo_decay[combo],)
+            epsilons += (combo_eps[combo],)
+        self.assignadd(self.global_step, self.global_step_increase_tensor)
+        return self.hyper_map(ops.partial(_fused_update, self.fused_opt, self.beta1, self.beta2), epsilons, lrs,
+                              decays, self._parameters, self.moments1, self.moments2, gradients, self.decay_flags)
+
+    def born_by_name(self) -> dict:
+        """`{parameter name: the step its moments started}` (for a checkpoint)."""
+        return {p.name: b for p, b in zip(self.parameters, self.born)}
+
+
+_fused_update = ops.MultitypeFuncGraph("fused_update")
+
+
+@_fused_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                        "Tensor", "Bool")
+def _fused_update_one(kernel, beta1, beta2, eps, lr, decay, parameter, m, v, gradient, decays):
+    kernel(parameter, m, v, lr, beta1, beta2, eps, decay if decays else ops.zeros_like(decay),
+           ops.cast(gradient, parameter.dtype))
+    return True
+
+
 @dataclass(frozen=True)
 class Optimization:
-    """What `build_optimizer` builds: MindSpore's AdamW, the unscaled learning-rate schedule
-    (for logs) and each parameter's layer-wise scale of it."""
+    """What `build_optimizer` builds: the AdamW, the unscaled learning-rate schedule (for
+    logs) and each parameter's layer-wise scale of it."""
 
-    optimizer: nn.AdamWeightDecay
+    optimizer: AdamW
     lr_schedule: WarmupCosine
     lr_scales: dict
 
 
 def build_optimizer(model, config: TrainConfig, steps_per_epoch: int, final_depth: int,
-                    offset: int = 0) -> Optimization:
+                    offset: int = 0, born: dict | None = None) -> Optimization:
     """AdamW with parameter groups by weight decay and (optionally) layer-wise lr scale; the
-    model says which parameters are exempt from decay and which layer each belongs to."""
+    model says which parameters are exempt from decay and which layer each belongs to.
+    `born`: `{parameter name: the step its moments started}` for moments carried over
+    (the others start at `offset`)."""
     total = config.epochs * steps_per_epoch
     warmup = 0 if (config.restart_lr and offset) else config.warmup_epochs * steps_per_epoch
     decay = config.weight_decay * (model.depth / final_depth if config.scale_weight_decay else 1.0)
@@ -194,9 +277,13 @@ def build_optimizer(model, config: TrainConfig, steps_per_epoch: int, final_dept
         raise ConfigError("nothing to train: the backbone is frozen and the network has no head")
     offset_for_lr = offset if config.restart_lr else 0
     length = total - offset_for_lr
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))
     param_groups = [{"params": params, "weight_decay": 0.0 if exempt else decay,
                      "lr": WarmupCosine(config.lr, config.min_lr, warmup, length, scale, offset_for_lr)}
-                    for (exempt, scale), params in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))]
+                    for (exempt, scale), params in ordered]
+    born = born or {}
+    births = [born.get(p.name, offset) for _, params in ordered for p in params]
     schedule = WarmupCosine(config.lr, config.min_lr, warmup, length, 1.0, offset_for_lr)
-    return Optimization(optimizer=nn.AdamWeightDecay(param_groups, learning_rate=schedule), lr_schedule=schedule,
+    optimizer = AdamW(param_groups, schedule, births, bias_correction=config.bias_correction)
+    return Optimization(optimizer=optimizer, lr_schedule=schedule,
                         lr_scales={p.name: scale for (_, scale), params in groups.items() for p in params})

@@ -83,13 +83,16 @@ class Trainer:
 
     # -- building blocks -------------------------------------------------------------
 
-    def _rebuild(self, ema: EMA, growth=None):
-        """(Re)build EMA, optimizer and the jitted steps for the model's current depth."""
+    def _rebuild(self, ema: EMA, growth=None, born=None):
+        """(Re)build EMA, optimizer and the jitted steps for the model's current depth.
+        `born`: when carried moments started (`{name: step}`; the others at the stage's start)."""
         self.ema = ema
         start = self.schedule.stage(self._clock).start
         stage_start = start if self.schedule.unit == "step" else start * len(self.train_data)
+        if growth is not None:
+            born = growth.born(self.model)
         optimization = build_optimizer(self.model, self.config, len(self.train_data), self.final_depth,
-                                         offset=stage_start)
+                                         offset=stage_start, born=born)
         self.optimizer, self.lr_schedule = optimization.optimizer, optimization.lr_schedule
         self.optimizer.global_step.set_data(ms.Tensor(np.array([self.step], np.int32)))
         if growth is not None:
@@ -319,7 +322,8 @@ class Trainer:
                  "train_config": dataclasses.asdict(self.config), "history": self.history.records,
                  "wall_seconds": self.wall_seconds, "class_names": self.model.class_names,
                  "batch_size": self.train_data.batch_size, "gated_blocks": self.model.gated_blocks(),
-                 "ramp": dataclasses.asdict(self._ramp) if self._ramp else None}
+                 "ramp": dataclasses.asdict(self._ramp) if self._ramp else None,
+                 "moments_born": self.optimizer.born_by_name()}
         entries = [{"name": p.name, "data": p.value()} for p in self.model.get_parameters()]
         entries += [{"name": p.name, "data": p.value()} for p in self.ema.network.get_parameters()]
         entries += [{"name": p.name, "data": p.value()} for p in self.optimizer.moments1]
@@ -382,7 +386,7 @@ class Trainer:
             parameter.set_data(loaded[parameter.name].value())
         ema = EMA(model, config.ema_decay)
         ema.load_state({name: loaded[name].asnumpy() for name in loaded if name.startswith("ema.")})
-        trainer._rebuild(ema=ema)
+        trainer._rebuild(ema=ema, born=state.get("moments_born"))
         for moment in list(trainer.optimizer.moments1) + list(trainer.optimizer.moments2):
             moment.set_data(loaded[moment.name].value())
         return trainer
