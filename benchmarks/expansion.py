@@ -1,7 +1,9 @@
 """Network expansion against full-depth training: speed-up and accuracy, several seeds.
 
     .venv/bin/python benchmarks/expansion.py [--seeds 0 1 2] [--epochs 48] [--schedules 6,12 4,8,12 8,12]
-        [--growth reference exact learned] [--carry-moments] [--plot FILE] [--output DIR]
+        [--growth reference exact learned] [--width-schedules 6x32,12x64] [--width-split random ema equal]
+        [--width-lr same scaled]
+        [--carry-moments] [--plot FILE] [--output DIR]
 
 The longer version of `network-expansion demo` (scikit-learn's digits, the same small ViT
 for every run). For every seed it trains the full-depth baseline and each schedule from the
@@ -17,6 +19,9 @@ growth), the per-epoch evaluations and checkpoints, as a user pays them.
 `learned` (gates learned from 0, row `6,12 learned`). The second table gives, per run with
 a growth, top-1 at the epoch before the (first) growth, right after it and at the end of
 the epoch after it, and the final top-1 paired with the reference growth of the same seed.
+`--width-schedules` (`6x32,12x64`: half width and half depth, then the full model) run once
+per `--width-split` and `--width-lr` (row `6x32,12x64 random/same`), their depth growth exact;
+its bound is the blocks' FLOPs at each stage's shape (`ExpansionSchedule.speedup_bound`).
 `--carry-moments` adds, for each schedule, a run that carries the AdamW moments across
 growths (row `6,12 carried`). `DIR/results.json` is written after every seed; `--plot`
 draws top-1 against time for the first seed's runs.
@@ -41,6 +46,12 @@ def main():
     parser.add_argument("--schedules", nargs="+", default=["6,12", "4,8,12", "8,12"])
     parser.add_argument("--growth", nargs="+", choices=("reference", "exact", "learned"), default=["reference"],
                         help="how each schedule grows (default: reference)")
+    parser.add_argument("--width-schedules", nargs="+", default=[],
+                        help="schedules that grow the width too, e.g. 6x32,12x64 (their depth growth is exact)")
+    parser.add_argument("--width-split", nargs="+", choices=("random", "ema", "equal"), default=["random"],
+                        help="for --width-schedules: how copied columns split")
+    parser.add_argument("--width-lr", nargs="+", choices=("same", "scaled"), default=["same"],
+                        help="for --width-schedules: the grown matrices' learning rate")
     parser.add_argument("--plot", help="draw top-1 against wall time of the first seed's runs to this file")
     parser.add_argument("--carry-moments", action="store_true",
                         help="also run each schedule with the AdamW moments carried across growths")
@@ -53,6 +64,10 @@ def main():
     variants = {"full": (None, {})}
     for schedule in args.schedules:
         variants.update({schedule + growths[g][0]: (schedule, growths[g][1]) for g in args.growth})
+    for schedule in args.width_schedules:  # one run per split and learning-rate rule, the depth exact
+        variants.update({f"{schedule} {split}/{lr}": (schedule, {"growth": "exact", "width_split": split,
+                                                                 "width_lr": lr})
+                         for split in args.width_split for lr in args.width_lr})
     if args.carry_moments:
         variants.update({f"{s} carried": (s, {"carry_moments": True}) for s in args.schedules})
     runs = {key: [] for key in variants}
@@ -66,7 +81,7 @@ def main():
         (output / "results.json").write_text(json.dumps({"epochs": args.epochs, "runs": runs}, indent=1))
     print(f"\nseeds {' '.join(map(str, args.seeds))}, {args.epochs} epochs, {base.model.width}-wide ViT on digits, "
           f"runs of a seed taking turns every epoch; logs in {output}\n")
-    print(table(runs, args.epochs))
+    print(table(runs, args.epochs, base.model))
     print()
     print(growth_table(runs))
     if args.plot:
@@ -77,7 +92,7 @@ def main():
                             Path(args.plot)))
 
 
-def table(runs: dict, epochs: int) -> str:
+def table(runs: dict, epochs: int, model) -> str:
     """The results as a Markdown table (each row paired, seed by seed, with the baseline)."""
     spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     by_seed = {key: {r["seed"]: r for r in rows} for key, rows in runs.items()}
@@ -90,7 +105,7 @@ def table(runs: dict, epochs: int) -> str:
             continue
         wall = statistics.mean(r["wall_seconds"] for r in rows.values())
         schedule = key.split()[0]
-        bound = 1.0 if key == "full" else ExpansionSchedule.of(schedule, epochs).speedup_bound(epochs)
+        bound = 1.0 if key == "full" else ExpansionSchedule.of(schedule, epochs).speedup_bound(epochs, model)
         speedup = full_time / wall
         top1 = [100 * r["top1"] for r in rows.values()]
         ema = [100 * r["ema_top1"] for r in rows.values()]

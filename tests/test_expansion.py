@@ -24,7 +24,24 @@ def test_speedup_bound_is_the_inverse_of_the_blocks_share_of_work(depths, bound)
     assert ExpansionSchedule.of(depths, 300).speedup_bound(300) == pytest.approx(bound)
 
 
-@pytest.mark.parametrize("text,message", [("12,6", "must grow"), ("3,12", "at most double"), ("6,x", "expected depths")])
+def test_the_bound_of_a_schedule_that_grows_the_width_counts_the_blocks_flops():
+    from network_expansion import ViTConfig
+
+    # multiply-adds per block: tokens * (4 w^2 + 2 w mlp) + 2 tokens^2 w, by hand
+    vit_b = ViTConfig(image_size=224, num_classes=1000)
+    wide, narrow = 197 * (4 * 768 ** 2 + 2 * 768 * 3072) + 2 * 197 ** 2 * 768, \
+        197 * (4 * 384 ** 2 + 2 * 384 * 1536) + 2 * 197 ** 2 * 384
+    schedule = ExpansionSchedule.of("6x384,12x768", 300)
+    assert [(s.depth, s.width, s.start) for s in schedule.stages] == [(6, 384, 0), (12, 768, 150)]
+    assert schedule.speedup_bound(300, vit_b) == pytest.approx(24 * wide / (6 * narrow + 12 * wide))
+    assert schedule.speedup_bound(300, vit_b) == pytest.approx(1.77, abs=0.005)
+    # depth alone: the depths' share, with or without the model
+    assert ExpansionSchedule.of("6,12", 300).speedup_bound(300, vit_b) == pytest.approx(4 / 3)
+    with pytest.raises(ConfigError, match="give its config"):
+        schedule.speedup_bound(300)
+
+
+@pytest.mark.parametrize("text,message", [("12,6", "must grow"), ("3,12", "at most double"), ("6,x", "expected stages")])
 def test_invalid_schedules_are_refused(text, message):
     with pytest.raises(ConfigError, match=message):
         ExpansionSchedule.of(text, 10)

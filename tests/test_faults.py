@@ -296,7 +296,7 @@ def test_a_huge_or_binary_card_is_refused(tmp_path):
     (["predict", "cat.jpg", "--topk", "0"], "--topk", "'0'", "a whole number >= 1"),
     (["evaluate", "val", "--batch-size", "0"], "--batch-size", "'0'", "a whole number >= 1"),
     (["evaluate", "val", "--workers", "-1"], "--workers", "'-1'", "a whole number >= 1"),
-    (["train", "--data", "d", "--schedule", "2x32"], "--schedule", "'2x32'", "depths separated by commas"),
+    (["train", "--data", "d", "--schedule", "2y32"], "--schedule", "'2y32'", "stages separated by commas"),
     (["train", "--data", "d", "--schedule", "12,6"], "--schedule", "(12, 6)", "grow from stage to stage"),
     (["train", "--data", "d", "--epochs", "0"], "--epochs", "'0'", "a whole number >= 1"),
     (["train", "--data", "d", "--lr", "-1"], "--lr", "'-1'", "a number > 0"),

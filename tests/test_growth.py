@@ -5,7 +5,7 @@ import json
 import mindspore as ms
 import numpy as np
 import pytest
-from conftest import SMALL, learnable_data, parameters_of, small_trainer, stop_at_step, tiny_config
+from conftest import SMALL, learnable_data, off_defaults, parameters_of, small_trainer, stop_at_step, tiny_config
 
 import network_expansion as ne
 from network_expansion import ConfigError, TrainConfig, Trainer, VisionTransformer, ViTConfig
@@ -13,22 +13,12 @@ from network_expansion.expansion import EMA, Ramp
 from network_expansion.graphs import compiled_forward
 from network_expansion.train import read_training_state
 
-def _off_defaults(network, seed=0):
-    """Every weight random, LayerNorm gains off 1 and every bias off 0: nothing that makes a
-    copied block an identity by accident."""
-    rng = np.random.default_rng(seed)
-    for p in network.get_parameters():
-        values = rng.standard_normal(p.shape).astype(np.float32) * 0.3
-        if p.name.endswith("gamma"):
-            values += 1.0
-        p.set_data(ms.Tensor(values))
-    return network
 
 
 def _grown(exact, mode="insert", gate="ramp"):
-    network = _off_defaults(VisionTransformer(tiny_config(depth=3)))
+    network = off_defaults(VisionTransformer(tiny_config(depth=3)))
     ema = EMA(network, 0.9)
-    _off_defaults(ema.network, seed=1)  # the EMA's own weights, told apart from the network's
+    off_defaults(ema.network, seed=1)  # the EMA's own weights, told apart from the network's
     network.set_train(False)
     images = ms.Tensor(np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32))
     before = network(images).asnumpy()

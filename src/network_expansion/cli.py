@@ -96,11 +96,11 @@ def _accepting(accepted):
 
 
 def _schedule(text):
-    from .expansion import ExpansionSchedule, parse_depths
+    from .expansion import ExpansionSchedule, parse_shapes
 
     try:
-        depths = parse_depths(text)
-        ExpansionSchedule.even(depths, len(depths))  # growing, at most doubling
+        shapes = parse_shapes(text)
+        ExpansionSchedule.even(shapes, len(shapes))  # growing, at most doubling
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
@@ -185,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     from .expansion import GATES, GROWTHS, MODES, STAGE_UNITS
+    from .width import SPLITS, WIDTH_LR
     from .model import RANGES as MODEL, ViTConfig
     from .recipe import RANGES as RECIPE, TrainConfig
 
@@ -192,8 +193,9 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a ViT from scratch, with network expansion")
     train.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree of training images")
     train.add_argument("--val", metavar="DIR", help="ImageFolder tree of validation images")
-    train.add_argument("--schedule", type=_schedule_or_none, help=f"depths of the stages (default {DEFAULT_SCHEDULE}); "
-                                                                   f"'none' trains at --depth from the start")
+    train.add_argument("--schedule", type=_schedule_or_none,
+                       help=f"the stages: depths, or DEPTHxWIDTH to grow the width too, e.g. 6x384,12x768 "
+                            f"(default {DEFAULT_SCHEDULE}); 'none' trains at --depth from the start")
     train.add_argument("--stage-starts", type=_starts, help="epoch each stage starts at, e.g. 0,150 "
                                                             "(default: equal stages)")
     train.add_argument("--stage-unit", choices=STAGE_UNITS,
@@ -206,6 +208,10 @@ def _parser() -> argparse.ArgumentParser:
                                                            f"or are learned from 0 (default {TrainConfig.growth_gate})")
     train.add_argument("--growth-ramp", type=_accepting(RECIPE["growth_ramp"]), metavar="STEPS",
                        help="steps of the gates' ramp (default: one epoch)")
+    train.add_argument("--width-split", choices=SPLITS,
+                       help=f"how a width growth splits the copied columns (default {TrainConfig.width_split})")
+    train.add_argument("--width-lr", choices=WIDTH_LR, help=f"'scaled': a matrix whose input a width growth widened "
+                                                          f"learns at lr * old / new width (default {TrainConfig.width_lr})")
 
     def model(name):
         return _accepting(MODEL[name])
@@ -313,7 +319,8 @@ _RECIPE_FLAGS = {"epochs": "epochs", "lr": "lr", "warmup_epochs": "warmup_epochs
                  "clip_grad": "clip_grad", "ema_decay": "ema_decay", "seed": "seed", "log_every": "log_every",
                  "schedule": "schedule", "stage_starts": "stage_starts", "stage_unit": "stage_unit",
                  "mode": "expansion_mode", "growth": "growth", "growth_gate": "growth_gate",
-                 "growth_ramp": "growth_ramp", "freeze_backbone": "freeze_backbone", "layer_decay": "layer_decay"}
+                 "growth_ramp": "growth_ramp", "width_split": "width_split", "width_lr": "width_lr",
+                 "freeze_backbone": "freeze_backbone", "layer_decay": "layer_decay"}
 # Flags of the architecture -> ViTConfig fields.
 _MODEL_FLAGS = {"depth": "depth", "width": "width", "mlp_width": "mlp_width", "patch_size": "patch_size",
                 "num_heads": "num_heads", "image_size": "image_size", "drop_path": "drop_path_rate",
@@ -402,9 +409,17 @@ def _train(args) -> int:
     schedule = args.schedule or (None if args.depth else DEFAULT_SCHEDULE)
     config = _train_config(args, schedule=None if schedule == NO_SCHEDULE else schedule)
     num_classes = args.num_classes or len(ImageFolder.scan(args.data).classes)
-    first = config.first_depth(args.depth or ViTConfig.depth)
-    return _run_training(args, lambda: create_network("NetworkExpansion", depth=first, num_classes=num_classes,
-                                                      seed=config.seed, **_model_overrides(args)), config)
+    overrides = _model_overrides(args)
+    width = config.final_width(overrides.get("width", ViTConfig.width))
+    if overrides.get("width", width) != width:
+        raise ConfigError(f"--width {overrides['width']} and --schedule {schedule} end at different widths: "
+                          f"give one of them")
+    final = ViTConfig(**{**overrides, "width": width, "depth": config.final_depth(args.depth or ViTConfig.depth),
+                         "num_classes": num_classes})
+    first = config.first_model(final)
+    overrides.update(width=first.width, num_heads=first.num_heads, mlp_width=first.mlp_width)
+    return _run_training(args, lambda: create_network("NetworkExpansion", depth=first.depth, num_classes=num_classes,
+                                                      seed=config.seed, **overrides), config)
 
 
 def _finetune(args) -> int:

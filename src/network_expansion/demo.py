@@ -48,9 +48,10 @@ class DemoSettings:
     batch_size: int = 32
 
     def __post_init__(self):
-        if self.recipe.final_depth(self.model.depth) != self.model.depth:
-            raise ConfigError(f"the demo's schedule {self.recipe.schedule} must end at the model's depth "
-                              f"{self.model.depth}")
+        if (self.recipe.final_depth(self.model.depth), self.recipe.final_width(self.model.width)) != \
+                (self.model.depth, self.model.width):
+            raise ConfigError(f"the demo's schedule {self.schedule_text} must end at the model's depth "
+                              f"{self.model.depth} and width {self.model.width}")
 
     def changed(self, *, epochs=None, schedule=None, width=None, seed=None) -> "DemoSettings":
         """These settings with the given values: a `schedule` (text or depths) also sets the
@@ -98,7 +99,7 @@ def trainer_for(settings: DemoSettings, schedule, output_dir: Path, progress: bo
     train_x, train_y, test_x, test_y = digits(settings.model.image_size, seed)
     config = dataclasses.replace(settings.recipe, schedule=schedule, **(changes or {}))
     ms.set_seed(seed)
-    model = VisionTransformer(dataclasses.replace(settings.model, depth=config.first_depth(settings.model.depth)))
+    model = VisionTransformer(config.first_model(settings.model))
     return Trainer(model, ArrayData(train_x, train_y, settings.batch_size, flip=False),
                    ArrayData(test_x, test_y, 256, shuffle=False, drop_remainder=False), config,
                    output_dir=output_dir, progress=progress, name=name)
@@ -151,7 +152,7 @@ def compare(settings: DemoSettings = DemoSettings(), output_dir="expansion-demo"
     results = race(settings, {"full": (None, {}), "expansion": (schedule, {})}, output_dir, progress)
     full, grown = results["full"], results["expansion"]
     full["run"], grown["run"] = f"full depth {settings.model.depth}", f"expansion {settings.schedule_text}"
-    bound = ExpansionSchedule.of(schedule, epochs).speedup_bound(epochs)
+    bound = ExpansionSchedule.of(schedule, epochs).speedup_bound(epochs, settings.model)
     speedup = full["wall_seconds"] / grown["wall_seconds"]
     table = format_table([full, grown], speedup, bound)
     plot_path = plot([full, grown], output_dir / "accuracy_vs_time.png")

@@ -23,6 +23,7 @@ ramps to 1 over a number of steps (`Ramp`, set inside the train step) or is lear
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import mindspore as ms
@@ -31,6 +32,7 @@ from mindspore import nn, ops
 from .errors import ConfigError
 from .graphs import compiled
 from .model import VisionTransformer
+from .width import WidthMaps
 
 MODES = ("insert", "stack")
 STAGE_UNITS = ("epoch", "step")  # what a schedule's starts count
@@ -39,32 +41,85 @@ GATES = ("ramp", "learned")       # how an exact growth's gates go from 0: a lin
 
 
 @dataclass(frozen=True)
+class Shape:
+    """What a stage trains: its depth and its width (None: the width before it).
+    Text: `'6'`, `'6x384'` (`Shape.parse`)."""
+
+    depth: int
+    width: int | None = None
+
+    @classmethod
+    def of(cls, value) -> "Shape":
+        """A shape from a depth, `'6x384'`, `(6, 384)`, `{'depth': 6, 'width': 384}` or a shape."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls(**value)
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, (tuple, list)):
+            return cls(*value)
+        return cls(value)
+
+    @classmethod
+    def parse(cls, text: str) -> "Shape":
+        parts = text.strip().lower().split("x")
+        if len(parts) > 2 or not all(part.strip().isdigit() for part in parts):
+            raise ConfigError(f"stage {text!r}: expected DEPTH or DEPTHxWIDTH, e.g. 6 or 6x384")
+        return cls(*(int(part) for part in parts))
+
+    def __str__(self):
+        return f"{self.depth}" + (f"x{self.width}" if self.width is not None else "")
+
+
+@dataclass(frozen=True)
 class Stage:
-    """One stage of a schedule: its depth and the epoch (or step) it starts at."""
+    """One stage of a schedule: its depth, the epoch (or step) it starts at, and its width
+    (None: the model's own, unchanged)."""
 
     depth: int
     start: int
+    width: int | None = None
 
 
 @dataclass(frozen=True)
 class ExpansionSchedule:
-    """Depths by stage and the epoch (or, with `unit='step'`, the step) each stage starts at.
+    """Depths (and widths) by stage and the epoch (or, with `unit='step'`, the step) each
+    stage starts at. A width of None keeps the width of the stage before (the model's, for
+    the first).
 
     >>> ExpansionSchedule.even((6, 12), epochs=300).starts
     (0, 150)
+    >>> ExpansionSchedule.of("6x32,12x64", 48).stage(30)
+    Stage(depth=12, start=24, width=64)
     """
 
     depths: tuple
     starts: tuple
     unit: str = "epoch"
+    widths: tuple = ()
 
     def __post_init__(self):
         depths, starts = tuple(self.depths), tuple(self.starts)
+        widths = tuple(self.widths) or (None,) * len(depths)
         problems = []
+        resolved, last = [], None
+        for width in widths:  # None: the stage before's
+            last = width if width is not None else last
+            resolved.append(last)
         if not depths or any(not isinstance(d, int) or d < 1 for d in depths):
             problems.append(f"depths must be positive integers, got {depths}")
-        elif any(b <= a for a, b in zip(depths, depths[1:])):
-            problems.append(f"depths must grow from stage to stage, got {depths}")
+        elif len(widths) != len(depths) or any(w is not None and (not isinstance(w, int) or w < 1) for w in widths):
+            problems.append(f"widths must be positive integers or None, one per stage, got {widths}")
+        elif widths[0] is None and any(w is not None for w in widths):
+            problems.append(f"a schedule that grows the width must give the first stage's width too, e.g. "
+                            f"{depths[0]}x384,{depths[-1]}x768")
+        elif any(w0 is not None and w1 < w0 for w0, w1 in zip(resolved, resolved[1:])):
+            problems.append(f"widths cannot shrink from stage to stage, got {widths}")
+        elif any(b < a or (b == a and w1 == w0) for a, b, w0, w1 in zip(depths, depths[1:], resolved, resolved[1:])):
+            problems.append(f"every stage must grow the depth or the width, got "
+                            f"{', '.join(str(Shape(d, w)) for d, w in zip(depths, widths))}" if any(widths) else
+                            f"depths must grow from stage to stage, got {depths}")
         elif any(b > 2 * a for a, b in zip(depths, depths[1:])):
             problems.append(f"a stage can at most double the depth (each new block copies one "
                             f"trained block), got {depths}")
@@ -76,27 +131,29 @@ class ExpansionSchedule:
             raise ConfigError("invalid expansion schedule: " + "; ".join(problems))
         object.__setattr__(self, "depths", depths)
         object.__setattr__(self, "starts", starts)
+        object.__setattr__(self, "widths", tuple(resolved))
 
     @classmethod
     def even(cls, depths, epochs: int, unit: str = "epoch") -> "ExpansionSchedule":
-        """The reference split: each stage lasts `epochs // len(depths)` epochs (or steps)."""
-        depths = tuple(int(d) for d in depths)
-        length = epochs // len(depths)
+        """The reference split: each stage lasts `epochs // len(depths)` epochs (or steps).
+        `depths`: depths, or shapes (`Shape`, `'6x384'`) for stages that also grow the width."""
+        shapes = tuple(Shape.of(d) for d in depths)
+        length = epochs // len(shapes)
         if length < 1:
-            raise ConfigError(f"{epochs} {unit}s cannot hold {len(depths)} stages")
-        return cls(depths, tuple(i * length for i in range(len(depths))), unit)
+            raise ConfigError(f"{epochs} {unit}s cannot hold {len(shapes)} stages")
+        return cls.of(shapes, epochs, tuple(i * length for i in range(len(shapes))), unit)
 
     @classmethod
     def of(cls, depths, length: int, starts=None, unit: str = "epoch") -> "ExpansionSchedule":
-        """Depths `(6, 12)` evenly split over `length` epochs (or steps, with `unit='step'`),
-        or starting at `starts` `(0, 40)`; text such as `'6,12'` is parsed (`parse_depths`, `parse_starts`)."""
-        if isinstance(depths, str):
-            depths = parse_depths(depths)
+        """Depths `(6, 12)` (or shapes: `'6x32,12x64'`) evenly split over `length` epochs (or
+        steps, with `unit='step'`), or starting at `starts` `(0, 40)`; text is parsed
+        (`parse_shapes`, `parse_starts`)."""
+        shapes = parse_shapes(depths) if isinstance(depths, str) else tuple(Shape.of(d) for d in depths)
         if isinstance(starts, str):
             starts = parse_starts(starts)
         if starts is None:
-            return cls.even(depths, length, unit)
-        return cls(tuple(depths), tuple(starts), unit)
+            return cls.even(shapes, length, unit)
+        return cls(tuple(s.depth for s in shapes), tuple(starts), unit, tuple(s.width for s in shapes))
 
     @classmethod
     def full(cls, depth: int) -> "ExpansionSchedule":
@@ -109,8 +166,8 @@ class ExpansionSchedule:
 
     @property
     def stages(self) -> tuple:
-        """`(Stage(depth, start), ...)` in order."""
-        return tuple(Stage(d, s) for d, s in zip(self.depths, self.starts))
+        """`(Stage(depth, start, width), ...)` in order."""
+        return tuple(Stage(d, s, w) for d, s, w in zip(self.depths, self.starts, self.widths))
 
     def stage(self, clock: int) -> "Stage":
         """The stage under way at `clock` (an epoch, or a step with `unit='step'`)."""
@@ -122,21 +179,54 @@ class ExpansionSchedule:
     def stage_at(self, epoch: int) -> int:
         return max(i for i, start in enumerate(self.starts) if start <= epoch)
 
-    def block_work(self, epochs: int) -> float:
-        """The blocks' share of the work of full-depth training (e.g. 0.75 for 6 -> 12)."""
-        return sum(self.depth_at(e) for e in range(epochs)) / (self.final_depth * epochs)
+    def block_work(self, epochs: int, config=None) -> float:
+        """The blocks' share of the work (FLOPs) of training at the last stage's shape
+        throughout (e.g. 0.75 for 6 -> 12). Stages that change the width need `config` (the
+        final `ViTConfig`: tokens and MLP ratio); for depth alone the share is the depths'."""
+        if config is None:
+            if any(w != self.widths[-1] for w in self.widths):
+                raise ConfigError("the work of a schedule that grows the width depends on the model: give its config")
+            return sum(self.depth_at(e) for e in range(epochs)) / (self.final_depth * epochs)
+        def work(stage):
+            return stage.depth * block_flops(config, stage.width or config.width)
+        return sum(work(self.stage(e)) for e in range(epochs)) / (work(self.stages[-1]) * epochs)
 
-    def speedup_bound(self, epochs: int) -> float:
-        """Upper bound of the speed-up: patch embedding and head are small."""
-        return 1.0 / self.block_work(epochs)
+    def speedup_bound(self, epochs: int, config=None) -> float:
+        """Upper bound of the speed-up from the blocks' FLOPs (patch embedding and head are
+        small): `1 / block_work`."""
+        return 1.0 / self.block_work(epochs, config)
 
     def __str__(self):
-        return " -> ".join(f"{d} (from {s})" for d, s in zip(self.depths, self.starts))
+        return " -> ".join(f"{Shape(d, w)} (from {s})" for d, s, w in zip(self.depths, self.starts, self.widths))
 
 
-def parse_depths(text) -> tuple:
-    """A schedule's depths from text: `'6,12'` -> (6, 12); `ConfigError` otherwise."""
-    return parse_numbers(text, "schedule", "depths separated by commas, e.g. 6,12")
+def shaped(config, depth: int, width: int | None = None):
+    """`config` (a `ViTConfig`) at `depth` and `width` (None: its own), with the heads at
+    its head dimension and the MLP at its ratio, as a width growth keeps them."""
+    width = config.width if width is None else width
+    if width % config.head_dim:
+        raise ConfigError(f"width {width} is not a multiple of the head dimension {config.head_dim}")
+    return dataclasses.replace(config, depth=depth, width=width, num_heads=width // config.head_dim,
+                               mlp_width=config.mlp_width * width // config.width)
+
+
+def block_flops(config, width: int) -> float:
+    """Multiply-adds of one block's forward pass at `width` (heads at `config`'s head
+    dimension, the MLP at its ratio): four projections, the MLP, and attention's two
+    token-by-token products."""
+    tokens = config.num_patches + 1
+    mlp = config.mlp_width * width / config.width
+    return tokens * (4 * width * width + 2 * width * mlp) + 2 * tokens * tokens * width
+
+
+def parse_shapes(text) -> tuple:
+    """A schedule's stages from text: `'6,12'` -> (Shape(6), Shape(12)), `'6x32,12x64'`
+    -> (Shape(6, 32), Shape(12, 64)); `ConfigError` otherwise."""
+    try:
+        return tuple(Shape.parse(part) for part in str(text).split(","))
+    except ConfigError:
+        raise ConfigError(f"schedule {text!r}: expected stages separated by commas, each DEPTH or "
+                          f"DEPTHxWIDTH, e.g. 6,12 or 6x384,12x768") from None
 
 
 def parse_starts(text) -> tuple:
@@ -280,24 +370,39 @@ class Growth:
                 m2.set_data(ms.Tensor(self.moments[id(parameter)][1]))
 
 
-def grow(network: VisionTransformer, depth: int, *, ema: EMA | None = None, exact: bool = False,
-         gate: str = "ramp", mode: str = "insert", optimizer=None) -> Growth:
-    """Grow `network` to `depth` blocks, with its EMA: the one place a growth happens.
+def grow(network: VisionTransformer, depth: int | None = None, *, width: int | None = None,
+         num_heads: int | None = None, mlp_width: int | None = None, split: str = "random", seed: int = 0,
+         ema: EMA | None = None, exact: bool = False, gate: str = "ramp", mode: str = "insert",
+         optimizer=None) -> Growth:
+    """Grow `network` to `depth` blocks and/or to `width` (with its EMA): the one place a
+    growth happens.
 
-    New blocks are EMA copies of the last trained ones (`expand`; without an `ema`, copies
-    of the blocks themselves, and `Growth.ema` has decay 0), in `mode` order. `exact=True` puts each new block behind
-    gates at 0 (`x + g f(x)` on both residuals), so the network's function is unchanged;
-    `gate='ramp'`: the gates are set by a schedule (`Ramp`, `set_gates`), `'learned'`:
-    they are trained from 0. Gates left from an earlier growth are folded first. The EMA:
-    a fresh one from the grown network (the reference code's choice), or, when exact, the
-    old averages grown the same way (its function is unchanged too). With `optimizer`, the
-    AdamW moments of the parameters that existed are kept for `Growth.hand_over` (the
-    reference code drops them; the parameters keep their identity, only their names change).
+    Width first (`width.WidthMaps`): the residual stream, heads (`num_heads`; default: the
+    same head dimension) and MLP (`mlp_width`; default: the same ratio) grow with the
+    function unchanged, always; `split` ('random', 'ema', 'equal') says how copied columns
+    share their weight, `seed` fixes its draws. The EMA grows with the same maps and draws,
+    and, with an `optimizer`, so do the AdamW moments (for `Growth.hand_over`).
 
-    >>> growth = grow(network, 12, ema=ema, exact=True)     # doctest: +SKIP
+    Then depth: new blocks are EMA copies of the last trained ones (`expand`; without an
+    `ema`, copies of the blocks themselves, and `Growth.ema` has decay 0), in `mode` order.
+    `exact=True` puts each new block behind gates at 0 (`x + g f(x)` on both residuals), so
+    the network's function is unchanged; `gate='ramp'`: the gates are set by a schedule
+    (`Ramp`, `set_gates`), `'learned'`: they are trained from 0. Gates left from an earlier
+    growth are folded first. The EMA: a fresh one from the grown network (the reference
+    code's choice), or, when the function is unchanged (exact, or width only), the old
+    averages grown the same way. With `optimizer`, the AdamW moments of the parameters that
+    existed are kept (the reference code drops them).
+
+    >>> growth = grow(network, 12, ema=ema, exact=True)                    # doctest: +SKIP
+    >>> growth = grow(network, width=768, ema=ema, optimizer=optimizer)    # doctest: +SKIP
     """
     if gate not in GATES:
         raise ConfigError(f"gate {gate!r}: expected one of {', '.join(GATES)}")
+    if depth is None and width is None and num_heads is None and mlp_width is None:
+        raise ConfigError("grow needs a depth, a width (num_heads, mlp_width) or both")
+    maps = None
+    if width is not None or num_heads is not None or mlp_width is not None:
+        maps = WidthMaps.plan(network.config, width or network.config.width, num_heads, mlp_width)
     network.fold_gates()
     if ema is None:
         ema = EMA(network, 0.0)
@@ -308,14 +413,29 @@ def grow(network: VisionTransformer, depth: int, *, ema: EMA | None = None, exac
         born = getattr(optimizer, "born", (0,) * len(optimizer.parameters))
         moments = {id(p): (m1.asnumpy(), m2.asnumpy(), b)
                    for p, m1, m2, b in zip(optimizer.parameters, optimizer.moments1, optimizer.moments2, born)}
-    order = expand(network, ema, depth, mode)
-    gates = []
-    if exact:
-        gates = network.add_gates([i for i, label in enumerate(order) if label[0] == "e"], trainable=gate == "learned")
+    if maps is not None and maps.new != maps.old:
+        moments = _widen(network, ema, maps, split, seed, moments)
+    order = [f"b{i}" for i in range(network.depth)]
+    if depth is not None and depth != network.depth:
+        order = expand(network, ema, depth, mode)
+    new_blocks = [i for i, label in enumerate(order) if label[0] == "e"]
+    gates = network.add_gates(new_blocks, trainable=gate == "learned") if exact and new_blocks else []
     grown = EMA(network, ema.decay)
-    if exact:
+    if exact or not new_blocks:
         grown.take_grown(ema, order)
     return Growth(order=order, ema=grown, moments=moments, gates=gates)
+
+
+def _widen(network, ema, maps, split, seed, moments) -> dict:
+    """Widen `network` and `ema.network` in place (new Parameter objects, the same names);
+    returns `moments` (`{id(parameter): (m, v, born)}`) grown and keyed by the new parameters."""
+    grown_moments = maps.grow_moments(network, {p.name: moments[id(p)] for p in network.get_parameters()
+                                                if id(p) in moments})
+    values = maps.grow_values(network, split, seed, ema=ema.network)
+    averages = maps.grow_values(ema.network, split, seed, ema=ema.network)
+    network.rebuild(maps.new, values)
+    ema.network.rebuild(maps.new, averages)
+    return {id(p): grown_moments[p.name] for p in network.get_parameters() if p.name in grown_moments}
 
 
 def set_gates(gates, value) -> bool:

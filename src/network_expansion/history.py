@@ -40,9 +40,14 @@ def describe_record(record: dict, epochs: int) -> str:
         after = (f"; val top-1 right after: {record['val_top1']:.1%} (EMA {record['ema_val_top1']:.1%})"
                  if "val_top1" in record else "")
         gated = ", behind gates at 0 (exact)" if record.get("growth") == "exact" else ""
-        return (f"grew {record['from']} -> {record['to']} blocks at epoch {record['epoch'] + 1}: EMA copies of "
-                f"block{'s' if len(copied) > 1 else ''} {', '.join(copied)}, {record.get('mode', 'insert')}ed "
-                f"({' '.join(order)}){gated}{after}; took {record.get('seconds', 0.0):.1f} s")
+        width = (f"width {record['width_from']} -> {record['width_to']} ({record['heads_to']} heads, "
+                 f"{record['split']} split, function unchanged)" if "width_to" in record else "")
+        took = f"{after}; took {record.get('seconds', 0.0):.1f} s"
+        if not copied:
+            return f"grew {width} at epoch {record['epoch'] + 1}{took}"
+        return (f"grew {width + ' and ' if width else ''}{record['from']} -> {record['to']} blocks at epoch "
+                f"{record['epoch'] + 1}: EMA copies of block{'s' if len(copied) > 1 else ''} {', '.join(copied)}, "
+                f"{record.get('mode', 'insert')}ed ({' '.join(order)}){gated}{took}")
     if record["event"] == "fold":
         return f"the new blocks' gates reached 1 after step {record['step']} and were folded away"
     loss = record.get("loss")

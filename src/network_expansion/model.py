@@ -487,6 +487,55 @@ class VisionTransformer(nn.Cell):
         copy.class_names = self.class_names
         return copy
 
+    def width_roles(self) -> list:
+        """`[(parameter, axes)]`, every parameter with what each of its axes is, for width
+        growth (`width.py`, which spells no name): `'write'` rows land on the residual
+        stream, `'read'` columns read the normalised stream, `'gain'` / `'shift'` are a
+        LayerNorm's, `'heads'` the attention features (q, k, v rows) that `'heads_in'` (the
+        output projection's columns) reads, `'hidden'` the MLP's neurons that `'hidden_in'`
+        reads; None: unchanged. Gates have no axes (fold them first)."""
+        def dense(layer, rows, columns):
+            return [(layer.weight, (rows, columns)), (layer.bias, (rows,))]
+
+        def norm(layer):
+            return [(layer.gamma, ("gain",)), (layer.beta, ("shift",))]
+
+        roles = [(self.cls, (None, None, "write")), (self.pos_embedding, (None, None, "write")),
+                 *dense(self.stem.patch_to_embedding.dense, "write", None)]
+        for attention, mlp in self.body.layers:
+            heads, ffn = attention.cell[1], mlp.cell[1]
+            roles += norm(attention.cell[0])
+            for layer in (heads.to_q, heads.to_k, heads.to_v):
+                roles += dense(layer, "heads", "read")
+            roles += dense(heads.to_out, "write", "heads_in")
+            roles += norm(mlp.cell[0]) + dense(ffn.ff1.dense, "hidden", "read") + dense(ffn.ff2.dense, "write", "hidden_in")
+            roles += [(residual.gate, ()) for residual in (attention, mlp) if residual.gated]
+        roles += norm(self.norm)
+        if self.config.num_classes:
+            roles += dense(self.head[0], None, "read")
+        return roles
+
+    def rebuild(self, config: ViTConfig, values: dict | None = None) -> None:
+        """Every layer built anew at `config` (wider or deeper, say) holding `values`
+        (`{name: array}`, every parameter's; None: zeros, to be loaded next); the names (and
+        an EMA's prefix), the gates of the blocks that keep their index, and the class names
+        stay. The parameters are new objects."""
+        prefix = self.cls.name[:-len("cls")]
+        gated = {i: bool(block.gates[0].requires_grad) for i, block in enumerate(self.body.layers)
+                 if block.gates and i < config.depth}
+        fresh = VisionTransformer(config, initialize=False)
+        for i, trainable in gated.items():
+            fresh.add_gates([i], trainable=trainable)
+        self.stem, self.body, self.norm, self.head = fresh.stem, fresh.body, fresh.norm, fresh.head
+        self.cls, self.pos_embedding = fresh.cls, fresh.pos_embedding
+        self.config = config
+        self.update_parameters_name(prefix)
+        for parameter in self.get_parameters() if values is not None else ():
+            value = np.asarray(values[parameter.name], np.float32)
+            if value.shape != tuple(parameter.shape):
+                raise ConfigError(f"{parameter.name}: a value of shape {value.shape} for a parameter of {tuple(parameter.shape)}")
+            parameter.set_data(Tensor(value))
+
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised head for `num_classes` (0 removes the head)."""
         self.config = dataclasses.replace(self.config, num_classes=num_classes)

@@ -18,7 +18,8 @@ from mindspore import nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 from .errors import ConfigError
-from .expansion import GATES, GROWTHS, MODES, STAGE_UNITS, ExpansionSchedule, parse_depths, parse_starts
+from .expansion import GATES, GROWTHS, MODES, STAGE_UNITS, ExpansionSchedule, Shape, parse_shapes, parse_starts, shaped
+from .width import SPLITS, WIDTH_LR
 from .ranges import Range, problems as out_of_range
 
 DEFAULT_BATCH_SIZE = 64
@@ -58,14 +59,16 @@ class TrainConfig:
     cutmix: float = 0.0              # likewise for cutmix (DeiT: 1.0)
     clip_grad: float | None = None   # global gradient norm
     ema_decay: float = 0.99996
-    schedule: tuple | None = None    # expansion depths, e.g. (6, 12) or "6,12"; None: fixed depth
+    schedule: tuple | None = None    # stages: depths (6, 12) or "6,12"; with widths "6x384,12x768"; None: fixed
     stage_starts: tuple | None = None  # e.g. (0, 150) or "0,150"; None: stages of equal length
     stage_unit: str = "epoch"        # what stage_starts count: "epoch" or "step"
     expansion_mode: str = "insert"
     growth: str = "reference"        # "exact": new blocks enter behind gates at 0 (expansion.grow)
     growth_gate: str = "ramp"        # an exact growth's gates: "ramp" (linear to 1) or "learned" (from 0)
     growth_ramp: int | None = None   # steps of the ramp; None: one epoch
-    carry_moments: bool = False      # keep AdamW moments of existing blocks at growth
+    carry_moments: bool = False      # keep AdamW moments of existing blocks at a depth growth (a width growth always does)
+    width_split: str = "random"      # how a width growth splits copied columns: "random", "ema" or "equal"
+    width_lr: str = "same"           # "scaled": a matrix whose input grew learns at lr * old / new width
     bias_correction: bool = True     # AdamW as PyTorch's; False: MindSpore's AdamWeightDecay (none)
     restart_lr: bool = False         # restart the cosine per stage, without warm-up
     scale_weight_decay: bool = False  # weight decay * depth / final depth
@@ -76,15 +79,18 @@ class TrainConfig:
 
     def __post_init__(self):
         # Text from a command line or a saved run ('6,12', [6, 12]) becomes a tuple here, once.
-        for name, parse in (("schedule", parse_depths), ("stage_starts", parse_starts)):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, parse(value) if isinstance(value, str) else tuple(value))
+        if self.schedule is not None:
+            shapes = parse_shapes(self.schedule) if isinstance(self.schedule, str) else self.schedule
+            object.__setattr__(self, "schedule", tuple(Shape.of(shape) for shape in shapes))
+        if self.stage_starts is not None and not isinstance(self.stage_starts, tuple):
+            starts = self.stage_starts
+            object.__setattr__(self, "stage_starts", parse_starts(starts) if isinstance(starts, str) else tuple(starts))
 
         problems = out_of_range(self, RANGES)
         if self.stage_unit not in STAGE_UNITS:
             problems.append(f"stage_unit must be one of {', '.join(map(repr, STAGE_UNITS))}, got {self.stage_unit!r}")
-        for name, choices in (("expansion_mode", MODES), ("growth", GROWTHS), ("growth_gate", GATES)):
+        for name, choices in (("expansion_mode", MODES), ("growth", GROWTHS), ("growth_gate", GATES),
+                              ("width_split", SPLITS), ("width_lr", WIDTH_LR)):
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if problems:
@@ -92,11 +98,23 @@ class TrainConfig:
 
     def final_depth(self, depth: int) -> int:
         """The depth training ends at: the schedule's last stage, else `depth`."""
-        return self.schedule[-1] if self.schedule else depth
+        return self.schedule[-1].depth if self.schedule else depth
 
     def first_depth(self, depth: int) -> int:
         """The depth training starts at: the schedule's first stage, else `depth`."""
-        return self.schedule[0] if self.schedule else depth
+        return self.schedule[0].depth if self.schedule else depth
+
+    def final_width(self, width: int) -> int:
+        """The width training ends at: the last width the schedule gives, else `width`."""
+        widths = [shape.width for shape in self.schedule or () if shape.width is not None]
+        return widths[-1] if widths else width
+
+    def first_model(self, final):
+        """The `ViTConfig` training starts at, for a run that ends at `final`: the first
+        stage's depth, and its width (heads at `final`'s head dimension, the MLP at its ratio)."""
+        if not self.schedule:
+            return final
+        return shaped(final, self.schedule[0].depth, self.schedule[0].width)
 
     def expansion_schedule(self, depth: int, steps_per_epoch: int = 1) -> ExpansionSchedule:
         if self.schedule is None:
@@ -256,21 +274,29 @@ class Optimization:
 
 
 def build_optimizer(model, config: TrainConfig, steps_per_epoch: int, final_depth: int,
-                    offset: int = 0, born: dict | None = None) -> Optimization:
+                    offset: int = 0, born: dict | None = None, first=None) -> Optimization:
     """AdamW with parameter groups by weight decay and (optionally) layer-wise lr scale; the
     model says which parameters are exempt from decay and which layer each belongs to.
     `born`: `{parameter name: the step its moments started}` for moments carried over
-    (the others start at `offset`)."""
+    (the others start at `offset`). With `config.width_lr == 'scaled'` and `first` (the
+    `ViTConfig` training started at), a matrix whose input grew by a width growth learns at
+    lr * old / new input width (muP's rule for Adam)."""
     total = config.epochs * steps_per_epoch
     warmup = 0 if (config.restart_lr and offset) else config.warmup_epochs * steps_per_epoch
     decay = config.weight_decay * (model.depth / final_depth if config.scale_weight_decay else 1.0)
     groups = {}
     exempt, classifier, layer_of = model.no_weight_decay(), model.classifier_names(), model.layer_of()
+    width_scale = {}
+    if config.width_lr == "scaled" and first is not None:
+        inputs = {"read": first.width / model.config.width, "heads_in": first.width / model.config.width,
+                  "hidden_in": first.mlp_width / model.config.mlp_width}
+        width_scale = {p.name: inputs[axes[1]] for p, axes in model.width_roles() if len(axes) == 2 and axes[1] in inputs}
     for parameter in model.trainable_params():
         name = parameter.name
         if config.freeze_backbone and name not in classifier:
             continue
         scale = config.layer_decay ** (model.depth + 1 - layer_of[name]) if config.layer_decay else 1.0
+        scale *= width_scale.get(name, 1.0)
         key = (name in exempt, round(scale, 8))
         groups.setdefault(key, []).append(parameter)
     if not groups:

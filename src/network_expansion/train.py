@@ -33,7 +33,7 @@ from mindspore import ops
 
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from .expansion import EMA, Ramp, grow, set_gates
+from .expansion import EMA, Ramp, grow, set_gates, shaped
 from .graphs import compiled, compiled_forward, pad_batch
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
@@ -75,10 +75,14 @@ class Trainer:
         self._started = None        # the clock runs only inside fit()
         self._stop = StopOnSignal()
         self._elapsed_before = 0.0
-        expected = self.schedule.stage(0).depth
-        if model.depth != expected:
-            raise ConfigError(f"the schedule {self.schedule} starts at depth {expected}, the model has "
-                              f"{model.depth}: build it with depth={expected}")
+        self._first = model.config  # the shape training starts at (a width growth's lr rule reads it)
+        first = self.schedule.stage(0)
+        if model.depth != first.depth:
+            raise ConfigError(f"the schedule {self.schedule} starts at depth {first.depth}, the model has "
+                              f"{model.depth}: build it with depth={first.depth}")
+        if first.width not in (None, model.config.width):
+            raise ConfigError(f"the schedule {self.schedule} starts at width {first.width}, the model has "
+                              f"{model.config.width}: build it with width={first.width}")
         self._rebuild(ema=EMA(model, config.ema_decay))
 
     # -- building blocks -------------------------------------------------------------
@@ -92,7 +96,7 @@ class Trainer:
         if growth is not None:
             born = growth.born(self.model)
         optimization = build_optimizer(self.model, self.config, len(self.train_data), self.final_depth,
-                                         offset=stage_start, born=born)
+                                         offset=stage_start, born=born, first=self._first)
         self.optimizer, self.lr_schedule = optimization.optimizer, optimization.lr_schedule
         self.optimizer.global_step.set_data(ms.Tensor(np.array([self.step], np.int32)))
         if growth is not None:
@@ -242,19 +246,27 @@ class Trainer:
 
     def _grow_if_due(self, meter: EpochMeter | None = None):
         stage = self.schedule.stage(self._clock)
-        if self.model.depth >= stage.depth:
+        deeper = self.model.depth < stage.depth
+        wider = stage.width is not None and self.model.config.width < stage.width
+        if not (deeper or wider):
             return
         if meter is not None:
             self._read_back(meter)  # mid-epoch: grow from weights known to be finite
-        before, started = self.model.depth, time.perf_counter()
+        before, started = self.model.config, time.perf_counter()
         exact = self.config.growth == "exact"
-        growth = grow(self.model, stage.depth, ema=self.ema, exact=exact, gate=self.config.growth_gate,
-                      mode=self.config.expansion_mode, optimizer=self.optimizer if self.config.carry_moments else None)
-        ramped = exact and self.config.growth_gate == "ramp"
+        carry = self.config.carry_moments or wider  # a width growth grows the moments with the weights
+        growth = grow(self.model, stage.depth if deeper else None, width=stage.width if wider else None,
+                      split=self.config.width_split, seed=self.config.seed * 1_000_003 + self.step,
+                      ema=self.ema, exact=exact, gate=self.config.growth_gate, mode=self.config.expansion_mode,
+                      optimizer=self.optimizer if carry else None)
+        ramped = exact and self.config.growth_gate == "ramp" and bool(growth.gates)
         self._ramp = Ramp(self.step, self.config.growth_ramp or len(self.train_data)) if ramped else None
         self._rebuild(ema=growth.ema, growth=growth)
-        record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before, "to": stage.depth,
+        record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before.depth, "to": stage.depth,
                   "order": growth.order, "mode": self.config.expansion_mode, "growth": self.config.growth}
+        if wider:
+            record.update(width_from=before.width, width_to=self.model.config.width,
+                          heads_to=self.model.config.num_heads, split=self.config.width_split)
         record.update(self.validate())
         record["seconds"] = time.perf_counter() - started
         record["wall_seconds"] = self.wall_seconds
@@ -368,12 +380,13 @@ class Trainer:
                 config = dataclasses.replace(config, stage_starts=planned)
         if config.epochs < state["epoch"]:
             raise ConfigError(f"epochs={config.epochs}: the checkpoint is already at epoch {state['epoch']}")
-        schedule = config.expansion_schedule(config.final_depth(state["depth"]), len(train_data))
-        model = VisionTransformer(ViTConfig(**{**state["model_config"], "depth": schedule.stage(0).depth}))
+        grown = ViTConfig(**state["model_config"])
+        final = shaped(grown, config.final_depth(grown.depth), config.final_width(grown.width))
+        model = VisionTransformer(config.first_model(final))
         trainer = cls(model, train_data, val_data, config, output_dir=output_dir or Path(path).parent,
                       progress=progress, distributed=distributed)
-        if state["depth"] != model.depth:
-            model.set_blocks([model.new_block() for _ in range(state["depth"])])
+        if grown != model.config:  # grown since the start: the checkpoint's shape, its weights loaded below
+            model.rebuild(grown)
         if state.get("gated_blocks"):  # saved inside an exact growth's ramp (or with learned gates)
             model.add_gates(state["gated_blocks"], trainable=config.growth_gate == "learned")
         trainer._ramp = Ramp(**state["ramp"]) if state.get("ramp") else None
