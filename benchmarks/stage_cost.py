@@ -1,12 +1,14 @@
-"""What one training step costs at each depth, and what a growth costs in compilation.
+"""What one training step costs at each stage's shape, and what a growth costs in compilation.
 
-    .venv/bin/python benchmarks/stage_cost.py [--depths 6 12] [--rounds 5] [--log-every 1 20]
+    .venv/bin/python benchmarks/stage_cost.py [--shapes 6 12 6x32] [--rounds 5] [--log-every 1 20]
 
 The demo's ViT (scikit-learn's digits, 16x16, width 64) trained at a fixed depth with the
 real `Trainer`, once per depth and per `log_every` (how many steps run before loss and
 accuracy are read back from the device; 1 is the peer: a read-back every step), their
-epochs interleaved. Prints milliseconds per step (median epoch), each depth's step time as
-a share of the deepest one's (network expansion's bound assumes depth / final depth), and
+epochs interleaved. A shape is a depth, or DEPTHxWIDTH (heads at the demo's head
+dimension, the MLP at its ratio). Prints milliseconds per step (median epoch), each shape's
+step time as a share of the largest one's (the bound assumes its share of the blocks'
+multiply-adds, `block_flops`), and
 the first epoch with its evaluation, which compiles the train step, the EMA update and the
 two evaluation graphs: what every growth pays again.
 """
@@ -14,21 +16,21 @@ two evaluation graphs: what every growth pays again.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 
 import mindspore as ms
 
 from network_expansion.demo import DemoSettings, digits
+from network_expansion.expansion import Shape, block_flops, shaped
 from network_expansion.model import VisionTransformer
 from network_expansion import ArrayData, Trainer, TrainConfig
 
 
-def build(settings: DemoSettings, depth: int, log_every: int, data) -> Trainer:
+def build(settings: DemoSettings, shape: Shape, log_every: int, data) -> Trainer:
     train_x, train_y, test_x, test_y = data
     ms.set_seed(0)
-    model = VisionTransformer(dataclasses.replace(settings.model, depth=depth))
+    model = VisionTransformer(shaped(settings.model, shape.depth, shape.width))
     config = TrainConfig(epochs=1000, lr=settings.recipe.lr, warmup_epochs=1, ema_decay=settings.recipe.ema_decay,
                          log_every=log_every)
     return Trainer(model, ArrayData(train_x, train_y, settings.batch_size),
@@ -51,13 +53,13 @@ def timed(function) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", type=int, nargs="+", default=[6, 12])
+    parser.add_argument("--shapes", type=Shape.parse, nargs="+", default=[Shape(6), Shape(12)])
     parser.add_argument("--rounds", type=int, default=5, help="epochs per configuration after the first")
     parser.add_argument("--log-every", type=int, nargs="+", default=[1, 20])
     args = parser.parse_args()
     settings = DemoSettings()
     data = digits(settings.model.image_size, 0)
-    keys = [(log_every, depth) for log_every in args.log_every for depth in args.depths]
+    keys = [(log_every, shape) for log_every in args.log_every for shape in args.shapes]
     trainers = {key: build(settings, key[1], key[0], data) for key in keys}
     # First epoch and first evaluation: compilation of the train step, the EMA update and
     # the two evaluation graphs, as after every growth.
@@ -69,19 +71,24 @@ def main():
             seconds[key].append(one_epoch(trainer))
     steps = len(next(iter(trainers.values())).train_data)
     for key, values in seconds.items():
-        print(f"log_every {key[0]:>3}, depth {key[1]:>2}: epochs of", " ".join(f"{v:.2f}" for v in values), "s")
+        print(f"log_every {key[0]:>3}, {str(key[1]):>6}: epochs of", " ".join(f"{v:.2f}" for v in values), "s")
     ms_per_step = {key: 1e3 * statistics.median(values) / steps for key, values in seconds.items()}
-    deepest = max(args.depths)
-    print(f"\nwidth {settings.model.width}, batch {settings.batch_size}, {steps} steps per epoch, median of "
-          f"{args.rounds} interleaved epochs per row\n")
-    print(f"| log_every | depth | ms per step | share of depth {deepest} | bound's share | "
+
+    def work(shape):
+        return shape.depth * block_flops(settings.model, shape.width or settings.model.width)
+
+    largest = max(args.shapes, key=work)
+    print(f"\nthe demo's ViT (width {settings.model.width}), batch {settings.batch_size}, {steps} steps per epoch, "
+          f"median of {args.rounds} interleaved epochs per row\n")
+    print(f"| log_every | shape | ms per step | share of {largest} | bound's share (FLOPs) | "
           "first epoch + evaluation s | one evaluation s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for key in keys:
-        log_every, depth = key
-        share = ms_per_step[key] / ms_per_step[log_every, deepest]
-        print(f"| {log_every} | {depth} | {ms_per_step[key]:.1f} | {share:.0%} | {depth / deepest:.0%} | "
+        log_every, shape = key
+        share = ms_per_step[key] / ms_per_step[log_every, largest]
+        print(f"| {log_every} | {shape} | {ms_per_step[key]:.1f} | {share:.0%} | {work(shape) / work(largest):.0%} | "
               f"{compile_seconds[key]:.1f} | {evaluation_seconds[key]:.2f} |")
+
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ from .errors import (CardError, CheckpointError, ConfigError, DataError, Downloa
                      UnknownModelError)
 from .datasets import ArrayData, FolderData
 from .evaluate import evaluate
-from .expansion import EMA, ExpansionSchedule, Growth, Ramp, Stage, expand, grow, set_gates
+from .expansion import EMA, ExpansionSchedule, Growth, Ramp, Shape, Stage, expand, grow, set_gates
 from .hub import create_network, load, load_pretrained
 from .model import ViTConfig, VisionTransformer
 from .predict import Classifier, Prediction, predict, use_cores
@@ -27,7 +27,7 @@ __all__ = [
     "load_pretrained", "save_weights", "convert",
     "Classifier", "Prediction", "predict", "use_cores", "evaluate", "Preprocess", "DataConfig", "data_config",
     "model_card", "load_card", "validate_card", "HubCard",
-    "Trainer", "TrainConfig", "ExpansionSchedule", "Stage", "EMA", "grow", "Growth", "expand", "Ramp", "set_gates",
+    "Trainer", "TrainConfig", "ExpansionSchedule", "Shape", "Stage", "EMA", "grow", "Growth", "expand", "Ramp", "set_gates",
     "ArrayData", "FolderData", "folder_trainer",
     "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
     "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError", "OutputError",
