@@ -195,11 +195,15 @@ def _along(vector, axis, ndim):
 
 
 def _group_sum(values, axis, sources):
-    """For each position, the sum of `values` over the positions with the same source."""
-    moved = np.moveaxis(values, axis, 0)
-    sums = np.zeros((max(int(sources.max()) + 1, 1),) + moved.shape[1:])
-    np.add.at(sums, np.maximum(sources, 0), np.where(_along(sources < 0, 0, moved.ndim), 0.0, moved))
-    return np.moveaxis(sums[np.maximum(sources, 0)], 0, axis)
+    """For each position, the sum of `values` over the positions with the same source.
+    Every map here is `source = position mod n` (the residue, -1, only at the end), so the
+    copies are whole blocks of n: summed by a reshape, not position by position."""
+    n = int(sources.max()) + 1
+    valid = int((sources >= 0).sum())
+    moved = np.moveaxis(values, axis, 0)[:valid]
+    padded = np.concatenate([moved, np.zeros((-valid % n,) + moved.shape[1:])]) if valid % n else moved
+    sums = padded.reshape((-1, n) + moved.shape[1:]).sum(0)
+    return np.moveaxis(np.take(sums, np.maximum(sources, 0), axis=0), 0, axis)
 
 
 def _first_occurrence(sources):
@@ -212,9 +216,9 @@ def _first_occurrence(sources):
 
 
 def _truncated_normal(rng, shape):
-    values = rng.standard_normal(shape)
+    values = rng.standard_normal(shape, dtype=np.float32)
     outside = np.abs(values) > 2
     while outside.any():
-        values[outside] = rng.standard_normal(int(outside.sum()))
+        values[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
         outside = np.abs(values) > 2
-    return values * INIT_STD
+    return values.astype(np.float64) * INIT_STD
