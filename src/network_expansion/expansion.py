@@ -59,7 +59,7 @@ class Shape:
             return cls.parse(value)
         if isinstance(value, (tuple, list)):
             return cls(*value)
-        return cls(value)
+        return cls(int(value))
 
     @classmethod
     def parse(cls, text: str) -> "Shape":
