@@ -109,11 +109,12 @@ class WidthMaps:
         draws: grow the model and its EMA with the same seed and they stay consistent."""
         if split not in SPLITS:
             raise ConfigError(f"width split {split!r}: expected one of {', '.join(SPLITS)}")
-        averages = dict(_values(ema)) if ema is not None else None
+        # only the `ema` split reads the averages (grown alongside, axis by axis)
+        averages = dict(_values(ema)) if ema is not None and split == "ema" else None
         grown = {}
         for index, (parameter, axes) in enumerate(network.width_roles()):
             value = parameter.asnumpy().astype(np.float64)
-            average = averages[index] if averages is not None else value
+            average = averages[index] if averages is not None else (value if split == "ema" else None)
             for axis, role in enumerate(axes):
                 if role is None:
                     continue
@@ -122,8 +123,10 @@ class WidthMaps:
                     shape = list(value.shape)
                     shape[axis] = len(self.sources(FAMILY[role]))
                     draws = _truncated_normal(np.random.default_rng([seed, index, axis]), shape)
-                value, average = (self._grow_axis(value, axis, role, split, draws, average),
-                                  self._grow_axis(average, axis, role, split, draws, average))
+                grown_value = self._grow_axis(value, axis, role, split, draws, average)
+                if average is not None:
+                    average = self._grow_axis(average, axis, role, split, draws, average)
+                value = grown_value
             grown[parameter.name] = value.astype(np.float32)
         return grown
 
