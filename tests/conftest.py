@@ -167,12 +167,13 @@ def learnable_data(n=48, seed=0):
     return images, labels
 
 
-def small_trainer(output_dir=None, depth=2, epochs=4, **config):
-    """A Trainer of a SMALL ViT growing 2 -> 4 at epoch 2 (3 steps an epoch); `config`: TrainConfig fields."""
+def small_trainer(output_dir=None, depth=2, epochs=4, image_size=16, **config):
+    """A Trainer of a SMALL ViT growing 2 -> 4 at epoch 2 (3 steps an epoch) on 16x16 data;
+    `image_size`: the model's (a schedule over sizes starts there); `config`: TrainConfig fields."""
     images, labels = learnable_data()
     ms.set_seed(0)
     np.random.seed(0)
-    model = VisionTransformer(ViTConfig(**SMALL, depth=depth))
+    model = VisionTransformer(ViTConfig(**{**SMALL, "image_size": image_size}, depth=depth))
     settings = dict(epochs=epochs, schedule="2,4", warmup_epochs=1, lr=2e-3, ema_decay=0.9, seed=3)
     settings.update(config)
     return Trainer(model, ArrayData(images, labels, 16), ArrayData(images, labels, 48, shuffle=False,

@@ -41,7 +41,32 @@ def test_the_bound_of_a_schedule_that_grows_the_width_counts_the_blocks_flops():
         schedule.speedup_bound(300)
 
 
-@pytest.mark.parametrize("text,message", [("12,6", "must grow"), ("3,12", "at most double"), ("6,x", "expected stages")])
+def test_a_schedule_over_depth_width_and_image_size_parses_and_counts_its_tokens():
+    from network_expansion import Shape, ViTConfig
+
+    assert Shape.parse("6x384@160") == Shape(6, 384, 160) and str(Shape(6, 384, 160)) == "6x384@160"
+    assert Shape.parse("6@160") == Shape(6, None, 160) and str(Shape.parse("6@160")) == "6@160"
+    schedule = ExpansionSchedule.of("6x384@160,12x768@224", 300)
+    assert [(s.depth, s.width, s.size, s.start) for s in schedule.stages] == [(6, 384, 160, 0), (12, 768, 224, 150)]
+    assert str(schedule) == "6x384@160 (from 0) -> 12x768@224 (from 150)"
+    # the size is carried forward like the width; image size alone is a growth too
+    assert [s.size for s in ExpansionSchedule.of("4@12,8,12@16", 30).stages] == [12, 12, 16]
+    assert [s.depth for s in ExpansionSchedule.of("12@12,12@16", 30).stages] == [12, 12]
+    vit_b = ViTConfig(image_size=224, num_classes=1000)
+    def block(width, tokens):  # multiply-adds per block, by hand
+        return tokens * (4 * width ** 2 + 2 * width * 4 * width) + 2 * tokens ** 2 * width
+    small, full = block(768, (160 // 16) ** 2 + 1), block(768, 197)
+    assert ExpansionSchedule.of("6@160,12@224", 300).speedup_bound(300, vit_b) == \
+        pytest.approx(24 * full / (6 * small + 12 * full))
+    small = block(384, 101)
+    assert schedule.speedup_bound(300, vit_b) == pytest.approx(24 * full / (6 * small + 12 * full))
+    with pytest.raises(ConfigError, match="give its config"):
+        ExpansionSchedule.of("6@160,12@224", 300).speedup_bound(300)
+
+
+@pytest.mark.parametrize("text,message", [("12,6", "must grow"), ("3,12", "at most double"), ("6,x", "expected stages"),
+                                          ("6@224,12@160", "sizes cannot shrink"), ("6,12@224", "first stage's size"),
+                                          ("6@16,6@16", "must grow"), ("6@x", "expected stages")])
 def test_invalid_schedules_are_refused(text, message):
     with pytest.raises(ConfigError, match=message):
         ExpansionSchedule.of(text, 10)

@@ -194,8 +194,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree of training images")
     train.add_argument("--val", metavar="DIR", help="ImageFolder tree of validation images")
     train.add_argument("--schedule", type=_schedule_or_none,
-                       help=f"the stages: depths, or DEPTHxWIDTH to grow the width too, e.g. 6x384,12x768 "
-                            f"(default {DEFAULT_SCHEDULE}); 'none' trains at --depth from the start")
+                       help=f"the stages: depths, DEPTHxWIDTH to grow the width too, DEPTH[xWIDTH]@SIZE to grow "
+                            f"the image size, e.g. 6x384@160,12x768@224 (default {DEFAULT_SCHEDULE}); 'none' trains "
+                            f"at --depth from the start")
     train.add_argument("--stage-starts", type=_starts, help="epoch each stage starts at, e.g. 0,150 "
                                                             "(default: equal stages)")
     train.add_argument("--stage-unit", choices=STAGE_UNITS,
@@ -414,10 +415,15 @@ def _train(args) -> int:
     if overrides.get("width", width) != width:
         raise ConfigError(f"--width {overrides['width']} and --schedule {schedule} end at different widths: "
                           f"give one of them")
-    final = ViTConfig(**{**overrides, "width": width, "depth": config.final_depth(args.depth or ViTConfig.depth),
-                         "num_classes": num_classes})
+    size = config.final_size(overrides.get("image_size") or ViTConfig().image_size)
+    if overrides.get("image_size", size) != size:
+        raise ConfigError(f"--image-size {overrides['image_size']} and --schedule {schedule} end at different image "
+                          f"sizes: give one of them")
+    final = ViTConfig(**{**overrides, "width": width, "image_size": size,
+                         "depth": config.final_depth(args.depth or ViTConfig.depth), "num_classes": num_classes})
     first = config.first_model(final)
-    overrides.update(width=first.width, num_heads=first.num_heads, mlp_width=first.mlp_width)
+    overrides.update(width=first.width, num_heads=first.num_heads, mlp_width=first.mlp_width,
+                     image_size=first.image_size)
     return _run_training(args, lambda: create_network("NetworkExpansion", depth=first.depth, num_classes=num_classes,
                                                       seed=config.seed, **overrides), config)
 

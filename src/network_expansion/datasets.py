@@ -13,12 +13,15 @@ The batch protocol the `Trainer` reads, which `ArrayData` (arrays in memory) and
 * `evaluation_batches()`: every sample once, in order, without augmentation;
 * `len(data)` training batches per epoch, `batch_size`, `num_samples` (of this process's
   shard), `class_names` (or None), and `shard(size, rank)`, this process's share for
-  data parallelism.
+  data parallelism;
+* `image_size` and `at_size(size)`: the same data as images of another size (a schedule
+  that grows the image size switches to it at the growth).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +110,23 @@ class _Shardable:
         return shard
 
 
+def resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """`(size_out, size_in)` weights of a linear (triangle-filter) resize, antialiased when
+    shrinking (the filter widened by the ratio, as PIL's BILINEAR does); rows sum to 1."""
+    scale = size_in / size_out
+    support = max(scale, 1.0)
+    centres = (np.arange(size_out) + 0.5) * scale - 0.5
+    distance = np.abs(np.arange(size_in)[None, :] - centres[:, None]) / support
+    weights = np.clip(1.0 - distance, 0.0, None)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """`(N, C, H, W)` float images resized to `(N, C, size, size)` (`resize_matrix` per axis)."""
+    rows, columns = resize_matrix(images.shape[2], size), resize_matrix(images.shape[3], size)
+    return np.ascontiguousarray(np.einsum("ih,nchw,jw->ncij", rows, images, columns, optimize=True), np.float32)
+
+
 class ArrayData(_Shardable):
     """In-memory preprocessed images (N, 3, H, W) float32 and integer labels, in batches.
 
@@ -131,6 +151,19 @@ class ArrayData(_Shardable):
     def num_samples(self) -> int:
         """Samples this process trains on (its shard)."""
         return len(self.labels) // self.num_shards
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    def at_size(self, size: int) -> "ArrayData":
+        """These images resized to `size` x `size` (`resize_images`; a copy, this one is
+        unchanged; the same object if they have that size)."""
+        if size == self.image_size:
+            return self
+        resized = copy.copy(self)
+        resized.images = resize_images(self.images, int(size))
+        return resized
 
     def _indices(self, epoch: int, seed: int) -> np.ndarray:
         order = np.arange(len(self.labels))
@@ -182,6 +215,20 @@ class FolderData(_Shardable):
     def num_samples(self) -> int:
         """Images this process trains on (its shard)."""
         return len(self.folder) // self.num_shards
+
+    @property
+    def image_size(self) -> int:
+        return self.data_config.input_size
+
+    def at_size(self, size: int) -> "FolderData":
+        """This tree with crops of `size` (the eval resize at the same ratio; a copy)."""
+        if size == self.image_size:
+            return self
+        resized = copy.copy(self)
+        config = self.data_config
+        resized.data_config = dataclasses.replace(config, input_size=int(size),
+                                                  resize_size=int(round(config.resize_size * size / config.input_size)))
+        return resized
 
     def __len__(self):
         count = self.num_samples

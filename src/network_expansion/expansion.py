@@ -42,15 +42,17 @@ GATES = ("ramp", "learned")       # how an exact growth's gates go from 0: a lin
 
 @dataclass(frozen=True)
 class Shape:
-    """What a stage trains: its depth and its width (None: the width before it).
-    Text: `'6'`, `'6x384'` (`Shape.parse`)."""
+    """What a stage trains: its depth, its width and its image size (None: those of the
+    stage before). Text: `'6'`, `'6x384'`, `'6@160'`, `'6x384@160'` (`Shape.parse`)."""
 
     depth: int
     width: int | None = None
+    size: int | None = None
 
     @classmethod
     def of(cls, value) -> "Shape":
-        """A shape from a depth, `'6x384'`, `(6, 384)`, `{'depth': 6, 'width': 384}` or a shape."""
+        """A shape from a depth, `'6x384@160'`, `(6, 384, 160)`, `{'depth': 6, 'width': 384}`
+        or a shape."""
         if isinstance(value, cls):
             return value
         if isinstance(value, dict):
@@ -63,23 +65,27 @@ class Shape:
 
     @classmethod
     def parse(cls, text: str) -> "Shape":
-        parts = text.strip().lower().split("x")
-        if len(parts) > 2 or not all(part.strip().isdigit() for part in parts):
-            raise ConfigError(f"stage {text!r}: expected DEPTH or DEPTHxWIDTH, e.g. 6 or 6x384")
-        return cls(*(int(part) for part in parts))
+        model, _, size = text.strip().lower().partition("@")
+        parts = model.split("x")
+        if len(parts) > 2 or not all(part.strip().isdigit() for part in parts) or (_ and not size.strip().isdigit()):
+            raise ConfigError(f"stage {text!r}: expected DEPTH[xWIDTH][@SIZE], e.g. 6, 6x384 or 6x384@160")
+        numbers = [int(part) for part in parts] + [None] * (2 - len(parts))
+        return cls(*numbers, int(size) if _ else None)
 
     def __str__(self):
-        return f"{self.depth}" + (f"x{self.width}" if self.width is not None else "")
+        return (f"{self.depth}" + (f"x{self.width}" if self.width is not None else "")
+                + (f"@{self.size}" if self.size is not None else ""))
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a schedule: its depth, the epoch (or step) it starts at, and its width
-    (None: the model's own, unchanged)."""
+    """One stage of a schedule: its depth, the epoch (or step) it starts at, its width and
+    its image size (None: the model's own, unchanged)."""
 
     depth: int
     start: int
     width: int | None = None
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,31 +104,41 @@ class ExpansionSchedule:
     starts: tuple
     unit: str = "epoch"
     widths: tuple = ()
+    sizes: tuple = ()
 
     def __post_init__(self):
         depths, starts = tuple(self.depths), tuple(self.starts)
-        widths = tuple(self.widths) or (None,) * len(depths)
         problems = []
-        resolved, last = [], None
-        for width in widths:  # None: the stage before's
-            last = width if width is not None else last
-            resolved.append(last)
+        axes = {}  # width and image size: given per stage or None (the stage before's)
+        for axis, values in (("width", self.widths), ("size", self.sizes)):
+            values = tuple(values) or (None,) * len(depths)
+            resolved, last = [], None
+            for value in values:
+                last = value if value is not None else last
+                resolved.append(last)
+            axes[axis] = (values, tuple(resolved))
+        example = {"width": f"{depths[0] if depths else 6}x384,{depths[-1] if depths else 12}x768",
+                   "size": f"{depths[0] if depths else 6}@160,{depths[-1] if depths else 12}@224"}
         if not depths or any(not isinstance(d, int) or d < 1 for d in depths):
             problems.append(f"depths must be positive integers, got {depths}")
-        elif len(widths) != len(depths) or any(w is not None and (not isinstance(w, int) or w < 1) for w in widths):
-            problems.append(f"widths must be positive integers or None, one per stage, got {widths}")
-        elif widths[0] is None and any(w is not None for w in widths):
-            problems.append(f"a schedule that grows the width must give the first stage's width too, e.g. "
-                            f"{depths[0]}x384,{depths[-1]}x768")
-        elif any(w0 is not None and w1 < w0 for w0, w1 in zip(resolved, resolved[1:])):
-            problems.append(f"widths cannot shrink from stage to stage, got {widths}")
-        elif any(b < a or (b == a and w1 == w0) for a, b, w0, w1 in zip(depths, depths[1:], resolved, resolved[1:])):
-            problems.append(f"every stage must grow the depth or the width, got "
-                            f"{', '.join(str(Shape(d, w)) for d, w in zip(depths, widths))}" if any(widths) else
-                            f"depths must grow from stage to stage, got {depths}")
-        elif any(b > 2 * a for a, b in zip(depths, depths[1:])):
-            problems.append(f"a stage can at most double the depth (each new block copies one "
-                            f"trained block), got {depths}")
+        for axis, (given, resolved) in axes.items() if not problems else ():
+            if len(given) != len(depths) or any(v is not None and (not isinstance(v, int) or v < 1) for v in given):
+                problems.append(f"{axis}s must be positive integers or None, one per stage, got {given}")
+            elif given[0] is None and any(v is not None for v in given):
+                problems.append(f"a schedule that grows the {axis} must give the first stage's {axis} too, "
+                                f"e.g. {example[axis]}")
+            elif any(a is not None and b < a for a, b in zip(resolved, resolved[1:])):
+                problems.append(f"{axis}s cannot shrink from stage to stage, got {given}")
+        if not problems:
+            shapes = [Shape(d, w, z) for d, w, z in zip(depths, axes["width"][1], axes["size"][1])]
+            if any(b.depth < a.depth or b == a for a, b in zip(shapes, shapes[1:])):
+                problems.append("every stage must grow the depth, the width or the image size, got "
+                                + ", ".join(str(Shape(d, w, z)) for d, w, z in
+                                            zip(depths, axes["width"][0], axes["size"][0]))
+                                if shapes[0].width or shapes[0].size else f"depths must grow from stage to stage, got {depths}")
+            elif any(b > 2 * a for a, b in zip(depths, depths[1:])):
+                problems.append(f"a stage can at most double the depth (each new block copies one "
+                                f"trained block), got {depths}")
         if len(starts) != len(depths) or (starts and starts[0] != 0) or any(b <= a for a, b in zip(starts, starts[1:])):
             problems.append(f"starts must be increasing, begin at 0 and give one start per stage, got {starts}")
         if self.unit not in STAGE_UNITS:
@@ -131,7 +147,8 @@ class ExpansionSchedule:
             raise ConfigError("invalid expansion schedule: " + "; ".join(problems))
         object.__setattr__(self, "depths", depths)
         object.__setattr__(self, "starts", starts)
-        object.__setattr__(self, "widths", tuple(resolved))
+        object.__setattr__(self, "widths", axes["width"][1])
+        object.__setattr__(self, "sizes", axes["size"][1])
 
     @classmethod
     def even(cls, depths, epochs: int, unit: str = "epoch") -> "ExpansionSchedule":
@@ -153,7 +170,8 @@ class ExpansionSchedule:
             starts = parse_starts(starts)
         if starts is None:
             return cls.even(shapes, length, unit)
-        return cls(tuple(s.depth for s in shapes), tuple(starts), unit, tuple(s.width for s in shapes))
+        return cls(tuple(s.depth for s in shapes), tuple(starts), unit, tuple(s.width for s in shapes),
+                   tuple(s.size for s in shapes))
 
     @classmethod
     def full(cls, depth: int) -> "ExpansionSchedule":
@@ -166,8 +184,8 @@ class ExpansionSchedule:
 
     @property
     def stages(self) -> tuple:
-        """`(Stage(depth, start, width), ...)` in order."""
-        return tuple(Stage(d, s, w) for d, s, w in zip(self.depths, self.starts, self.widths))
+        """`(Stage(depth, start, width, size), ...)` in order."""
+        return tuple(Stage(d, s, w, z) for d, s, w, z in zip(self.depths, self.starts, self.widths, self.sizes))
 
     def stage(self, clock: int) -> "Stage":
         """The stage under way at `clock` (an epoch, or a step with `unit='step'`)."""
@@ -181,14 +199,17 @@ class ExpansionSchedule:
 
     def block_work(self, epochs: int, config=None) -> float:
         """The blocks' share of the work (FLOPs) of training at the last stage's shape
-        throughout (e.g. 0.75 for 6 -> 12). Stages that change the width need `config` (the
-        final `ViTConfig`: tokens and MLP ratio); for depth alone the share is the depths'."""
+        throughout (e.g. 0.75 for 6 -> 12). Stages that change the width or the image size
+        need `config` (the final `ViTConfig`: tokens and MLP ratio); for depth alone the
+        share is the depths'."""
         if config is None:
-            if any(w != self.widths[-1] for w in self.widths):
-                raise ConfigError("the work of a schedule that grows the width depends on the model: give its config")
+            if any(w != self.widths[-1] for w in self.widths) or any(z != self.sizes[-1] for z in self.sizes):
+                raise ConfigError("the work of a schedule that grows the width or the image size depends on the "
+                                  "model: give its config")
             return sum(self.depth_at(e) for e in range(epochs)) / (self.final_depth * epochs)
+
         def work(stage):
-            return stage.depth * block_flops(config, stage.width or config.width)
+            return stage.depth * block_flops(config, stage.width or config.width, stage.size or config.image_size)
         return sum(work(self.stage(e)) for e in range(epochs)) / (work(self.stages[-1]) * epochs)
 
     def speedup_bound(self, epochs: int, config=None) -> float:
@@ -197,36 +218,41 @@ class ExpansionSchedule:
         return 1.0 / self.block_work(epochs, config)
 
     def __str__(self):
-        return " -> ".join(f"{Shape(d, w)} (from {s})" for d, s, w in zip(self.depths, self.starts, self.widths))
+        return " -> ".join(f"{Shape(d, w, z)} (from {s})"
+                           for d, s, w, z in zip(self.depths, self.starts, self.widths, self.sizes))
 
 
-def shaped(config, depth: int, width: int | None = None):
-    """`config` (a `ViTConfig`) at `depth` and `width` (None: its own), with the heads at
-    its head dimension and the MLP at its ratio, as a width growth keeps them."""
+def shaped(config, depth: int, width: int | None = None, size: int | None = None):
+    """`config` (a `ViTConfig`) at `depth`, `width` and image `size` (None: its own), with
+    the heads at its head dimension and the MLP at its ratio, as a width growth keeps them."""
     width = config.width if width is None else width
     if width % config.head_dim:
         raise ConfigError(f"width {width} is not a multiple of the head dimension {config.head_dim}")
+    size = config.image_size if size is None else size
+    if size % config.patch_size:
+        raise ConfigError(f"image size {size} is not a multiple of the patch size {config.patch_size}")
     return dataclasses.replace(config, depth=depth, width=width, num_heads=width // config.head_dim,
-                               mlp_width=config.mlp_width * width // config.width)
+                               mlp_width=config.mlp_width * width // config.width, image_size=size)
 
 
-def block_flops(config, width: int) -> float:
+def block_flops(config, width: int, size: int | None = None) -> float:
     """Multiply-adds of one block's forward pass at `width` (heads at `config`'s head
-    dimension, the MLP at its ratio): four projections, the MLP, and attention's two
-    token-by-token products."""
-    tokens = config.num_patches + 1
+    dimension, the MLP at its ratio) on images of `size` (None: `config`'s): four
+    projections, the MLP, and attention's two token-by-token products."""
+    tokens = ((size or config.image_size) // config.patch_size) ** 2 + 1
     mlp = config.mlp_width * width / config.width
     return tokens * (4 * width * width + 2 * width * mlp) + 2 * tokens * tokens * width
 
 
 def parse_shapes(text) -> tuple:
     """A schedule's stages from text: `'6,12'` -> (Shape(6), Shape(12)), `'6x32,12x64'`
-    -> (Shape(6, 32), Shape(12, 64)); `ConfigError` otherwise."""
+    -> (Shape(6, 32), Shape(12, 64)), `'6@12,12@16'` -> (Shape(6, None, 12), Shape(12, None,
+    16)); `ConfigError` otherwise."""
     try:
         return tuple(Shape.parse(part) for part in str(text).split(","))
     except ConfigError:
-        raise ConfigError(f"schedule {text!r}: expected stages separated by commas, each DEPTH or "
-                          f"DEPTHxWIDTH, e.g. 6,12 or 6x384,12x768") from None
+        raise ConfigError(f"schedule {text!r}: expected stages separated by commas, each DEPTH[xWIDTH][@SIZE], "
+                          f"e.g. 6,12 or 6x384,12x768 or 6x384@160,12x768@224") from None
 
 
 def parse_starts(text) -> tuple:
@@ -371,17 +397,21 @@ class Growth:
 
 
 def grow(network: VisionTransformer, depth: int | None = None, *, width: int | None = None,
-         num_heads: int | None = None, mlp_width: int | None = None, split: str = "random", seed: int = 0,
-         ema: EMA | None = None, exact: bool = False, gate: str = "ramp", mode: str = "insert",
-         optimizer=None) -> Growth:
-    """Grow `network` to `depth` blocks and/or to `width` (with its EMA): the one place a
-    growth happens.
+         num_heads: int | None = None, mlp_width: int | None = None, image_size: int | None = None,
+         split: str = "random", seed: int = 0, ema: EMA | None = None, exact: bool = False, gate: str = "ramp",
+         mode: str = "insert", optimizer=None) -> Growth:
+    """Grow `network` to `depth` blocks, to `width` and/or to `image_size` (with its EMA):
+    the one place a growth happens.
 
     Width first (`width.WidthMaps`): the residual stream, heads (`num_heads`; default: the
     same head dimension) and MLP (`mlp_width`; default: the same ratio) grow with the
     function unchanged, always; `split` ('random', 'ema', 'equal') says how copied columns
     share their weight, `seed` fixes its draws. The EMA grows with the same maps and draws,
     and, with an `optimizer`, so do the AdamW moments (for `Growth.hand_over`).
+
+    Then the image size: the position embeddings of the network and of its EMA are
+    resampled bicubically to the new patch grid (not function-preserving: a picture at
+    another resolution is another input); their moments start afresh, the others' are kept.
 
     Then depth: new blocks are EMA copies of the last trained ones (`expand`; without an
     `ema`, copies of the blocks themselves, and `Growth.ema` has decay 0), in `mode` order.
@@ -398,8 +428,8 @@ def grow(network: VisionTransformer, depth: int | None = None, *, width: int | N
     """
     if gate not in GATES:
         raise ConfigError(f"gate {gate!r}: expected one of {', '.join(GATES)}")
-    if depth is None and width is None and num_heads is None and mlp_width is None:
-        raise ConfigError("grow needs a depth, a width (num_heads, mlp_width) or both")
+    if depth is None and width is None and num_heads is None and mlp_width is None and image_size is None:
+        raise ConfigError("grow needs a depth, a width (num_heads, mlp_width), an image size, or several")
     maps = None
     if width is not None or num_heads is not None or mlp_width is not None:
         maps = WidthMaps.plan(network.config, width or network.config.width, num_heads, mlp_width)
@@ -415,6 +445,8 @@ def grow(network: VisionTransformer, depth: int | None = None, *, width: int | N
                    for p, m1, m2, b in zip(optimizer.parameters, optimizer.moments1, optimizer.moments2, born)}
     if maps is not None and maps.new != maps.old:
         moments = _widen(network, ema, maps, split, seed, moments)
+    if image_size is not None and image_size != network.config.image_size:
+        moments = _resize(network, ema, image_size, moments)
     order = [f"b{i}" for i in range(network.depth)]
     if depth is not None and depth != network.depth:
         order = expand(network, ema, depth, mode)
@@ -436,6 +468,26 @@ def _widen(network, ema, maps, split, seed, moments) -> dict:
     network.rebuild(maps.new, values)
     ema.network.rebuild(maps.new, averages)
     return {id(p): grown_moments[p.name] for p in network.get_parameters() if p.name in grown_moments}
+
+
+def _resize(network, ema, image_size, moments) -> dict:
+    """`network` and `ema.network` for images of `image_size` (their position embeddings
+    resampled), in place; returns `moments` keyed by the new parameters, without those of
+    the position embeddings."""
+    from .weights import resample_positions
+
+    config = shaped(network.config, network.depth, size=image_size)
+    if image_size < network.config.image_size:
+        raise ConfigError(f"cannot shrink the image size from {network.config.image_size} to {image_size}")
+    names = {id(p): p.name for p in network.get_parameters()}
+    kept = {names[key]: value for key, value in moments.items() if key in names}
+    for each in (network, ema.network):
+        values = {p.name: p.asnumpy() for p in each.get_parameters()}
+        positions = each.pos_embedding
+        values[positions.name] = resample_positions(values[positions.name], (1, config.num_patches + 1, config.width))
+        each.rebuild(config, values)
+    kept.pop(network.pos_embedding.name, None)
+    return {id(p): kept[p.name] for p in network.get_parameters() if p.name in kept}
 
 
 def set_gates(gates, value) -> bool:

@@ -42,7 +42,12 @@ def describe_record(record: dict, epochs: int) -> str:
         gated = ", behind gates at 0 (exact)" if record.get("growth") == "exact" else ""
         width = (f"width {record['width_from']} -> {record['width_to']} ({record['heads_to']} heads, "
                  f"{record['split']} split, function unchanged)" if "width_to" in record else "")
+        if "size_to" in record:
+            size = f"images {record['size_from']} -> {record['size_to']} px (positions resampled)"
+            width = f"{width} and {size}" if width else size
         took = f"{after}; took {record.get('seconds', 0.0):.1f} s"
+        if "pause_seconds" in record:
+            took += f" (training paused {record['pause_seconds']:.1f} s)"
         if not copied:
             return f"grew {width} at epoch {record['epoch'] + 1}{took}"
         return (f"grew {width + ' and ' if width else ''}{record['from']} -> {record['to']} blocks at epoch "

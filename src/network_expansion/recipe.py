@@ -59,7 +59,8 @@ class TrainConfig:
     cutmix: float = 0.0              # likewise for cutmix (DeiT: 1.0)
     clip_grad: float | None = None   # global gradient norm
     ema_decay: float = 0.99996
-    schedule: tuple | None = None    # stages: depths (6, 12) or "6,12"; with widths "6x384,12x768"; None: fixed
+    schedule: tuple | None = None    # stages: depths (6, 12) or "6,12"; "6x384@160,12x768@224" grows width and
+                                     # image size too (Shape); None: fixed
     stage_starts: tuple | None = None  # e.g. (0, 150) or "0,150"; None: stages of equal length
     stage_unit: str = "epoch"        # what stage_starts count: "epoch" or "step"
     expansion_mode: str = "insert"
@@ -109,12 +110,19 @@ class TrainConfig:
         widths = [shape.width for shape in self.schedule or () if shape.width is not None]
         return widths[-1] if widths else width
 
+    def final_size(self, size: int) -> int:
+        """The image size training ends at: the last size the schedule gives, else `size`."""
+        sizes = [shape.size for shape in self.schedule or () if shape.size is not None]
+        return sizes[-1] if sizes else size
+
     def first_model(self, final):
         """The `ViTConfig` training starts at, for a run that ends at `final`: the first
-        stage's depth, and its width (heads at `final`'s head dimension, the MLP at its ratio)."""
+        stage's depth, width (heads at `final`'s head dimension, the MLP at its ratio) and
+        image size."""
         if not self.schedule:
             return final
-        return shaped(final, self.schedule[0].depth, self.schedule[0].width)
+        first = self.schedule[0]
+        return shaped(final, first.depth, first.width, first.size)
 
     def expansion_schedule(self, depth: int, steps_per_epoch: int = 1) -> ExpansionSchedule:
         if self.schedule is None:

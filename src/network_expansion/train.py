@@ -83,9 +83,22 @@ class Trainer:
         if first.width not in (None, model.config.width):
             raise ConfigError(f"the schedule {self.schedule} starts at width {first.width}, the model has "
                               f"{model.config.width}: build it with width={first.width}")
+        if first.size not in (None, model.config.image_size):
+            raise ConfigError(f"the schedule {self.schedule} starts at image size {first.size}, the model has "
+                              f"{model.config.image_size}: build it with image_size={first.size}")
+        self._sources = (train_data, val_data)  # as given; a schedule over image sizes resizes them
+        self._pending = None  # a growth's record, until its pause is known (two steps later)
+        if any(stage.size is not None for stage in self.schedule.stages):
+            self._use_size(model.config.image_size)
         self._rebuild(ema=EMA(model, config.ema_decay))
 
     # -- building blocks -------------------------------------------------------------
+
+    def _use_size(self, size: int) -> None:
+        """Train and validate on images of `size` (the data as given, resized if the
+        schedule trains at another size; data without `at_size` are used as they are)."""
+        self.train_data, self.val_data = (
+            data.at_size(size) if data is not None and hasattr(data, "at_size") else data for data in self._sources)
 
     def _rebuild(self, ema: EMA, growth=None, born=None):
         """(Re)build EMA, optimizer and the jitted steps for the model's current depth.
@@ -157,10 +170,7 @@ class Trainer:
                            unit="batch",
                            disable=not self.progress or not self._is_main, file=sys.stderr)
                 meter = EpochMeter(bar)
-                for images, labels in self.train_data.batches(self.epoch, rng_seed, start=self.batch_in_epoch):
-                    self._stop.rearm()  # the epoch's dataset pipeline installs MindSpore's handlers again
-                    if self.schedule.unit == "step":
-                        self._grow_if_due(meter)
+                for images, labels in self._epoch_batches(meter):
                     start = time.perf_counter()
                     rng = np.random.default_rng([rng_seed, self.epoch, self.batch_in_epoch, 2])
                     inputs, targets = soft_targets(labels, self.model.config.num_classes, self.config, rng, images)
@@ -168,6 +178,8 @@ class Trainer:
                     loss, predictions = self._train_step(ms.Tensor(inputs), ms.Tensor(targets),
                                                          ms.Tensor(gate, ms.float32))
                     self.ema.update()
+                    if self._pending is not None:
+                        self._time_pause(loss, start)
                     self._fold_if_ramped()
                     meter.queue(loss, predictions, labels, self.epoch, self.batch_in_epoch)
                     self.batch_in_epoch += 1
@@ -178,6 +190,7 @@ class Trainer:
                     self._stop.check()  # a signal stops here, between whole steps: resume is exact
                 self._read_back(meter)
                 bar.close()
+                self._log_growth()
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self._record_epoch(meter)
@@ -190,6 +203,7 @@ class Trainer:
             return self.history
         except KeyboardInterrupt:
             self._stop.ignore()  # a second Ctrl-C must not cut the checkpoint in half
+            self._log_growth()
             self.history.interrupted = True
             self.history.stopped_by = self._stop.name
             if meter is not None:
@@ -203,6 +217,42 @@ class Trainer:
         if self.epoch >= self.config.epochs:
             self._save_final()
         return self.history
+
+    def _epoch_batches(self, meter: EpochMeter):
+        """This epoch's training batches from `batch_in_epoch` on. With stages counted in
+        steps, a growth can come between two batches; one that changes the image size
+        switches to the new size's batches at the same position (as a resume there would)."""
+        while True:
+            data = self.train_data
+            for images, labels in data.batches(self.epoch, self.config.seed, start=self.batch_in_epoch):
+                self._stop.rearm()  # the epoch's dataset pipeline installs MindSpore's handlers again
+                if self.schedule.unit == "step":
+                    self._grow_if_due(meter)
+                if self.train_data is not data:
+                    break
+                yield images, labels
+            else:
+                return
+
+    def _time_pause(self, loss, start: float) -> None:
+        """Time the first two steps after a growth (waiting for each): the first compiles
+        the new graphs, the second is an ordinary step; then log the growth's record."""
+        loss.asnumpy()
+        self._pending["steps"].append(time.perf_counter() - start)
+        if len(self._pending["steps"]) == 2:
+            self._log_growth()
+
+    def _log_growth(self) -> None:
+        """Log the pending growth's record with `pause_seconds`: the wall time training
+        stood still for it (surgery, optimizer rebuild, compiling every new graph: the
+        first step's excess over the second), the evaluation of its record excluded."""
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        steps = pending["steps"]
+        excess = steps[0] - steps[1] if len(steps) == 2 else (steps[0] if steps else 0.0)
+        pending["record"]["pause_seconds"] = pending["pause"] + max(excess, 0.0)
+        self._log(pending["record"])
 
     def _read_back(self, meter: EpochMeter) -> None:
         """Wait for the queued steps and take in their loss and accuracy.
@@ -244,33 +294,56 @@ class Trainer:
         self._ramp = None
         self._log({"event": "fold", "epoch": self.epoch, "step": self.step + 1, "wall_seconds": self.wall_seconds})
 
-    def _grow_if_due(self, meter: EpochMeter | None = None):
+    def _grow_if_due(self, meter: EpochMeter | None = None) -> None:
         stage = self.schedule.stage(self._clock)
         deeper = self.model.depth < stage.depth
         wider = stage.width is not None and self.model.config.width < stage.width
-        if not (deeper or wider):
+        larger = stage.size is not None and self.model.config.image_size < stage.size
+        if not (deeper or wider or larger):
             return
         if meter is not None:
             self._read_back(meter)  # mid-epoch: grow from weights known to be finite
+        self._log_growth()  # a growth two steps after another: its pause has no second step
         before, started = self.model.config, time.perf_counter()
         exact = self.config.growth == "exact"
-        carry = self.config.carry_moments or wider  # a width growth grows the moments with the weights
+        # the moments restart at a depth growth (the reference's rule) unless carry_moments;
+        # a width growth grows them with the weights, an image-size growth keeps them
+        carry = self.config.carry_moments or wider or not deeper
         growth = grow(self.model, stage.depth if deeper else None, width=stage.width if wider else None,
+                      image_size=stage.size if larger else None,
                       split=self.config.width_split, seed=self.config.seed * 1_000_003 + self.step,
                       ema=self.ema, exact=exact, gate=self.config.growth_gate, mode=self.config.expansion_mode,
                       optimizer=self.optimizer if carry else None)
         ramped = exact and self.config.growth_gate == "ramp" and bool(growth.gates)
         self._ramp = Ramp(self.step, self.config.growth_ramp or len(self.train_data)) if ramped else None
+        if larger:
+            self._use_size(stage.size)
         self._rebuild(ema=growth.ema, growth=growth)
         record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before.depth, "to": stage.depth,
                   "order": growth.order, "mode": self.config.expansion_mode, "growth": self.config.growth}
         if wider:
             record.update(width_from=before.width, width_to=self.model.config.width,
                           heads_to=self.model.config.num_heads, split=self.config.width_split)
+        if larger:
+            record.update(size_from=before.image_size, size_to=self.model.config.image_size)
+        self._warm_evaluation()
+        pause = time.perf_counter() - started
         record.update(self.validate())
         record["seconds"] = time.perf_counter() - started
         record["wall_seconds"] = self.wall_seconds
-        self._log(record)
+        self._pending = {"record": record, "pause": pause, "steps": []}
+
+    def _warm_evaluation(self) -> None:
+        """Compile the evaluation graphs now (one batch each), so that the growth's pause
+        counts their compilation and not the evaluation that follows."""
+        if self.val_data is None:
+            return
+        images, _ = next(iter(self.val_data.evaluation_batches()))
+        self._stop.rearm()
+        self.model.set_train(False)
+        for forward in (self._eval_forward, self._ema_forward):
+            forward(ms.Tensor(images)).asnumpy()
+        self.model.set_train(True)
 
     def validate(self) -> dict:
         """Top-1 of the model and of its EMA on `val_data` (empty without it)."""
@@ -381,12 +454,15 @@ class Trainer:
         if config.epochs < state["epoch"]:
             raise ConfigError(f"epochs={config.epochs}: the checkpoint is already at epoch {state['epoch']}")
         grown = ViTConfig(**state["model_config"])
-        final = shaped(grown, config.final_depth(grown.depth), config.final_width(grown.width))
+        final = shaped(grown, config.final_depth(grown.depth), config.final_width(grown.width),
+                       config.final_size(grown.image_size))
         model = VisionTransformer(config.first_model(final))
         trainer = cls(model, train_data, val_data, config, output_dir=output_dir or Path(path).parent,
                       progress=progress, distributed=distributed)
         if grown != model.config:  # grown since the start: the checkpoint's shape, its weights loaded below
             model.rebuild(grown)
+            if grown.image_size != getattr(trainer.train_data, "image_size", grown.image_size):
+                trainer._use_size(grown.image_size)
         if state.get("gated_blocks"):  # saved inside an exact growth's ramp (or with learned gates)
             model.add_gates(state["gated_blocks"], trainable=config.growth_gate == "learned")
         trainer._ramp = Ramp(**state["ramp"]) if state.get("ramp") else None

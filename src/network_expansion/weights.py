@@ -366,7 +366,7 @@ def load_pretrained(network, source, *, head="strict", cache_dir=None, sha256=No
 
     positions = network.pos_embedding.name
     if positions in state:
-        resampled = _resample_positions(state[positions], tuple(network.pos_embedding.shape))
+        resampled = resample_positions(state[positions], tuple(network.pos_embedding.shape))
         if resampled is not None:
             state[positions] = resampled
             resized.append(f"{positions} {weights.state[positions].shape[1] - 1} -> "
@@ -417,8 +417,10 @@ def assign(parameter, value) -> None:
     ops.assign(parameter, ms.Tensor(np.asarray(value, dtype=ms.dtype_to_nptype(parameter.dtype))))
 
 
-def _resample_positions(positions: np.ndarray, wanted: tuple):
-    """Position embeddings resampled bicubically to another patch grid (None if same size)."""
+def resample_positions(positions: np.ndarray, wanted: tuple):
+    """Position embeddings `(1, 1 + grid^2, width)` resampled bicubically to another patch
+    grid (`wanted`: the new shape; the class token's row kept); None if it is the same
+    shape, or they cannot be."""
     if positions.shape == wanted or positions.ndim != 3 or positions.shape[2] != wanted[2]:
         return None
     old, new = int(round((positions.shape[1] - 1) ** 0.5)), int(round((wanted[1] - 1) ** 0.5))
