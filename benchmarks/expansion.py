@@ -1,6 +1,6 @@
 """Network expansion against full-depth training: speed-up and accuracy, several seeds.
 
-    .venv/bin/python benchmarks/expansion.py [--seeds 0 1 2] [--epochs 48] [--schedules 6,12 4,8,12 8,12]
+    .venv/bin/python benchmarks/expansion.py [--seeds 0 1 2] [--epochs 48] [--schedules 6,12 4,8,12 6@12,12@16]
         [--growth reference exact learned] [--width-schedules 6x32,12x64] [--width-split random ema equal]
         [--width-lr same scaled]
         [--carry-moments] [--plot FILE] [--output DIR]
@@ -10,6 +10,8 @@ for every run). For every seed it trains the full-depth baseline and each schedu
 same initial weights and data split, taking turns every epoch (`demo.race`: the machine's
 drift falls on all runs alike), then prints one table: mean wall time, speed-up over the
 baseline, the schedule's bound (blocks' share of the work), the share of the bound reached,
+the speed-up of the training steps alone (their seconds, without compilation, evaluation
+and checkpoints: what the proxy's own step costs allow),
 mean top-1 of the model and its EMA with their spread over seeds, and the paired difference
 to the baseline of the same seed. Wall time includes graph compilation (again after each
 growth), the per-epoch evaluations and checkpoints, as a user pays them.
@@ -18,7 +20,10 @@ growth), the per-epoch evaluations and checkpoints, as a user pays them.
 `exact` (the same copies behind gates at 0 that ramp to 1 over an epoch, row `6,12 exact`),
 `learned` (gates learned from 0, row `6,12 learned`). The second table gives, per run with
 a growth, top-1 at the epoch before the (first) growth, right after it and at the end of
-the epoch after it, and the final top-1 paired with the reference growth of the same seed.
+the epoch after it, the final top-1 paired with the reference growth of the same seed, and
+each growth's `pause_seconds` (training at a standstill: surgery, rebuild, compilation). A
+schedule may grow the image size too (`6@12,12@16`: the digits at 12x12, then 16x16; its
+bound counts the blocks' FLOPs at each stage's tokens).
 `--width-schedules` (`6x32,12x64`: half width and half depth, then the full model) run once
 per `--width-split` and `--width-lr` (row `6x32,12x64 random/same`), their depth growth exact;
 its bound is the blocks' FLOPs at each stage's shape (`ExpansionSchedule.speedup_bound`).
@@ -98,8 +103,10 @@ def table(runs: dict, epochs: int, model) -> str:
     by_seed = {key: {r["seed"]: r for r in rows} for key, rows in runs.items()}
     full = by_seed["full"]
     full_time = statistics.mean(r["wall_seconds"] for r in full.values())
-    lines = ["| schedule | wall s | speed-up | bound | share of bound | top-1 | EMA top-1 | top-1 - full (paired) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    full_steps = statistics.mean(r["train_seconds"] for r in full.values()) if all(
+        "train_seconds" in r for r in full.values()) else None
+    lines = ["| schedule | wall s | speed-up | bound | share of bound | steps' speed-up | top-1 | EMA top-1 | "
+             "top-1 - full (paired) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, rows in by_seed.items():
         if not rows:
             continue
@@ -111,7 +118,9 @@ def table(runs: dict, epochs: int, model) -> str:
         ema = [100 * r["ema_top1"] for r in rows.values()]
         # same seed: same data split, same initial weights; the difference the method makes
         paired = [100 * (r["top1"] - full[seed]["top1"]) for seed, r in rows.items() if seed in full]
-        lines.append(f"| {key} | {wall:.1f} | {speedup:.2f}x | {bound:.2f}x | {speedup / bound:.0%} | "
+        steps = (f"{full_steps / statistics.mean(r['train_seconds'] for r in rows.values()):.2f}x"
+                 if full_steps and all("train_seconds" in r for r in rows.values()) else "-")
+        lines.append(f"| {key} | {wall:.1f} | {speedup:.2f}x | {bound:.2f}x | {speedup / bound:.0%} | {steps} | "
                      f"{statistics.mean(top1):.2f} ± {spread(top1):.2f} | {statistics.mean(ema):.2f} ± "
                      f"{spread(ema):.2f} | {statistics.mean(paired):+.2f} ± {spread(paired):.2f} |")
     return "\n".join(lines)
@@ -123,7 +132,7 @@ def growth_table(runs: dict) -> str:
     spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     cell = lambda xs: f"{statistics.mean(xs):.2f} ± {spread(xs):.2f}"  # noqa: E731
     lines = ["| run | top-1 before growth | right after | an epoch after | after - before | "
-             "final - reference (paired) |", "|---|---:|---:|---:|---:|---:|"]
+             "final - reference (paired) | pause s per growth |", "|---|---:|---:|---:|---:|---:|---:|"]
     for key, rows in runs.items():
         rows = [r for r in rows if r["growths"]]
         if not rows:
@@ -132,8 +141,10 @@ def growth_table(runs: dict) -> str:
         before, at, later = ([100 * g[k] for g in first] for k in ("before", "at", "epoch_after"))
         reference = {r["seed"]: r for r in runs.get(key.split()[0], [])} if " " in key else {}
         paired = [100 * (r["top1"] - reference[r["seed"]]["top1"]) for r in rows if r["seed"] in reference]
+        pauses = [g["pause_seconds"] for r in rows for g in r["growths"] if g.get("pause_seconds") is not None]
         lines.append(f"| {key} | {cell(before)} | {cell(at)} | {cell(later)} | "
-                     f"{cell([a - b for a, b in zip(at, before)])} | {cell(paired) if paired else '-'} |")
+                     f"{cell([a - b for a, b in zip(at, before)])} | {cell(paired) if paired else '-'} | "
+                     f"{cell(pauses) if pauses else '-'} |")
     return "\n".join(lines)
 
 

@@ -1,12 +1,12 @@
 """What one training step costs at each stage's shape, and what a growth costs in compilation.
 
-    .venv/bin/python benchmarks/stage_cost.py [--shapes 6 12 6x32] [--rounds 5] [--log-every 1 20]
+    .venv/bin/python benchmarks/stage_cost.py [--shapes 6 12 6x32 6@12] [--rounds 5] [--log-every 1 20]
 
 The demo's ViT (scikit-learn's digits, 16x16, width 64) trained at a fixed depth with the
 real `Trainer`, once per depth and per `log_every` (how many steps run before loss and
 accuracy are read back from the device; 1 is the peer: a read-back every step), their
-epochs interleaved. A shape is a depth, or DEPTHxWIDTH (heads at the demo's head
-dimension, the MLP at its ratio). Prints milliseconds per step (median epoch), each shape's
+epochs interleaved. A shape is a depth, DEPTHxWIDTH (heads at the demo's head
+dimension, the MLP at its ratio), with @SIZE for images of another size (the digits resized). Prints milliseconds per step (median epoch), each shape's
 step time as a share of the largest one's (the bound assumes its share of the blocks'
 multiply-adds, `block_flops`), and
 the first epoch with its evaluation, which compiles the train step, the EMA update and the
@@ -30,11 +30,13 @@ from network_expansion import ArrayData, Trainer, TrainConfig
 def build(settings: DemoSettings, shape: Shape, log_every: int, data) -> Trainer:
     train_x, train_y, test_x, test_y = data
     ms.set_seed(0)
-    model = VisionTransformer(shaped(settings.model, shape.depth, shape.width))
+    model = VisionTransformer(shaped(settings.model, shape.depth, shape.width, shape.size))
     config = TrainConfig(epochs=1000, lr=settings.recipe.lr, warmup_epochs=1, ema_decay=settings.recipe.ema_decay,
                          log_every=log_every)
-    return Trainer(model, ArrayData(train_x, train_y, settings.batch_size),
-                   ArrayData(test_x, test_y, 256, shuffle=False, drop_remainder=False), config, progress=False)
+    size = model.config.image_size
+    return Trainer(model, ArrayData(train_x, train_y, settings.batch_size).at_size(size),
+                   ArrayData(test_x, test_y, 256, shuffle=False, drop_remainder=False).at_size(size), config,
+                   progress=False)
 
 
 def one_epoch(trainer: Trainer) -> float:
@@ -71,11 +73,11 @@ def main():
             seconds[key].append(one_epoch(trainer))
     steps = len(next(iter(trainers.values())).train_data)
     for key, values in seconds.items():
-        print(f"log_every {key[0]:>3}, {str(key[1]):>6}: epochs of", " ".join(f"{v:.2f}" for v in values), "s")
+        print(f"log_every {key[0]:>3}, {str(key[1]):>9}: epochs of", " ".join(f"{v:.2f}" for v in values), "s")
     ms_per_step = {key: 1e3 * statistics.median(values) / steps for key, values in seconds.items()}
 
     def work(shape):
-        return shape.depth * block_flops(settings.model, shape.width or settings.model.width)
+        return shape.depth * block_flops(settings.model, shape.width or settings.model.width, shape.size)
 
     largest = max(args.shapes, key=work)
     print(f"\nthe demo's ViT (width {settings.model.width}), batch {settings.batch_size}, {steps} steps per epoch, "

@@ -185,8 +185,8 @@ def stop_at_step(trainer, at):
     """Ctrl-C (KeyboardInterrupt) just before the trainer's `at`-th step, whatever the depth."""
     make = trainer._make_train_step
 
-    def make_interruptible():
-        step = make()
+    def make_interruptible(*args):
+        step = make(*args)
 
         def run(*args):
             if trainer.step == at:

@@ -131,8 +131,8 @@ def exact_run(tmp_path_factory):
 def test_in_the_trainer_exact_growth_scores_the_same_right_after_the_growth(exact_run):
     trainer, history, out = exact_run
     events = [r["event"] for r in history.records]
-    assert events == ["epoch", "epoch", "grow", "epoch", "fold", "epoch"]
-    before, grow, fold = history.records[1], history.records[2], history.records[4]
+    assert events == ["compile_ahead", "epoch", "epoch", "grow", "epoch", "fold", "epoch"]
+    before, grow, fold = history.records[2], history.records[3], history.records[5]
     assert grow["growth"] == "exact"
     assert (grow["val_top1"], grow["ema_val_top1"]) == (before["val_top1"], before["ema_val_top1"])
     assert fold["step"] == 6 + 5  # the growth at step 6, five steps of ramp

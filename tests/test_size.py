@@ -92,9 +92,32 @@ def test_every_growth_record_says_how_long_training_stood_still(sized_run):
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     grows = [r for r in logged if r["event"] == "grow"]
     assert len(grows) == 1 and "pause_seconds" in grows[0]
-    # logged before the epoch it happened in
-    assert [r["event"] for r in logged].index("grow") == 2
+    # the graphs of stage 2 compiled before the first epoch; the growth logged before its epoch
+    assert [r["event"] for r in logged][:4] == ["compile_ahead", "epoch", "epoch", "grow"]
+    assert logged[0]["stages"] == [1] and grows[0]["compiled_ahead"] is True
     assert "images 8 -> 16 px" in describe_record(grows[0], 4) and "training paused" in describe_record(grows[0], 4)
+    assert describe_record(logged[0], 4).startswith("compiled the graphs of stage 2 ahead in ")
+
+
+@pytest.mark.parametrize("schedule,growth", [("1x16@8,2x16@12,4x32@16", "exact"), ("2,4", "reference")])
+def test_graphs_compiled_ahead_train_exactly_what_compiling_at_the_growth_trains(schedule, growth, tmp_path):
+    image_size = 8 if "@" in schedule else 16
+    depth = int(schedule.split(",")[0].split("x")[0].split("@")[0])
+    runs = {}
+    for ahead in (True, False):
+        trainer = small_trainer(tmp_path / str(ahead), depth=depth, image_size=image_size, schedule=schedule,
+                                growth=growth, compile_ahead=ahead, epochs=3, stage_starts=None)
+        history = trainer.fit()
+        assert [r["compiled_ahead"] for r in history.records if r["event"] == "grow"] == \
+            [ahead] * (len(schedule.split(",")) - 1)
+        runs[ahead] = parameters_of(trainer.model), parameters_of(trainer.ema.network), history
+    (model, ema, history), (model_off, ema_off, history_off) = runs[True], runs[False]
+    assert list(model) == list(model_off) and list(ema) == list(ema_off)
+    for name in model:
+        np.testing.assert_allclose(model[name], model_off[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for name in ema:
+        np.testing.assert_allclose(ema[name], ema_off[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert [r["loss"] for r in history.epochs] == pytest.approx([r["loss"] for r in history_off.epochs], rel=1e-5)
 
 
 def test_resume_across_an_image_size_growth_reproduces_the_uninterrupted_run(sized_run, tmp_path):

@@ -26,13 +26,13 @@ def uninterrupted(tmp_path_factory):
 def test_the_model_grows_at_the_stage_start_and_keeps_training(uninterrupted):
     trainer, history, out = uninterrupted
     events = [(r["event"], r.get("depth", r.get("to"))) for r in history.records]
-    assert events == [("epoch", 2), ("epoch", 2), ("grow", 4), ("epoch", 4), ("epoch", 4)]
-    grow = history.records[2]
-    assert grow["order"] == ["b0", "e0", "b1", "e1"] and "val_top1" in grow
+    assert events == [("compile_ahead", None), ("epoch", 2), ("epoch", 2), ("grow", 4), ("epoch", 4), ("epoch", 4)]
+    grow = history.records[3]
+    assert grow["order"] == ["b0", "e0", "b1", "e1"] and "val_top1" in grow and grow["compiled_ahead"]
     assert trainer.model.depth == 4
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["event"] for r in log] == ["epoch", "epoch", "grow", "epoch", "epoch"]
-    assert all(k in log[0] for k in ("loss", "train_top1", "images_per_s", "val_top1", "ema_val_top1", "lr"))
+    assert [r["event"] for r in log] == ["compile_ahead", "epoch", "epoch", "grow", "epoch", "epoch"]
+    assert all(k in log[1] for k in ("loss", "train_top1", "images_per_s", "val_top1", "ema_val_top1", "lr"))
 
 
 def test_the_evaluation_right_after_growth_runs_the_grown_model():
@@ -278,12 +278,14 @@ def test_the_console_tells_each_epoch_and_growth_in_one_line(uninterrupted):
 
     _, history, _ = uninterrupted
     lines = [describe_record(r, 4) for r in history.records]
-    assert lines[0].startswith("epoch 1/4  depth 2  loss ")
+    assert lines[0].startswith("compiled the graphs of stage 2 ahead in ") and lines[0].endswith(
+        "s: the growths will not stop training to compile")
+    assert lines[1].startswith("epoch 1/4  depth 2  loss ")
     for part in ("train ", "val ", "EMA ", " img/s", "lr "):
-        assert part in lines[0]
-    assert lines[2].startswith("grew 2 -> 4 blocks at epoch 3: EMA copies of blocks 0, 1, inserted (b0 e0 b1 e1); "
+        assert part in lines[1]
+    assert lines[3].startswith("grew 2 -> 4 blocks at epoch 3: EMA copies of blocks 0, 1, inserted (b0 e0 b1 e1); "
                                "val top-1 right after: ")
-    assert "took " in lines[2] and "(training paused " in lines[2] and lines[2].endswith(" s)")
+    assert "took " in lines[3] and "(training paused " in lines[3] and lines[3].endswith(" s)")
 
 
 def test_the_trainer_logs_its_story(caplog):
@@ -318,7 +320,7 @@ def test_resume_honours_more_epochs_and_keeps_the_planned_growth(uninterrupted):
 
 def test_resume_refuses_a_changed_recipe(uninterrupted):
     trainer, _, out = uninterrupted
-    with pytest.raises(ConfigError, match=r"lr=0.1 \(saved 0.002\).*Only epochs, log_every can change"):
+    with pytest.raises(ConfigError, match=r"lr=0.1 \(saved 0.002\).*Only epochs, log_every, compile_ahead can change"):
         Trainer.resume(out / "checkpoint.ckpt", trainer.train_data, progress=False, changes={"lr": 0.1})
 
 

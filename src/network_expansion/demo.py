@@ -48,10 +48,11 @@ class DemoSettings:
     batch_size: int = 32
 
     def __post_init__(self):
-        if (self.recipe.final_depth(self.model.depth), self.recipe.final_width(self.model.width)) != \
-                (self.model.depth, self.model.width):
+        recipe, model = self.recipe, self.model
+        if (recipe.final_depth(model.depth), recipe.final_width(model.width), recipe.final_size(model.image_size)) != \
+                (model.depth, model.width, model.image_size):
             raise ConfigError(f"the demo's schedule {self.schedule_text} must end at the model's depth "
-                              f"{self.model.depth} and width {self.model.width}")
+                              f"{model.depth}, width {model.width} and image size {model.image_size}")
 
     def changed(self, *, epochs=None, schedule=None, width=None, seed=None) -> "DemoSettings":
         """These settings with the given values: a `schedule` (text or depths) also sets the
@@ -136,8 +137,9 @@ def summary(trainer, name: str) -> dict:
             before = [r for r in trainer.history.records[:position] if r["event"] == "epoch"][-1]
             later = [r for r in trainer.history.records[position:] if r["event"] == "epoch"][0]
             growths.append({"epoch": record["epoch"], "before": before["val_top1"], "at": record["val_top1"],
-                            "epoch_after": later["val_top1"]})
+                            "epoch_after": later["val_top1"], "pause_seconds": record.get("pause_seconds")})
     return {"run": name, "wall_seconds": trainer.wall_seconds, "growths": growths,
+            "train_seconds": sum(r["train_seconds"] for r in epochs),
             "images_per_s": images / sum(r["train_seconds"] for r in epochs),
             "top1": epochs[-1]["val_top1"], "ema_top1": epochs[-1]["ema_val_top1"],
             "curve": [(r["wall_seconds"], r["val_top1"]) for r in epochs],
@@ -170,6 +172,9 @@ def format_table(runs, speedup: float, bound: float) -> str:
     lines.append("")
     lines.append(f"speed-up {speedup:.2f}x (bound of the schedule {bound:.2f}x, "
                  f"{speedup / bound:.0%} of it)")
+    if all("train_seconds" in r for r in runs):  # what this machine's step costs allow
+        lines.append(f"the training steps alone (no compilation, evaluation, checkpoints): "
+                     f"{runs[0]['train_seconds'] / runs[1]['train_seconds']:.2f}x")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""What a training run tells: its records (one per epoch, per growth and per gate fold, also written to
+"""What a training run tells: its records (one per epoch, per growth, per gate fold and one
+for the graphs compiled ahead, also written to
 `log.jsonl`), the console line of each, and the meter that reads an epoch's results back
 from the device in batches."""
 
@@ -12,8 +13,8 @@ import numpy as np
 
 @dataclass
 class History:
-    """What happened: one record per epoch, per growth and per fold of an exact growth's gates
-    (also written to log.jsonl)."""
+    """What happened: one record per epoch, per growth, per fold of an exact growth's gates
+    and one for the graphs compiled ahead (also written to log.jsonl)."""
 
     records: list = field(default_factory=list)
     interrupted: bool = False
@@ -30,7 +31,8 @@ class History:
 
 
 def describe_record(record: dict, epochs: int) -> str:
-    """One line of the console's story of a run: an epoch, a growth, or a fold of gates."""
+    """One line of the console's story of a run: an epoch, a growth, a fold of gates, or the
+    graphs compiled ahead."""
     def top1(key, label):
         return f"  {label} {record[key]:.1%}" if key in record else ""
 
@@ -53,6 +55,10 @@ def describe_record(record: dict, epochs: int) -> str:
         return (f"grew {width + ' and ' if width else ''}{record['from']} -> {record['to']} blocks at epoch "
                 f"{record['epoch'] + 1}: EMA copies of block{'s' if len(copied) > 1 else ''} {', '.join(copied)}, "
                 f"{record.get('mode', 'insert')}ed ({' '.join(order)}){gated}{took}")
+    if record["event"] == "compile_ahead":
+        stages = record["stages"]
+        return (f"compiled the graphs of stage{'s' if len(stages) > 1 else ''} {', '.join(str(i + 1) for i in stages)} "
+                f"ahead in {record['seconds']:.1f} s: the growths will not stop training to compile")
     if record["event"] == "fold":
         return f"the new blocks' gates reached 1 after step {record['step']} and were folded away"
     loss = record.get("loss")

@@ -526,15 +526,29 @@ class VisionTransformer(nn.Cell):
         fresh = VisionTransformer(config, initialize=False)
         for i, trainable in gated.items():
             fresh.add_gates([i], trainable=trainable)
-        self.stem, self.body, self.norm, self.head = fresh.stem, fresh.body, fresh.norm, fresh.head
-        self.cls, self.pos_embedding = fresh.cls, fresh.pos_embedding
-        self.config = config
+        self.adopt(fresh)
         self.update_parameters_name(prefix)
         for parameter in self.get_parameters() if values is not None else ():
             value = np.asarray(values[parameter.name], np.float32)
             if value.shape != tuple(parameter.shape):
                 raise ConfigError(f"{parameter.name}: a value of shape {value.shape} for a parameter of {tuple(parameter.shape)}")
             parameter.set_data(Tensor(value))
+
+    def structural_copy(self) -> "VisionTransformer":
+        """A network of this one's shape (config, gates and their trainability, names
+        without prefix) whose weights are zeros: nothing drawn, nothing copied."""
+        copy = VisionTransformer(self.config, initialize=False)
+        for i in self.gated_blocks():
+            copy.add_gates([i], trainable=bool(self.body.layers[i].gates[0].requires_grad))
+        return copy
+
+    def adopt(self, other: "VisionTransformer") -> None:
+        """Take `other`'s layers (the same objects: both networks then share them) and its
+        config; this network keeps its class names and its draws. A growth whose graphs
+        were compiled ahead for `other` (ahead.py) hands this network those layers."""
+        self.stem, self.body, self.norm, self.head = other.stem, other.body, other.norm, other.head
+        self.cls, self.pos_embedding = other.cls, other.pos_embedding
+        self.config = other.config
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised head for `num_classes` (0 removes the head)."""

@@ -76,6 +76,7 @@ class TrainConfig:
     layer_decay: float | None = None  # layer-wise lr decay (fine-tuning), e.g. 0.75
     freeze_backbone: bool = False    # train the head only
     log_every: int = 20              # steps between reading loss and accuracy back (and the NaN check)
+    compile_ahead: bool = True       # compile every later stage's graphs at the start: a growth does not stop
     seed: int = 0
 
     def __post_init__(self):

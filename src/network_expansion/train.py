@@ -33,6 +33,7 @@ from mindspore import ops
 
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from .ahead import Prepared, warm
 from .expansion import EMA, Ramp, grow, set_gates, shaped
 from .graphs import compiled, compiled_forward, pad_batch
 from .history import EpochMeter, History, describe_record
@@ -88,6 +89,7 @@ class Trainer:
                               f"{model.config.image_size}: build it with image_size={first.size}")
         self._sources = (train_data, val_data)  # as given; a schedule over image sizes resizes them
         self._pending = None  # a growth's record, until its pause is known (two steps later)
+        self._prepared = None  # {stage index: ahead.Prepared}, built when fit() first starts
         if any(stage.size is not None for stage in self.schedule.stages):
             self._use_size(model.config.image_size)
         self._rebuild(ema=EMA(model, config.ema_decay))
@@ -101,27 +103,40 @@ class Trainer:
             data.at_size(size) if data is not None and hasattr(data, "at_size") else data for data in self._sources)
 
     def _rebuild(self, ema: EMA, growth=None, born=None):
-        """(Re)build EMA, optimizer and the jitted steps for the model's current depth.
+        """(Re)build EMA, optimizer and the jitted steps for the model's current shape.
         `born`: when carried moments started (`{name: step}`; the others at the stage's start)."""
-        self.ema = ema
-        start = self.schedule.stage(self._clock).start
-        stage_start = start if self.schedule.unit == "step" else start * len(self.train_data)
         if growth is not None:
             born = growth.born(self.model)
-        optimization = build_optimizer(self.model, self.config, len(self.train_data), self.final_depth,
-                                         offset=stage_start, born=born, first=self._first)
-        self.optimizer, self.lr_schedule = optimization.optimizer, optimization.lr_schedule
+        graphs = self._graphs_for(self.model, ema, born, self._stage_start(self.schedule.stage_at(self._clock)))
+        self._take(graphs)
         self.optimizer.global_step.set_data(ms.Tensor(np.array([self.step], np.int32)))
         if growth is not None:
             growth.hand_over(self.optimizer)
-        self._train_step = self._make_train_step()
-        # Two graphs, not one with the EMA's weights swapped in: a graph that has run does
-        # not see Parameter.set_data from the host (MindSpore 2.10; tests/test_model.py).
-        self._eval_forward = compiled_forward(self.model)
-        self._ema_forward = compiled_forward(self.ema.network)
 
-    def _make_train_step(self):
-        model, optimizer, clip = self.model, self.optimizer, self.config.clip_grad
+    def _stage_start(self, index: int) -> int:
+        """The step stage `index` starts at."""
+        start = self.schedule.stages[index].start
+        return start if self.schedule.unit == "step" else start * len(self.train_data)
+
+    def _graphs_for(self, model, ema, born, stage_start) -> Prepared:
+        """The optimizer and the graphs (not compiled until first run) for `model` and `ema`."""
+        optimization = build_optimizer(model, self.config, len(self.train_data), self.final_depth,
+                                       offset=stage_start, born=born, first=self._first)
+        # Two evaluation graphs, not one with the EMA's weights swapped in: a graph that has
+        # run does not see Parameter.set_data from the host (MindSpore 2.10; tests/test_model.py).
+        return Prepared(model=model, ema=ema, optimization=optimization,
+                        train_step=self._make_train_step(model, optimization.optimizer),
+                        eval_forward=compiled_forward(model), ema_forward=compiled_forward(ema.network),
+                        born=dict(born or {}))
+
+    def _take(self, graphs: Prepared) -> None:
+        self.ema = graphs.ema
+        self.optimizer, self.lr_schedule = graphs.optimization.optimizer, graphs.optimization.lr_schedule
+        self._train_step, self._eval_forward, self._ema_forward = \
+            graphs.train_step, graphs.eval_forward, graphs.ema_forward
+
+    def _make_train_step(self, model=None, optimizer=None):
+        model, optimizer, clip = model or self.model, optimizer or self.optimizer, self.config.clip_grad
         reducer = self.distributed.reducer(optimizer.parameters) if self.distributed else None
         ramped = [gate for gate in model.gates if not gate.requires_grad]  # set by self._ramp
 
@@ -143,6 +158,55 @@ class Trainer:
 
         return compiled(step)
 
+    def _grow_to(self, stage, model, ema, optimizer, step: int):
+        """`grow` `model` (with `ema`, and `optimizer`'s moments where they are kept) to
+        `stage`'s shape, as this run grows: the one call both the growth and the graphs
+        compiled ahead for it make. Returns (growth, what grew: {'depth', 'width', 'size'})."""
+        grew = {"depth": model.depth < stage.depth,
+                "width": stage.width is not None and model.config.width < stage.width,
+                "size": stage.size is not None and model.config.image_size < stage.size}
+        # the moments restart at a depth growth (the reference's rule) unless carry_moments;
+        # a width growth grows them with the weights, an image-size growth keeps them
+        carry = self.config.carry_moments or grew["width"] or not grew["depth"]
+        growth = grow(model, stage.depth if grew["depth"] else None, width=stage.width if grew["width"] else None,
+                      image_size=stage.size if grew["size"] else None,
+                      split=self.config.width_split, seed=self.config.seed * 1_000_003 + step,
+                      ema=ema, exact=self.config.growth == "exact", gate=self.config.growth_gate,
+                      mode=self.config.expansion_mode, optimizer=optimizer if carry else None)
+        return growth, grew
+
+    def _compile_ahead(self) -> None:
+        """Build and compile the graphs of every later stage now (ahead.py), so that a
+        growth only hands values over. Logs one record with the seconds it took."""
+        if self._prepared is not None:
+            return
+        self._prepared = {}
+        if not self.config.compile_ahead or self.distributed is not None:
+            return  # data parallel: every rank would have to run the same dummy steps
+        started = time.perf_counter()
+        model, ema, optimizer = self.model, self.ema, self.optimizer
+        current = self.schedule.stage_at(self._clock)
+        eval_batch = None
+        if self.val_data is not None:
+            eval_batch = len(next(iter(self.val_data.evaluation_batches()))[1])
+            self._stop.rearm()
+        for index in range(current + 1, len(self.schedule.stages)):
+            shape = model.structural_copy()
+            copy = EMA(shape, ema.decay)
+            copied = build_optimizer(shape, self.config, len(self.train_data), self.final_depth,
+                                     offset=self._stage_start(index - 1), born=optimizer.born_by_name(),
+                                     first=self._first).optimizer
+            step = self._stage_start(index)
+            growth, _ = self._grow_to(self.schedule.stages[index], shape, copy, copied, step)
+            prepared = self._graphs_for(shape, growth.ema, growth.born(shape), step)
+            warm(prepared, self.train_data.batch_size, self.model.config.num_classes, eval_batch)
+            self._prepared[index] = prepared
+            model, ema, optimizer = shape, growth.ema, prepared.optimization.optimizer
+        if self._prepared:
+            self._log({"event": "compile_ahead", "epoch": self.epoch, "step": self.step,
+                       "stages": sorted(self._prepared), "seconds": time.perf_counter() - started,
+                       "wall_seconds": self.wall_seconds})
+
     # -- the loop --------------------------------------------------------------------
 
     def fit(self, until: int | None = None) -> History:
@@ -152,6 +216,7 @@ class Trainer:
         self._started = time.perf_counter()
         try:
             with self._stop:
+                self._compile_ahead()
                 return self._fit(self.config.epochs if until is None else min(int(until), self.config.epochs))
         finally:
             self._elapsed_before, self._started = self.wall_seconds, None
@@ -296,35 +361,33 @@ class Trainer:
 
     def _grow_if_due(self, meter: EpochMeter | None = None) -> None:
         stage = self.schedule.stage(self._clock)
-        deeper = self.model.depth < stage.depth
-        wider = stage.width is not None and self.model.config.width < stage.width
-        larger = stage.size is not None and self.model.config.image_size < stage.size
-        if not (deeper or wider or larger):
+        if not (self.model.depth < stage.depth or (stage.width or 0) > self.model.config.width
+                or (stage.size or 0) > self.model.config.image_size):
             return
         if meter is not None:
             self._read_back(meter)  # mid-epoch: grow from weights known to be finite
         self._log_growth()  # a growth two steps after another: its pause has no second step
         before, started = self.model.config, time.perf_counter()
-        exact = self.config.growth == "exact"
-        # the moments restart at a depth growth (the reference's rule) unless carry_moments;
-        # a width growth grows them with the weights, an image-size growth keeps them
-        carry = self.config.carry_moments or wider or not deeper
-        growth = grow(self.model, stage.depth if deeper else None, width=stage.width if wider else None,
-                      image_size=stage.size if larger else None,
-                      split=self.config.width_split, seed=self.config.seed * 1_000_003 + self.step,
-                      ema=self.ema, exact=exact, gate=self.config.growth_gate, mode=self.config.expansion_mode,
-                      optimizer=self.optimizer if carry else None)
-        ramped = exact and self.config.growth_gate == "ramp" and bool(growth.gates)
+        growth, grew = self._grow_to(stage, self.model, self.ema, self.optimizer, self.step)
+        ramped = self.config.growth == "exact" and self.config.growth_gate == "ramp" and bool(growth.gates)
         self._ramp = Ramp(self.step, self.config.growth_ramp or len(self.train_data)) if ramped else None
-        if larger:
+        if grew["size"]:
             self._use_size(stage.size)
-        self._rebuild(ema=growth.ema, growth=growth)
+        prepared = (self._prepared or {}).pop(self.schedule.stage_at(self._clock), None)
+        ahead = prepared is not None and prepared.fits(self.model, growth.ema, growth.born(self.model))
+        if ahead:  # compiled at the start: hand the values over, take the prepared layers
+            prepared.hand_over(self.model, growth.ema, growth, self.step)
+            self.model.adopt(prepared.model)
+            self._take(prepared)
+        else:
+            self._rebuild(ema=growth.ema, growth=growth)
         record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before.depth, "to": stage.depth,
-                  "order": growth.order, "mode": self.config.expansion_mode, "growth": self.config.growth}
-        if wider:
+                  "order": growth.order, "mode": self.config.expansion_mode, "growth": self.config.growth,
+                  "compiled_ahead": ahead}
+        if grew["width"]:
             record.update(width_from=before.width, width_to=self.model.config.width,
                           heads_to=self.model.config.num_heads, split=self.config.width_split)
-        if larger:
+        if grew["size"]:
             record.update(size_from=before.image_size, size_to=self.model.config.image_size)
         self._warm_evaluation()
         pause = time.perf_counter() - started
@@ -513,7 +576,7 @@ def folder_trainer(model, train_dir, val_dir=None, config: TrainConfig | None = 
 
 
 # What a resumed run may change: how long it goes on and how often it reads results back.
-RESUMABLE = ("epochs", "log_every")
+RESUMABLE = ("epochs", "log_every", "compile_ahead")
 
 
 def read_training_state(path) -> dict:
