@@ -10,8 +10,9 @@ for every run). For every seed it trains the full-depth baseline and each schedu
 same initial weights and data split, taking turns every epoch (`demo.race`: the machine's
 drift falls on all runs alike), then prints one table: mean wall time, speed-up over the
 baseline, the schedule's bound (blocks' share of the work), the share of the bound reached,
-the speed-up of the training steps alone (their seconds, without compilation, evaluation
-and checkpoints: what the proxy's own step costs allow),
+the speed-up of the training steps alone (their seconds without compilation, evaluation
+and checkpoints, each stage's first epoch left out: `demo.steps_seconds`; what the proxy's
+own step costs allow),
 mean top-1 of the model and its EMA with their spread over seeds, and the paired difference
 to the baseline of the same seed. Wall time includes graph compilation (again after each
 growth), the per-epoch evaluations and checkpoints, as a user pays them.

@@ -23,3 +23,13 @@ def test_demo_trains_both_runs_and_writes_table_plot_and_summary(tmp_path, capsy
     assert summary["bound"] == 4 / 3 and len(summary["expansion"]["growth"]) == 1
     assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 10_000
     assert (tmp_path / "expansion" / "model.ckpt").is_file()
+
+
+def test_the_steps_own_seconds_leave_out_each_stages_first_epoch():
+    from network_expansion.demo import steps_seconds
+
+    # stage 0: a first epoch that compiled (10 s), then 2 s epochs; stage 1: 12 s, then 4 s
+    epochs = [{"stage": 0, "train_seconds": s} for s in (10.0, 2.0, 2.0)] + \
+             [{"stage": 1, "train_seconds": s} for s in (12.0, 4.0, 4.0, 4.0)]
+    assert steps_seconds(epochs) == 3 * 2.0 + 4 * 4.0
+    assert steps_seconds([{"stage": 0, "train_seconds": 5.0}]) == 5.0  # one epoch: all there is
