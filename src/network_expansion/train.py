@@ -10,7 +10,10 @@ epoch of each stage (`expansion.expand`); then a fresh EMA is started, the optim
 rebuilt for the new parameters (optionally carrying the AdamW moments of the blocks that
 already existed, which the reference code drops), the learning rate continues (or
 restarts without warm-up), weight decay is optionally scaled by depth, and the grown model
-is evaluated at once.
+is evaluated at once. Stages may grow the width and the image size too (`DEPTHxWIDTH@SIZE`;
+the data switch to the stage's size). The graphs of every later stage are compiled before
+the first epoch (`ahead.py`), so a growth pauses training for about a second, not for a
+compilation; each growth record says how long (`pause_seconds`).
 
 Every epoch a checkpoint (model, EMA, optimizer, position, stage) is written atomically to
 `output_dir/checkpoint.ckpt`; `Trainer.resume(path, ...)` continues exactly, also across a
