@@ -165,9 +165,7 @@ class Trainer:
         """`grow` `model` (with `ema`, and `optimizer`'s moments where they are kept) to
         `stage`'s shape, as this run grows: the one call both the growth and the graphs
         compiled ahead for it make. Returns (growth, what grew: {'depth', 'width', 'size'})."""
-        grew = {"depth": model.depth < stage.depth,
-                "width": stage.width is not None and model.config.width < stage.width,
-                "size": stage.size is not None and model.config.image_size < stage.size}
+        grew = _what_grows(stage, model)
         # the moments restart at a depth growth (the reference's rule) unless carry_moments;
         # a width growth grows them with the weights, an image-size growth keeps them
         carry = self.config.carry_moments or grew["width"] or not grew["depth"]
@@ -364,8 +362,7 @@ class Trainer:
 
     def _grow_if_due(self, meter: EpochMeter | None = None) -> None:
         stage = self.schedule.stage(self._clock)
-        if not (self.model.depth < stage.depth or (stage.width or 0) > self.model.config.width
-                or (stage.size or 0) > self.model.config.image_size):
+        if not any(_what_grows(stage, self.model).values()):
             return
         if meter is not None:
             self._read_back(meter)  # mid-epoch: grow from weights known to be finite
@@ -579,6 +576,13 @@ def folder_trainer(model, train_dir, val_dir=None, config: TrainConfig | None = 
 
 
 # What a resumed run may change: how long it goes on and how often it reads results back.
+def _what_grows(stage, model) -> dict:
+    """`{'depth', 'width', 'size'}`: which of them `stage` takes beyond `model`'s."""
+    return {"depth": model.depth < stage.depth,
+            "width": stage.width is not None and model.config.width < stage.width,
+            "size": stage.size is not None and model.config.image_size < stage.size}
+
+
 RESUMABLE = ("epochs", "log_every", "compile_ahead")
 
 
