@@ -10,7 +10,8 @@ dimension, the MLP at its ratio), with @SIZE for images of another size (the dig
 step time as a share of the largest one's (the bound assumes its share of the blocks'
 multiply-adds, `block_flops`), and
 the first epoch with its evaluation, which compiles the train step, the EMA update and the
-two evaluation graphs: what every growth pays again.
+evaluation graph (one for model and EMA, `graphs.SharedForward`): what every stage pays
+(before its first epoch since the graphs are compiled ahead).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def main():
     keys = [(log_every, shape) for log_every in args.log_every for shape in args.shapes]
     trainers = {key: build(settings, key[1], key[0], data) for key in keys}
     # First epoch and first evaluation: compilation of the train step, the EMA update and
-    # the two evaluation graphs, as after every growth.
+    # the evaluation graph, as every stage pays.
     compile_seconds = {key: timed(lambda t=t: (one_epoch(t), t.validate())) for key, t in trainers.items()}
     evaluation_seconds = {key: timed(t.validate) for key, t in trainers.items()}
     seconds = {key: [] for key in keys}

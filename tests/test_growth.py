@@ -104,6 +104,30 @@ def test_the_ema_copies_ramped_gates_and_averages_learned_ones():
         assert all(g.requires_grad == (gate == "learned") for g in network.gates)
 
 
+def test_one_shared_forward_runs_a_gated_network_its_ema_and_their_folded_forms():
+    from network_expansion.graphs import SharedForward
+
+    network, _, growth, images, _ = _grown(exact=True)
+    for gate in growth.gates:
+        gate.set_data(ms.Tensor(np.float32(0.6)))
+    ema = EMA(network, 0.5)
+    off_defaults(ema.network, seed=3)  # weights of its own
+    shared = SharedForward(network)
+    expected = {"model": network(images).asnumpy(), "ema": ema.network(images).asnumpy()}
+    assert _relative(expected["model"], expected["ema"]) > 1e-2
+    for _ in range(2):  # each run holds its own network's weights, nothing left from the other
+        assert _relative(shared.of(network)(images).asnumpy(), expected["model"]) <= 1e-6
+        assert _relative(shared.of(ema.network)(images).asnumpy(), expected["ema"]) <= 1e-6
+    for gate in network.gates:  # folded at 1, as the trainer folds: the shared network's gates go to 1
+        gate.set_data(ms.Tensor(np.float32(1.0)))
+    at_one = network(images).asnumpy()
+    network.fold_gates()
+    assert not network.gates
+    assert _relative(shared.of(network)(images).asnumpy(), at_one) <= 1e-5
+    with pytest.raises(ConfigError, match="another shape"):
+        shared.of(VisionTransformer(tiny_config(depth=2)))
+
+
 def test_a_ramp_goes_linearly_from_the_growth_to_one():
     ramp = Ramp(start=10, length=4)
     assert [ramp.value(s) for s in range(10, 15)] == [0.25, 0.5, 0.75, 1.0, 1.0]

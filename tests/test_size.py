@@ -59,6 +59,14 @@ def test_growing_the_image_size_resamples_the_positions_of_model_and_ema_and_kee
     assert logits.shape == (1, 10)
     with pytest.raises(ConfigError, match="cannot shrink the image size from 32 to 16"):
         ne.grow(network, image_size=16)
+    layers = network.body  # only the position embedding is new: the layers are the same objects
+    ne.grow(network, image_size=48)
+    assert network.body is layers and network.pos_embedding.name == "pos_embedding"
+    import dataclasses
+    with pytest.raises(ConfigError, match="image size only"):
+        network.resize(dataclasses.replace(network.config, image_size=64, width=64), np.zeros((1, 65, 64)))
+    with pytest.raises(ConfigError, match=r"expected \(1, 65, 32\)"):
+        network.resize(dataclasses.replace(network.config, image_size=64), np.zeros((1, 17, 32)))
 
 
 @pytest.fixture(scope="module")

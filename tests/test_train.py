@@ -39,12 +39,14 @@ def test_the_evaluation_right_after_growth_runs_the_grown_model():
     trainer = _trainer(epochs=3, stage_starts="0,1")
     x = ms.Tensor(_data()[0][:4])
     trainer.model.set_train(False)
-    trainer._eval_forward(x)  # compiled at depth 2
+    trainer._evaluation.of(trainer.model)(x)  # compiled at depth 2
     trainer.epoch = 1
     trainer._grow_if_due()
     trainer.model.set_train(False)
-    np.testing.assert_allclose(trainer._eval_forward(x).asnumpy(), trainer.model(x).asnumpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(trainer._ema_forward(x).asnumpy(), trainer.ema.network(x).asnumpy(),
+    evaluation = trainer._evaluation
+    np.testing.assert_allclose(evaluation.of(trainer.model)(x).asnumpy(), trainer.model(x).asnumpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(evaluation.of(trainer.ema.network)(x).asnumpy(), trainer.ema.network(x).asnumpy(),
                                rtol=1e-5, atol=1e-6)
 
 

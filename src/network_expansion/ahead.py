@@ -1,7 +1,7 @@
 """Growth without a stop: the graphs of every later stage, compiled before training starts.
 
 A growth changes the network's shape, and MindSpore compiles every graph again for it (the
-train step, the EMA update, the two evaluation forwards): 4 to 19 s at the demo's scale
+train step, the EMA update, the evaluation forward): 4 to 19 s at the demo's scale
 on this CPU, with training standing still. MindSpore 2.10 offers no way to do that
 compilation alongside training here (measured, docs/expansion.md: a compile in a second
 thread holds the first one's steps, 86 ms -> 1.5 s each, and once ended in a framework
@@ -35,8 +35,7 @@ class Prepared:
     ema: object             # its EMA
     optimization: object    # recipe.Optimization for it
     train_step: object
-    eval_forward: object
-    ema_forward: object
+    evaluation: object      # graphs.SharedForward: the evaluation of model and EMA
     born: dict = field(default_factory=dict)  # the moments' birth steps the optimizer was built with
 
     def fits(self, model, ema, born: dict) -> bool:
@@ -80,8 +79,4 @@ def warm(prepared: Prepared, batch_size: int, num_classes: int, eval_batch: int 
     prepared.train_step(images, targets, ms.Tensor(0.0, ms.float32))[0].asnumpy()
     prepared.ema.update()
     if eval_batch:
-        images = ms.Tensor(np.zeros((eval_batch, 3, size, size), np.float32))
-        prepared.model.set_train(False)
-        for forward in (prepared.eval_forward, prepared.ema_forward):
-            forward(images).asnumpy()
-        prepared.model.set_train(True)
+        prepared.evaluation.forward(ms.Tensor(np.zeros((eval_batch, 3, size, size), np.float32))).asnumpy()

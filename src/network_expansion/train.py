@@ -38,7 +38,7 @@ from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .ahead import Prepared, warm
 from .expansion import EMA, Ramp, grow, set_gates, shaped
-from .graphs import compiled, compiled_forward, pad_batch
+from .graphs import SharedForward, compiled, pad_batch
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
 from .recipe import TrainConfig, build_optimizer, soft_cross_entropy, soft_targets
@@ -125,18 +125,14 @@ class Trainer:
         """The optimizer and the graphs (not compiled until first run) for `model` and `ema`."""
         optimization = build_optimizer(model, self.config, len(self.train_data), self.final_depth,
                                        offset=stage_start, born=born, first=self._first)
-        # Two evaluation graphs, not one with the EMA's weights swapped in: a graph that has
-        # run does not see Parameter.set_data from the host (MindSpore 2.10; tests/test_model.py).
         return Prepared(model=model, ema=ema, optimization=optimization,
                         train_step=self._make_train_step(model, optimization.optimizer),
-                        eval_forward=compiled_forward(model), ema_forward=compiled_forward(ema.network),
-                        born=dict(born or {}))
+                        evaluation=SharedForward(model), born=dict(born or {}))
 
     def _take(self, graphs: Prepared) -> None:
         self.ema = graphs.ema
         self.optimizer, self.lr_schedule = graphs.optimization.optimizer, graphs.optimization.lr_schedule
-        self._train_step, self._eval_forward, self._ema_forward = \
-            graphs.train_step, graphs.eval_forward, graphs.ema_forward
+        self._train_step, self._evaluation = graphs.train_step, graphs.evaluation
 
     def _make_train_step(self, model=None, optimizer=None):
         model, optimizer, clip = model or self.model, optimizer or self.optimizer, self.config.clip_grad
@@ -389,7 +385,8 @@ class Trainer:
                           heads_to=self.model.config.num_heads, split=self.config.width_split)
         if grew["size"]:
             record.update(size_from=before.image_size, size_to=self.model.config.image_size)
-        self._warm_evaluation()
+        if not ahead:
+            self._warm_evaluation()
         pause = time.perf_counter() - started
         record.update(self.validate())
         record["seconds"] = time.perf_counter() - started
@@ -397,29 +394,25 @@ class Trainer:
         self._pending = {"record": record, "pause": pause, "steps": []}
 
     def _warm_evaluation(self) -> None:
-        """Compile the evaluation graphs now (one batch each), so that the growth's pause
-        counts their compilation and not the evaluation that follows."""
+        """Compile the evaluation graph now (one batch), so that the growth's pause counts
+        its compilation and not the evaluation that follows. (Prepared graphs: compiled.)"""
         if self.val_data is None:
             return
         images, _ = next(iter(self.val_data.evaluation_batches()))
         self._stop.rearm()
-        self.model.set_train(False)
-        for forward in (self._eval_forward, self._ema_forward):
-            forward(ms.Tensor(images)).asnumpy()
-        self.model.set_train(True)
+        self._evaluation.forward(ms.Tensor(images)).asnumpy()
 
     def validate(self) -> dict:
-        """Top-1 of the model and of its EMA on `val_data` (empty without it)."""
+        """Top-1 of the model and of its EMA on `val_data` (empty without it), both through
+        one compiled forward (`graphs.SharedForward`)."""
         if self.val_data is None:
             return {}
-        self.model.set_train(False)
-        results = {"val_top1": self._top1(self._eval_forward), "ema_val_top1": self._top1(self._ema_forward)}
-        self.model.set_train(True)
-        return results
+        return {"val_top1": self._top1(self.model), "ema_val_top1": self._top1(self.ema.network)}
 
-    def _top1(self, forward) -> float:
-        """Top-1 on `val_data`, every batch padded to one shape (a short last batch would
-        compile the network again)."""
+    def _top1(self, network) -> float:
+        """`network`'s top-1 on `val_data`, every batch padded to one shape (a short last
+        batch would compile the network again)."""
+        forward = self._evaluation.of(network)
         hits = seen = 0
         size = None
         for images, labels in self.val_data.evaluation_batches():
