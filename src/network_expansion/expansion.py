@@ -31,7 +31,7 @@ from mindspore import nn, ops
 
 from .errors import ConfigError
 from .graphs import compiled
-from .model import VisionTransformer
+from .model import VisionTransformer, source_name
 from .width import WidthMaps
 
 MODES = ("insert", "stack")
@@ -315,16 +315,11 @@ class EMA:
         """Take `old`'s averages, grown in `order` (`'b3'`: old block 3, `'e3'` its copy):
         the EMA of an exact growth goes on averaging, as its function is unchanged too.
         Gates keep the values they have (those of the grown network)."""
-        def source(name):
-            parts = name.split(".")
-            if parts[1:3] == ["body", "layers"]:
-                parts[3] = order[int(parts[3])][1:]
-            return ".".join(parts)
-
         averages = {p.name: p for p in old.network.get_parameters()}
+        gates = {id(gate) for gate in self.network.gates}
         for parameter in self.network.get_parameters():
-            if not parameter.name.endswith(".gate"):
-                parameter.set_data(averages[source(parameter.name)].value().copy())
+            if id(parameter) not in gates:
+                parameter.set_data(averages[source_name(parameter.name, order)].value().copy())
 
     def load_state(self, state: dict) -> None:
         for parameter in self.network.get_parameters():

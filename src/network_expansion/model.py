@@ -117,6 +117,21 @@ def is_classifier_name(name: str) -> bool:
     return name.startswith("head.")
 
 
+def source_name(name: str, order: list) -> str:
+    """The name that parameter `name` of a network grown in `order` came from in the
+    network before the growth (`order[i]`: 'b3' for old block 3 at position i, 'e3' for
+    its copy); any prefix (an EMA's `ema.`) is kept; a gate has no source.
+
+    >>> source_name("ema.body.layers.3.1.cell.0.gamma", ["b0", "e0", "b1", "e1"])
+    'ema.body.layers.1.1.cell.0.gamma'
+    """
+    prefix, found, rest = name.partition("body.layers.")
+    if not found:
+        return name
+    index, _, tail = rest.partition(".")
+    return f"{prefix}body.layers.{order[int(index)][1:]}.{tail}"
+
+
 def initializer(seed=None) -> np.random.Generator:
     """The generator a network draws its initial weights from: NumPy's PCG64 seeded with
     `seed`, or, without one, from NumPy's global state (which `mindspore.set_seed` seeds)."""
