@@ -568,7 +568,6 @@ def folder_trainer(model, train_dir, val_dir=None, config: TrainConfig | None = 
                    progress=progress)
 
 
-# What a resumed run may change: how long it goes on and how often it reads results back.
 def _what_grows(stage, model) -> dict:
     """`{'depth', 'width', 'size'}`: which of them `stage` takes beyond `model`'s."""
     return {"depth": model.depth < stage.depth,
@@ -576,6 +575,8 @@ def _what_grows(stage, model) -> dict:
             "size": stage.size is not None and model.config.image_size < stage.size}
 
 
+# What a resumed run may change: how long it goes on, how often it reads results back, and
+# whether later stages' graphs are compiled ahead.
 RESUMABLE = ("epochs", "log_every", "compile_ahead")
 
 
