@@ -1,6 +1,7 @@
 """What one training step costs at each stage's shape, and what a growth costs in compilation.
 
     .venv/bin/python benchmarks/stage_cost.py [--shapes 6 12 6x32 6@12] [--rounds 5] [--log-every 1 20]
+    .venv/bin/python benchmarks/stage_cost.py --scale vit-b --shapes 6x384 6 12 --rounds 3 --log-every 20
 
 The demo's ViT (scikit-learn's digits, 16x16, width 64) trained at a fixed depth with the
 real `Trainer`, once per depth and per `log_every` (how many steps run before loss and
@@ -12,6 +13,10 @@ multiply-adds, `block_flops`), and
 the first epoch with its evaluation, which compiles the train step, the EMA update and the
 evaluation graph (one for model and EMA, `graphs.SharedForward`): what every stage pays
 (before its first epoch since the graphs are compiled ahead).
+
+`--scale vit-b` does the same at ViT-B/16's shapes (224 px, width 768, 12 heads, MLP 3072,
+batch 8; 24 of the digits resized to 224 px, so an epoch is three steps): what a stage
+costs where the matrix products dominate, which the width-64 proxy cannot show.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import mindspore as ms
 
 from network_expansion.demo import DemoSettings, digits
 from network_expansion.expansion import Shape, block_flops, shaped
-from network_expansion.model import VisionTransformer
+from network_expansion.model import ViTConfig, VisionTransformer
 from network_expansion import ArrayData, Trainer, TrainConfig
 
 
@@ -59,9 +64,14 @@ def main():
     parser.add_argument("--shapes", type=Shape.parse, nargs="+", default=[Shape(6), Shape(12)])
     parser.add_argument("--rounds", type=int, default=5, help="epochs per configuration after the first")
     parser.add_argument("--log-every", type=int, nargs="+", default=[1, 20])
+    parser.add_argument("--scale", choices=("demo", "vit-b"), default="demo")
     args = parser.parse_args()
     settings = DemoSettings()
     data = digits(settings.model.image_size, 0)
+    if args.scale == "vit-b":  # ViT-B/16's blocks on a few digits at 224 px (ArrayData.at_size resizes them)
+        settings = DemoSettings(model=ViTConfig(image_size=224, patch_size=16, width=768, depth=12, num_heads=12,
+                                                mlp_width=3072, num_classes=10), batch_size=8)
+        data = (data[0][:24], data[1][:24], data[2][:8], data[3][:8])
     keys = [(log_every, shape) for log_every in args.log_every for shape in args.shapes]
     trainers = {key: build(settings, key[1], key[0], data) for key in keys}
     # First epoch and first evaluation: compilation of the train step, the EMA update and
@@ -81,7 +91,8 @@ def main():
         return shape.depth * block_flops(settings.model, shape.width or settings.model.width, shape.size)
 
     largest = max(args.shapes, key=work)
-    print(f"\nthe demo's ViT (width {settings.model.width}), batch {settings.batch_size}, {steps} steps per epoch, "
+    print(f"\n{'ViT-B/16 shapes' if args.scale == 'vit-b' else 'the demo ViT'} (width {settings.model.width}), "
+          f"batch {settings.batch_size}, {steps} steps per epoch, "
           f"median of {args.rounds} interleaved epochs per row\n")
     print(f"| log_every | shape | ms per step | share of {largest} | bound's share (FLOPs) | "
           "first epoch + evaluation s | one evaluation s |")

@@ -33,6 +33,22 @@ def _relative(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def test_the_shared_forward_is_built_when_first_used_and_only_for_the_shape_it_was_made_for():
+    from network_expansion.graphs import SharedForward
+
+    network = VisionTransformer(tiny_config(depth=2), seed=0)
+    unused = SharedForward(network)
+    assert unused._network is None  # a run without evaluation keeps no third set of weights
+    shared = SharedForward(network)
+    images = ms.Tensor(np.zeros((2, 3, 32, 32), np.float32))
+    network.set_train(False)
+    assert _relative(shared.of(network)(images).asnumpy(), network(images).asnumpy()) <= 1e-6
+    ne.grow(network, 3, exact=False)  # in place: `unused` was made for depth 2 and stays so
+    assert unused.network.depth == 2
+    with pytest.raises(ConfigError, match="another shape"):
+        unused.of(network)
+
+
 @pytest.mark.parametrize("mode", ["insert", "stack"])
 def test_exact_growth_keeps_the_logits_in_pynative_and_graph_mode(mode):
     network, ema, growth, images, before = _grown(exact=True, mode=mode)

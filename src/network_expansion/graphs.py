@@ -82,12 +82,31 @@ class SharedForward:
 
     A network whose gates were folded (`fold_gates` once they reached 1) runs with the
     shared network's gates at 1: the same function.
+
+    The third network is built when first used, of the shape `network` had when this was
+    made: a run without evaluation keeps no third set of weights.
     """
 
     def __init__(self, network):
-        self.network = network.structural_copy()
-        self.network.set_train(False)
-        self.forward = compiled_forward(self.network)
+        self._structure = network.structure()  # the shape now: a later fold_gates does not change it
+        self._network = self._forward = None
+
+    @property
+    def network(self):
+        """The network whose parameters the compiled forward reads (built on first use)."""
+        if self._network is None:
+            from .model import VisionTransformer
+
+            self._network = VisionTransformer.of_structure(self._structure)
+            self._network.set_train(False)
+            self._forward = compiled_forward(self._network)
+        return self._network
+
+    @property
+    def forward(self):
+        """The compiled forward of `network` (run `of(...)` first to give it weights)."""
+        _ = self.network  # built on first use
+        return self._forward
 
     def of(self, network):
         """The compiled forward, holding `network`'s weights (its current values)."""

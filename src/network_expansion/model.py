@@ -567,9 +567,19 @@ class VisionTransformer(nn.Cell):
     def structural_copy(self) -> "VisionTransformer":
         """A network of this one's shape (config, gates and their trainability, names
         without prefix) whose weights are zeros: nothing drawn, nothing copied."""
-        copy = VisionTransformer(self.config, initialize=False)
-        for i in self.gated_blocks():
-            copy.add_gates([i], trainable=bool(self.body.layers[i].gates[0].requires_grad))
+        return VisionTransformer.of_structure(self.structure())
+
+    def structure(self) -> tuple:
+        """This network's shape as a value: `(config, ((gated block, trainable gate), ...))`."""
+        return self.config, tuple((i, bool(self.body.layers[i].gates[0].requires_grad)) for i in self.gated_blocks())
+
+    @staticmethod
+    def of_structure(structure: tuple) -> "VisionTransformer":
+        """A network of that `structure()` whose weights are zeros."""
+        config, gated = structure
+        copy = VisionTransformer(config, initialize=False)
+        for i, trainable in gated:
+            copy.add_gates([i], trainable=trainable)
         return copy
 
     def adopt(self, other: "VisionTransformer") -> None:
