@@ -244,9 +244,10 @@ def race(scale: str, rounds: int, peer_python: str | None, baseline: str | None 
 
 
 def table(rows: list) -> str:
-    lines = ["| scale | run | ms per step | images/s | vs timm train | peak RSS MiB |", "|---|---|---:|---:|---:|---:|"]
-    for row in rows:
-        peer = next((r for r in rows if r["scale"] == row["scale"] and r["run"] == "timm train"), None)
+    lines = ["| scale | run | ms per step | images/s | speed vs timm's | peak RSS MiB |", "|---|---|---:|---:|---:|---:|"]
+    for row in rows:  # a train step against timm's train step, a forward against timm's forward
+        job = row["run"].split()[-1]
+        peer = next((r for r in rows if r["scale"] == row["scale"] and r["run"] == f"timm {job}"), None)
         relative = f"{peer['ms_per_step'] / row['ms_per_step']:.2f}x" if peer else "-"
         lines.append(f"| {row['scale']} | {row['run']} | {row['ms_per_step']:.1f} | {row['images_per_s']:.2f} | "
                      f"{relative} | {row['peak_mib']:.0f} |")
