@@ -126,9 +126,10 @@ def table(runs: dict, epochs: int, model) -> str:
         paired = [100 * (r["top1"] - full[seed]["top1"]) for seed, r in rows.items() if seed in full]
         steps = (f"{full_steps / statistics.mean(r['train_seconds'] for r in rows.values()):.2f}x"
                  if full_steps and all("train_seconds" in r for r in rows.values()) else "-")
-        rest = full_rest / statistics.mean(r["wall_seconds"] - r["compile_seconds"] for r in rows.values()) \
-            if compiled else None
-        rest = f"{rest:.2f}x ({rest / bound:.0%})" if rest else "-"
+        rest = "-"
+        if compiled:
+            ratio = full_rest / statistics.mean(r["wall_seconds"] - r["compile_seconds"] for r in rows.values())
+            rest = f"{ratio:.2f}x ({ratio / bound:.0%})"
         lines.append(f"| {key} | {wall:.1f} | {speedup:.2f}x | {bound:.2f}x | {speedup / bound:.0%} | {steps} | {rest} | "
                      f"{statistics.mean(top1):.2f} ± {spread(top1):.2f} | {statistics.mean(ema):.2f} ± "
                      f"{spread(ema):.2f} | {statistics.mean(paired):+.2f} ± {spread(paired):.2f} |")

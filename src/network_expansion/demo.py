@@ -154,10 +154,7 @@ def steps_seconds(epochs) -> float:
     stage's first step (the run's first epoch; a growth's, without compile_ahead) does not
     count. The mean, not the median: the machine's drift stays in, as it does for the runs
     it is compared with."""
-    by_stage = {}
-    for record in epochs:
-        by_stage.setdefault(record["stage"], []).append(record["train_seconds"])
-    return sum(statistics.mean(seconds[1:] or seconds) * len(seconds) for seconds in by_stage.values())
+    return sum(statistics.mean(seconds[1:] or seconds) * len(seconds) for seconds in _by_stage(epochs))
 
 
 def compile_seconds(records) -> float:
@@ -168,13 +165,18 @@ def compile_seconds(records) -> float:
     its first evaluation, is not counted (the same for every run). Wall time minus this is
     what the run would take if MindSpore compiled nothing."""
     epochs = [r for r in records if r["event"] == "epoch"]
-    by_stage = {}
-    for record in epochs:
-        by_stage.setdefault(record["stage"], []).append(record["train_seconds"])
-    first = sum(max(seconds[0] - statistics.mean(seconds[1:]), 0.0) for seconds in by_stage.values()
+    first = sum(max(seconds[0] - statistics.mean(seconds[1:]), 0.0) for seconds in _by_stage(epochs)
                 if len(seconds) > 1)
     return (first + sum(r["seconds"] for r in records if r["event"] == "compile_ahead")
             + sum(r.get("pause_seconds") or 0.0 for r in records if r["event"] == "grow"))
+
+
+def _by_stage(epochs) -> list:
+    """The epochs' `train_seconds`, one list per stage, in order."""
+    by_stage = {}
+    for record in epochs:
+        by_stage.setdefault(record["stage"], []).append(record["train_seconds"])
+    return list(by_stage.values())
 
 
 def compare(settings: DemoSettings = DemoSettings(), output_dir="expansion-demo", progress: bool = True) -> dict:
