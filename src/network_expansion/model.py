@@ -206,6 +206,11 @@ class Attention(nn.Cell):
         self.to_v = _dense(config.width, config.width, rng)
         self.to_out = _dense(config.width, config.width, rng)
         self.scores = ops.BatchMatMul(transpose_b=True)
+        # The BatchMatMul primitive, not ops.matmul: MindSpore 2.10 differentiates ops.matmul
+        # with explicit Transposes of the attention weights and of v, and its CPU Transpose
+        # kernel keeps about twice its output's size for good (benchmarks/kernel_memory.py):
+        # 57 MiB more per block in a ViT-B train step at batch 8.
+        self.mix = ops.BatchMatMul()
         self.attention_dropout = nn.Dropout(p=config.attention_dropout)
         self.output_dropout = nn.Dropout(p=config.dropout)
 
@@ -223,7 +228,7 @@ class Attention(nn.Cell):
         q, k, v = self._heads(self.to_q(tokens)), self._heads(self.to_k(tokens)), self._heads(self.to_v(tokens))
         # q k^T with k transposed inside the batched matmul, not as a separate copy.
         weights = ops.softmax(self.scores(q * self.scale, k), axis=-1)
-        mixed = ops.matmul(self.attention_dropout(weights), v)
+        mixed = self.mix(self.attention_dropout(weights), v)
         mixed = mixed.transpose(0, 2, 1, 3).reshape(b, n, d)
         return self.output_dropout(self.to_out(mixed))
 
