@@ -45,7 +45,11 @@ def main():
     def forward_backward(images, targets):
         return gradients(images, targets)
 
-    step = ms.jit(loss_of if args.forward_only else forward_backward)
+    try:  # as the package compiles its graphs (on the CPU: without MindSpore's queue thread)
+        from network_expansion.graphs import compiled as jit
+    except ImportError:  # versions before 2026-12-01
+        jit = ms.jit
+    step = jit(loss_of if args.forward_only else forward_backward)
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((args.batch, 3, 224, 224), dtype=np.float32))
     targets = ms.Tensor(np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, args.batch)])

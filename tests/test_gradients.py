@@ -11,7 +11,7 @@ import pytest
 
 import numpy_vit
 from conftest import parameters_of, tiny_config
-from network_expansion.model import VisionTransformer
+from network_expansion.model import TokenDense, VisionTransformer
 from network_expansion.recipe import soft_cross_entropy
 
 
@@ -69,3 +69,38 @@ def test_compiled_gradients_match_central_differences_of_the_numpy_reference(gel
         assert abs(got - expected) <= 1e-3 * abs(expected) + 1e-5, (parameter.name, got, expected)
         checked += 1
     assert checked == len(params)  # every parameter has a gradient, and each was checked
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+@pytest.mark.parametrize("in_width,out_width", [(48, 16), (16, 48)])
+def test_a_token_dense_trains_with_the_gradients_of_its_dense(mode, in_width, out_width):
+    """TokenDense writes its backward out (`model._Affine`; a narrowing layer takes another
+    form of the weight gradient): input and parameter gradients equal autodiff's of the same
+    `nn.Dense`, compiled and in PyNative mode; evaluation runs the `nn.Dense` itself."""
+    rng = np.random.default_rng(6)
+    layer = TokenDense(in_width, out_width, rng)
+    assert layer.narrows == (in_width > out_width)
+    layer.set_train(True)
+    tokens = ms.Tensor(rng.standard_normal((2, 5, in_width)).astype(np.float32))
+    upstream = ms.Tensor(rng.standard_normal((2, 5, out_width)).astype(np.float32))
+
+    def through_layer(x):
+        return (layer(x) * upstream).sum()
+
+    def through_dense(x):
+        return (layer.dense(x) * upstream).sum()
+
+    results = []
+    for function in (through_layer, through_dense):
+        gradient = ms.value_and_grad(function, 0, layer.trainable_params())
+
+        def run(x):
+            return gradient(x)
+
+        loss, (input_gradient, weight_gradients) = (ms.jit(run) if mode == "graph" else run)(tokens)
+        results.append([loss.asnumpy(), input_gradient.asnumpy(), *(g.asnumpy() for g in weight_gradients)])
+    assert [p.name for p in layer.trainable_params()] == ["dense.weight", "dense.bias"]
+    for ours, autodiff in zip(*results):
+        np.testing.assert_allclose(ours, autodiff, rtol=1e-5, atol=1e-5)
+    layer.set_train(False)
+    np.testing.assert_array_equal(layer(tokens).asnumpy(), layer.dense(tokens).asnumpy())
