@@ -8,7 +8,7 @@ The reproduction for docs/performance.md. MindSpore 2.10's CPU MatMul is 2 to 3 
 slower when its second operand is stored (K, N) with a wide N (3072) than stored (N, K):
 the MLP's second layer's backward (`dy @ W`, `dy^T @ x` at 3072 -> 768). The fourth form,
 `(x^T @ dy)^T`, is the weight gradient the package computes for that layer
-(`model._Projection`): the same matrix from the fast layout and one transpose.
+(`model._Affine`): the same matrix from the fast layout and one transpose.
 """
 import statistics
 import time
@@ -16,6 +16,8 @@ import time
 import mindspore as ms
 import numpy as np
 from mindspore import ops
+
+from network_expansion.graphs import compiled  # as the package compiles: without the queue thread
 
 FORWARD, PLAIN, FIRST_TRANSPOSED = ops.MatMul(transpose_b=True), ops.MatMul(), ops.MatMul(transpose_a=True)
 
@@ -38,14 +40,6 @@ def weight_gradient_transposed(dy, x):
 
 FORMS = {"x @ W^T (forward)": forward, "dy @ W (grad of x)": input_gradient, "dy^T @ x (grad of W)": weight_gradient,
          "(x^T @ dy)^T (grad of W)": weight_gradient_transposed}
-
-
-def compiled(function):
-    try:  # as the package compiles its graphs (on the CPU: without MindSpore's queue thread)
-        from network_expansion.graphs import compiled as jit
-    except ImportError:
-        jit = ms.jit
-    return jit(function)
 
 
 def main():

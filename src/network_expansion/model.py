@@ -176,8 +176,12 @@ class TokenDense(nn.Cell):
     def __init__(self, in_width: int, out_width: int, rng):
         super().__init__()
         self.dense = _dense(in_width, out_width, rng)
-        self.narrows = in_width > out_width
-        self.affine = _Affine(self.narrows)
+        self.affine = _Affine(narrows=in_width > out_width)
+
+    @property
+    def narrows(self) -> bool:
+        """Whether the layer narrows (its weight gradient then takes the transposed form)."""
+        return self.affine.narrows
 
     def construct(self, tokens):
         if self.training:
@@ -196,9 +200,11 @@ class _Affine(nn.Cell):
     * for a layer that narrows (the MLP's second, 3072 -> 768), the weight gradient as
       `(x^T dy)^T`: autodiff's `dy^T x` has x (tokens x 3072) as the MatMul's second operand,
       a layout its CPU kernel runs 2 to 3 times slower (`benchmarks/matmul_forms.py`); the
-      transpose of the result costs 27 MiB per block (the Transpose kernel's, above).
+      transpose of the result costs 27 MiB per block (MindSpore's CPU Transpose kernel keeps
+      about twice its output: `benchmarks/kernel_memory.py`).
 
-    Together a ViT-B train step 15% faster at depth 4 (docs/performance.md).
+    Together a ViT-B train step 15% faster at depth 4, 8 to 10% at depth 12
+    (docs/performance.md).
     """
 
     def __init__(self, narrows: bool):
