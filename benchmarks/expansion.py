@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/expansion.py [--seeds 0 1 2] [--epochs 48] [--schedules 6,12 4,8,12 6@12,12@16]
         [--growth reference exact learned] [--width-schedules 6x32,12x64] [--width-split random ema equal]
         [--width-lr same scaled]
-        [--carry-moments] [--plot FILE] [--output DIR]
+        [--carry-moments] [--size-crops none 0.3] [--plot FILE] [--output DIR]
 
 The longer version of `network-expansion demo` (scikit-learn's digits, the same small ViT
 for every run). For every seed it trains the full-depth baseline and each schedule from the
@@ -26,7 +26,10 @@ a growth, top-1 at the epoch before the (first) growth, right after it and at th
 the epoch after it, the final top-1 paired with the reference growth of the same seed, and
 each growth's `pause_seconds` (training at a standstill: surgery, rebuild, compilation). A
 schedule may grow the image size too (`6@12,12@16`: the digits at 12x12, then 16x16; its
-bound counts the blocks' FLOPs at each stage's tokens).
+bound counts the blocks' FLOPs at each stage's tokens). Its smaller stages train on random
+resized crops as the demo's recipe says (`TrainConfig.size_crops`, 0.3); `--size-crops none
+0.3` runs each such schedule once per value instead (rows `6@12,12@16 exact whole images`,
+`6@12,12@16 exact crops 0.3`).
 `--width-schedules` (`6x32,12x64`: half width and half depth, then the full model) run once
 per `--width-split` and `--width-lr` (row `6x32,12x64 random/same`), their depth growth exact;
 its bound is the blocks' FLOPs at each stage's shape (`ExpansionSchedule.speedup_bound`).
@@ -64,6 +67,10 @@ def main():
     parser.add_argument("--plot", help="draw top-1 against wall time of the first seed's runs to this file")
     parser.add_argument("--carry-moments", action="store_true",
                         help="also run each schedule with the AdamW moments carried across growths")
+    parser.add_argument("--size-crops", type=_share_or_none, nargs="+", default=[], metavar="SHARE",
+                        help="run each schedule that grows the image size once per value: its smaller stages "
+                             "train on random resized crops keeping at least SHARE of the area, or on whole "
+                             "images ('none'); default: the demo recipe's (row `6@12,12@16 exact`)")
     parser.add_argument("--output", default=None, help="folder for logs and results.json (default: a temporary one)")
     args = parser.parse_args()
     base = DemoSettings().changed(epochs=args.epochs)
@@ -79,6 +86,11 @@ def main():
                          for split in args.width_split for lr in args.width_lr})
     if args.carry_moments:
         variants.update({f"{s} carried": (s, {"carry_moments": True}) for s in args.schedules})
+    for key, (schedule, changes) in list(variants.items()):
+        if schedule and "@" in schedule and args.size_crops:
+            del variants[key]
+            variants.update({f"{key} crops {share:g}" if share else f"{key} whole images":
+                             (schedule, {**changes, "size_crops": share}) for share in args.size_crops})
     runs = {key: [] for key in variants}
     for seed in args.seeds:
         results = race(base.changed(seed=seed), variants, output / f"seed{seed}", progress=False)
@@ -99,6 +111,10 @@ def main():
         first = args.seeds[0]
         print("plot:", plot([{**r, "run": key} for key, rows in runs.items() for r in rows if r["seed"] == first],
                             Path(args.plot)))
+
+
+def _share_or_none(text):
+    return None if text.lower() == "none" else float(text)
 
 
 def table(runs: dict, epochs: int, model) -> str:

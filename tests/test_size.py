@@ -8,7 +8,7 @@ from conftest import parameters_of, small_trainer, stop_at_step
 
 import network_expansion as ne
 from network_expansion import ArrayData, ConfigError, Trainer, create_network
-from network_expansion.datasets import resize_images
+from network_expansion.datasets import random_crops, resize_images, resize_matrix
 from network_expansion.weights import resample_positions
 
 
@@ -69,12 +69,55 @@ def test_growing_the_image_size_resamples_the_positions_of_model_and_ema_and_kee
         network.resize(dataclasses.replace(network.config, image_size=64), np.zeros((1, 17, 32)))
 
 
+def test_a_crop_window_is_resized_as_pils_bilinear_resizes_that_box():
+    from PIL import Image
+
+    image = np.random.default_rng(2).standard_normal((16, 16)).astype(np.float32)
+    top, left, height, width = random_crops(np.random.default_rng(3), 6, 16, 0.3)
+    rows, columns = resize_matrix(16, 12, top, height), resize_matrix(16, 12, left, width)
+    assert rows.shape == (6, 12, 16)
+    for i in range(6):
+        assert 0 <= top[i] and top[i] + height[i] <= 16 and 0 <= left[i] and left[i] + width[i] <= 16
+        box = (left[i], top[i], left[i] + width[i], top[i] + height[i])
+        theirs = np.asarray(Image.fromarray(image, mode="F").resize((12, 12), Image.BILINEAR, box=box))
+        np.testing.assert_allclose(rows[i] @ image @ columns[i].T, theirs, atol=1e-4)
+    shares = height * width / 16 ** 2
+    assert shares.min() >= 0.3 * 0.75 and shares.max() <= 1  # a window clipped to the image keeps 3/4 of its area
+
+
+def test_array_data_crops_are_drawn_per_epoch_and_evaluation_sees_whole_images():
+    images = np.random.default_rng(1).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    data = ArrayData(images, np.arange(8) % 2, 2, shuffle=False)  # the same order every epoch
+    cropped = data.at_size(12, crops=0.5)
+    epoch = [b for b, _ in cropped.batches(0, 0)]
+    assert len(epoch) == 4 and epoch[0].shape == (2, 3, 12, 12)
+    assert all(np.array_equal(a, b) for a, b in zip(epoch, [b for b, _ in cropped.batches(0, 0)]))
+    assert all(np.array_equal(a, b) for a, b in zip(epoch[2:], [b for b, _ in cropped.batches(0, 0, start=2)]))
+    whole = [b for b, _ in data.at_size(12).batches(0, 0)]
+    for other in ([b for b, _ in cropped.batches(1, 0)], [b for b, _ in cropped.batches(0, 1)], whole):
+        assert not any(np.allclose(a, b, atol=1e-3) for a, b in zip(epoch, other))  # other crops, same images
+    assert [list(y) for _, y in cropped.batches(0, 0)] == [list(y) for _, y in data.batches(0, 0)]
+    for (a, _), (b, _) in zip(cropped.evaluation_batches(), data.at_size(12).evaluation_batches()):
+        np.testing.assert_array_equal(a, b)
+    back = cropped.at_size(16)  # the final size: the images as given, no crops
+    assert back.crops is None and back.images is data.images
+    with pytest.raises(ne.DataError, match=r"must be in \(0, 1\]"):
+        data.at_size(12, crops=0)
+
+
+@pytest.mark.parametrize("share", [0, 1.5, -0.2])
+def test_size_crops_must_be_a_share_of_the_area(share):
+    with pytest.raises(ConfigError, match=r"size_crops must be .*got " + str(share)):
+        ne.TrainConfig(size_crops=share)
+
+
 @pytest.fixture(scope="module")
 def sized_run(tmp_path_factory):
-    """Four epochs of the SMALL ViT on 16x16 data: 2 blocks on 8x8 images, then 4 blocks on
-    16x16 from epoch 2 (depth exact)."""
+    """Four epochs of the SMALL ViT on 16x16 data: 2 blocks on random resized crops at 8x8,
+    then 4 blocks on whole 16x16 images from epoch 2 (depth exact)."""
     out = tmp_path_factory.mktemp("sized")
-    trainer = small_trainer(out, image_size=8, schedule="2@8,4@16", growth="exact")
+    trainer = small_trainer(out, image_size=8, schedule="2@8,4@16", growth="exact", size_crops=0.5)
+    assert (trainer.train_data.crops, trainer.val_data.crops) == (0.5, None)
     return trainer, trainer.fit(), out
 
 
@@ -86,6 +129,7 @@ def test_the_trainer_grows_depth_and_image_size_and_switches_the_data(sized_run)
     assert 0 < grow["pause_seconds"] < history.epochs[-1]["wall_seconds"] - started
     assert trainer.model.config.image_size == 16 and trainer.ema.network.config.image_size == 16
     assert trainer.train_data.image_size == 16 and trainer.val_data.image_size == 16
+    assert trainer.train_data.crops is None  # crops only below the final size
     losses = [r["loss"] for r in history.epochs]
     assert losses[-1] < losses[1]
     grown = ne.create_network(pretrained=str(sized_run[2] / "model.ckpt"))
@@ -128,13 +172,16 @@ def test_graphs_compiled_ahead_train_exactly_what_compiling_at_the_growth_trains
     assert [r["loss"] for r in history.epochs] == pytest.approx([r["loss"] for r in history_off.epochs], rel=1e-5)
 
 
-def test_resume_across_an_image_size_growth_reproduces_the_uninterrupted_run(sized_run, tmp_path):
+@pytest.mark.parametrize("stop", [8, 4])  # inside the first grown epoch; inside the cropped stage's second epoch
+def test_resume_across_an_image_size_growth_reproduces_the_uninterrupted_run(sized_run, tmp_path, stop):
     uninterrupted = sized_run[0]
-    trainer = small_trainer(tmp_path, image_size=8, schedule="2@8,4@16", growth="exact")
-    stop_at_step(trainer, 8)  # inside the first grown epoch
-    assert trainer.fit().interrupted and trainer.model.config.image_size == 16
+    trainer = small_trainer(tmp_path, image_size=8, schedule="2@8,4@16", growth="exact", size_crops=0.5)
+    stop_at_step(trainer, stop)
+    size = 16 if stop == 8 else 8
+    assert trainer.fit().interrupted and trainer.model.config.image_size == size
     resumed = Trainer.resume(tmp_path / "checkpoint.ckpt", trainer._sources[0], trainer._sources[1], progress=False)
-    assert resumed.model.config.image_size == 16 and resumed.train_data.image_size == 16
+    assert resumed.model.config.image_size == size and resumed.train_data.image_size == size
+    assert resumed.train_data.crops == (0.5 if size == 8 else None)
     resumed.fit()
     expected, got = parameters_of(uninterrupted.model), parameters_of(resumed.model)
     assert list(got) == list(expected)

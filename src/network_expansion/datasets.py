@@ -14,8 +14,9 @@ The batch protocol the `Trainer` reads, which `ArrayData` (arrays in memory) and
 * `len(data)` training batches per epoch, `batch_size`, `num_samples` (of this process's
   shard), `class_names` (or None), and `shard(size, rank)`, this process's share for
   data parallelism;
-* `image_size` and `at_size(size)`: the same data as images of another size (a schedule
-  that grows the image size switches to it at the growth).
+* `image_size` and `at_size(size, crops=None)`: the same data as images of another size (a
+  schedule that grows the image size switches to it at the growth; below the final size it
+  may ask for random resized crops, `TrainConfig.size_crops`).
 """
 
 from __future__ import annotations
@@ -110,15 +111,32 @@ class _Shardable:
         return shard
 
 
-def resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+def resize_matrix(size_in: int, size_out: int, start=0.0, length=None) -> np.ndarray:
     """`(size_out, size_in)` weights of a linear (triangle-filter) resize, antialiased when
-    shrinking (the filter widened by the ratio, as PIL's BILINEAR does); rows sum to 1."""
-    scale = size_in / size_out
-    support = max(scale, 1.0)
-    centres = (np.arange(size_out) + 0.5) * scale - 0.5
-    distance = np.abs(np.arange(size_in)[None, :] - centres[:, None]) / support
+    shrinking (the filter widened by the ratio, as PIL's BILINEAR does); rows sum to 1.
+    `start`, `length`: resize only that window of the input (a crop; pixels, may be
+    fractional); arrays of them give one matrix per window, `(windows, size_out, size_in)`."""
+    start = np.asarray(start, dtype=np.float64)[..., None, None]
+    length = np.asarray(size_in if length is None else length, dtype=np.float64)[..., None, None]
+    scale = length / size_out
+    support = np.maximum(scale, 1.0)
+    centres = start + (np.arange(size_out)[:, None] + 0.5) * scale - 0.5
+    distance = np.abs(np.arange(size_in)[None, :] - centres) / support
     weights = np.clip(1.0 - distance, 0.0, None)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    return (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def random_crops(rng, count: int, size_in: int, smallest: float, ratio=(3 / 4, 4 / 3)):
+    """`count` random resized crops' windows of a `size_in` square, as torchvision's
+    `RandomResizedCrop` draws them (area a uniform share of the image from `smallest` to 1,
+    aspect ratio log-uniform in `ratio`, the window clipped to the image, placed uniformly):
+    `(top, left, height, width)`, arrays of floats in pixels."""
+    area = rng.uniform(smallest, 1.0, count) * size_in ** 2
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), count))
+    height = np.minimum(np.sqrt(area / aspect), size_in)
+    width = np.minimum(np.sqrt(area * aspect), size_in)
+    top, left = rng.uniform(0, 1, count) * (size_in - height), rng.uniform(0, 1, count) * (size_in - width)
+    return top, left, height, width
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
@@ -133,8 +151,12 @@ class ArrayData(_Shardable):
     The order of each epoch is drawn from (seed, epoch), so a resumed run sees the same
     batches. `flip` mirrors half of the training images at random. Training may drop a
     short last batch (`drop_remainder`); `evaluation_batches` always yields every sample.
-    `class_names`: labels of the classes, saved with the trained weights.
+    `class_names`: labels of the classes, saved with the trained weights. `at_size(size,
+    crops=...)` gives random resized crops of the training images instead of whole ones.
     """
+
+    crops = None          # training images: random resized crops of at least this share of the area
+    crop_source = None    # ... cut from these images (the data as given)
 
     def __init__(self, images, labels, batch_size: int = 64, *, shuffle: bool = True, flip: bool = False,
                  drop_remainder: bool = True, num_shards: int = 1, shard_id: int = 0, class_names=None):
@@ -156,13 +178,22 @@ class ArrayData(_Shardable):
     def image_size(self) -> int:
         return self.images.shape[-1]
 
-    def at_size(self, size: int) -> "ArrayData":
+    def at_size(self, size: int, crops: float | None = None) -> "ArrayData":
         """These images resized to `size` x `size` (`resize_images`; a copy, this one is
-        unchanged; the same object if they have that size)."""
-        if size == self.image_size:
+        unchanged; the same object if they have that size and no crops are asked for).
+
+        `crops`: train on random resized crops of the images as given instead (a share of
+        the area from `crops` to 1, `random_crops`), drawn again every epoch; the
+        evaluation still sees whole images. In a stage below the final image size this
+        shows the objects as large, in pixels, as the final size will (FixRes)."""
+        if size == self.image_size and crops is None:
             return self
+        if crops is not None and not 0 < crops <= 1:
+            raise DataError(f"crops={crops}: the smallest share of the area a crop keeps must be in (0, 1]")
+        source = self.crop_source if self.crop_source is not None else self.images
         resized = copy.copy(self)
-        resized.images = resize_images(self.images, int(size))
+        resized.images = resize_images(source, int(size)) if size != source.shape[-1] else source
+        resized.crops, resized.crop_source = (crops, source) if crops is not None else (None, None)
         return resized
 
     def _indices(self, epoch: int, seed: int) -> np.ndarray:
@@ -180,16 +211,27 @@ class ArrayData(_Shardable):
         indices = self._indices(epoch, seed)
         rng = np.random.default_rng([seed, epoch, 1])
         flips = rng.random(len(indices)) < 0.5
+        if self.crops is not None:  # drawn for the whole epoch: a resume at batch `start` sees the same
+            windows = random_crops(np.random.default_rng([seed, epoch, 2]), len(indices),
+                                   self.crop_source.shape[-1], self.crops)
         for b in range(start, len(self)):
-            chosen = indices[b * self.batch_size:(b + 1) * self.batch_size]
-            images = self.images[chosen]
+            batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            chosen = indices[batch]
+            images = self.images[chosen] if self.crops is None else self._cropped(chosen, [w[batch] for w in windows])
             if self.flip:
-                mirror = flips[b * self.batch_size:(b + 1) * self.batch_size]
+                mirror = flips[batch]
                 images = np.where(mirror[:, None, None, None], images[..., ::-1], images)
             yield np.ascontiguousarray(images), self.labels[chosen]
 
+    def _cropped(self, chosen, windows) -> np.ndarray:
+        top, left, height, width = windows
+        source, size = self.crop_source[chosen], self.image_size
+        rows = resize_matrix(source.shape[2], size, top, height)
+        columns = resize_matrix(source.shape[3], size, left, width)
+        return rows[:, None] @ source @ columns[:, None].transpose(0, 1, 3, 2)  # batched: 5x einsum's speed
+
     def evaluation_batches(self):
-        """Every sample once, in order, unflipped; the last batch may be short."""
+        """Every sample once, in order, unflipped and uncropped; the last batch may be short."""
         for start in range(0, len(self.labels), self.batch_size):
             yield self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
 
@@ -220,8 +262,10 @@ class FolderData(_Shardable):
     def image_size(self) -> int:
         return self.data_config.input_size
 
-    def at_size(self, size: int) -> "FolderData":
-        """This tree with crops of `size` (the eval resize at the same ratio; a copy)."""
+    def at_size(self, size: int, crops: float | None = None) -> "FolderData":
+        """This tree with crops of `size` (the eval resize at the same ratio; a copy).
+        `crops` is accepted for the protocol: training here is random resized crops at
+        every size already (from 5% of the area)."""
         if size == self.image_size:
             return self
         resized = copy.copy(self)

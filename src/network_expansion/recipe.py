@@ -40,6 +40,7 @@ RANGES = {
     "ema_decay": Range(float, 0, 1),
     "layer_decay": Range(float, 0, 1, low_open=True, high_open=False, optional=True),
     "growth_ramp": Range(int, 1, optional=True, note="(None: one epoch)"),
+    "size_crops": Range(float, 0, 1, low_open=True, high_open=False, optional=True, note="(None: whole images)"),
     "log_every": Range(int, 1),
     "seed": Range(int, 0),
 }
@@ -70,6 +71,8 @@ class TrainConfig:
     carry_moments: bool = False      # keep AdamW moments of existing blocks at a depth growth (a width growth always does)
     width_split: str = "random"      # how a width growth splits copied columns: "random", "ema" or "equal"
     width_lr: str = "same"           # "scaled": a matrix whose input grew learns at lr * old / new width
+    size_crops: float | None = None  # stages below the final image size train on random resized crops keeping
+                                     # at least this share of the area (in-memory data; FolderData always crops)
     bias_correction: bool = True     # AdamW as PyTorch's; False: MindSpore's AdamWeightDecay (none)
     restart_lr: bool = False         # restart the cosine per stage, without warm-up
     scale_weight_decay: bool = False  # weight decay * depth / final depth

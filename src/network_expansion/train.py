@@ -101,9 +101,14 @@ class Trainer:
 
     def _use_size(self, size: int) -> None:
         """Train and validate on images of `size` (the data as given, resized if the
-        schedule trains at another size; data without `at_size` are used as they are)."""
-        self.train_data, self.val_data = (
-            data.at_size(size) if data is not None and hasattr(data, "at_size") else data for data in self._sources)
+        schedule trains at another size; data without `at_size` are used as they are).
+        Below the final size, `size_crops` asks the training data for random resized crops."""
+        train, val = self._sources
+        crops = self.config.size_crops if size < self.config.final_size(size) else None
+        if hasattr(train, "at_size"):
+            self.train_data = train.at_size(size, crops=crops)
+        if val is not None and hasattr(val, "at_size"):
+            self.val_data = val.at_size(size)
 
     def _rebuild(self, ema: EMA, growth=None, born=None):
         """(Re)build EMA, optimizer and the jitted steps for the model's current shape.
