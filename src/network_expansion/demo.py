@@ -30,9 +30,10 @@ def _demo_model() -> ViTConfig:
 
 def _demo_recipe() -> TrainConfig:
     # 32 epochs: long enough to amortise the ~10 s recompilation at the growth;
-    # lr 3e-4: 1e-3 leaves a 12-block ViT at chance here
+    # lr 3e-4: 1e-3 leaves a 12-block ViT at chance here; a schedule over image sizes trains its
+    # smaller stages on random resized crops (docs/expansion.md: 1.6 points better than whole images)
     return TrainConfig(epochs=32, lr=3e-4, min_lr=3e-4 / 100, warmup_epochs=1, label_smoothing=0.1,
-                       weight_decay=0.05, ema_decay=0.99, schedule=(6, 12), seed=0)
+                       weight_decay=0.05, ema_decay=0.99, schedule=(6, 12), size_crops=0.3, seed=0)
 
 
 @dataclass(frozen=True)
