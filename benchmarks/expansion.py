@@ -48,6 +48,7 @@ from pathlib import Path
 
 from network_expansion.demo import DemoSettings, race
 from network_expansion.expansion import ExpansionSchedule
+from network_expansion.ranges import AREA_SHARE
 
 
 def main():
@@ -114,7 +115,7 @@ def main():
 
 
 def _share_or_none(text):
-    return None if text.lower() == "none" else float(text)
+    return None if text.lower() == "none" else AREA_SHARE.parse(text)
 
 
 def table(runs: dict, epochs: int, model) -> str:

@@ -101,7 +101,7 @@ def test_array_data_crops_are_drawn_per_epoch_and_evaluation_sees_whole_images()
         np.testing.assert_array_equal(a, b)
     back = cropped.at_size(16)  # the final size: the images as given, no crops
     assert back.crops is None and back.images is data.images
-    with pytest.raises(ne.DataError, match=r"must be in \(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"crops must be None or a number > 0 and <= 1 .*got 0"):
         data.at_size(12, crops=0)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from .errors import DataError, ImageError
 from .images import load_image
 from .preprocess import DataConfig, host_transforms, normalize_transforms
-from .ranges import POSITIVE
+from .ranges import AREA_SHARE, POSITIVE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif")
 
@@ -188,8 +188,7 @@ class ArrayData(_Shardable):
         shows the objects as large, in pixels, as the final size will (FixRes)."""
         if size == self.image_size and crops is None:
             return self
-        if crops is not None and not 0 < crops <= 1:
-            raise DataError(f"crops={crops}: the smallest share of the area a crop keeps must be in (0, 1]")
+        AREA_SHARE.check("crops", crops)
         source = self.crop_source if self.crop_source is not None else self.images
         resized = copy.copy(self)
         resized.images = resize_images(source, int(size)) if size != source.shape[-1] else source

@@ -80,6 +80,8 @@ class Range:
 
 
 POSITIVE = Range(int, 1)
+# The smallest share of an image's area a random resized crop keeps (TrainConfig.size_crops, ArrayData.at_size).
+AREA_SHARE = Range(float, 0, 1, low_open=True, high_open=False, optional=True, note="(None: whole images)")
 
 
 def problems(settings, ranges: dict) -> list:

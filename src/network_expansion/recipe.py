@@ -20,7 +20,7 @@ from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 from .errors import ConfigError
 from .expansion import GATES, GROWTHS, MODES, STAGE_UNITS, ExpansionSchedule, Shape, parse_shapes, parse_starts, shaped
 from .width import SPLITS, WIDTH_LR
-from .ranges import Range, problems as out_of_range
+from .ranges import AREA_SHARE, Range, problems as out_of_range
 
 DEFAULT_BATCH_SIZE = 64
 # Fine-tuning from pretrained weights: short, gentle, little warm-up.
@@ -40,7 +40,7 @@ RANGES = {
     "ema_decay": Range(float, 0, 1),
     "layer_decay": Range(float, 0, 1, low_open=True, high_open=False, optional=True),
     "growth_ramp": Range(int, 1, optional=True, note="(None: one epoch)"),
-    "size_crops": Range(float, 0, 1, low_open=True, high_open=False, optional=True, note="(None: whole images)"),
+    "size_crops": AREA_SHARE,
     "log_every": Range(int, 1),
     "seed": Range(int, 0),
 }
