@@ -24,7 +24,9 @@ PyTorch's wants NumPy 2) and name its python with `--peer-python`:
     python3 -m venv .venv-peer && .venv-peer/bin/pip install torch==2.14.1 torchvision==0.29.1 timm
 
 Prints a table: median milliseconds per step over the rounds, images/s, the package's step
-as a share of timm's speed, and each worker's peak resident memory (whole process).
+as a share of timm's speed, each worker's peak resident memory (whole process), and what
+its first steps took beyond the median's pace (MindSpore's compilation; PyTorch's first
+allocations).
 """
 
 from __future__ import annotations
@@ -222,11 +224,12 @@ def race(scale: str, rounds: int, peer_python: str | None, baseline: str | None 
             jobs += [("package", "train", baseline)]
         if peer_python:
             jobs += [("timm", "train", None), ("timm", "inference", None)]
-    workers = []
+    workers, warm_up = [], {}
     for side, job, source in jobs:  # one at a time: no worker's build or compile overlaps another's timing
         worker = Worker(sys.executable if side == "package" else peer_python, side, scale, job, source,
                         " (baseline)" if source else "")
-        worker.ask({"do": "steps", "steps": steps})  # warm-up: compiles, allocates the optimizer state
+        # warm-up: compiles, allocates the optimizer state
+        warm_up[worker.name] = worker.ask({"do": "steps", "steps": steps})["seconds"]
         workers.append(worker)
     seconds = {w.name: [] for w in workers}
     for round_number in range(rounds):
@@ -237,6 +240,7 @@ def race(scale: str, rounds: int, peer_python: str | None, baseline: str | None 
     for worker in workers:
         per_step = statistics.median(seconds[worker.name])
         rows.append({"scale": scale, "run": worker.name, "ms_per_step": 1e3 * per_step,
+                     "first_s": warm_up[worker.name] - steps * per_step,
                      "images_per_s": batch / per_step, "peak_mib": worker.ask({"do": "memory"})["peak_mib"],
                      "all_ms": [1e3 * s for s in seconds[worker.name]]})
         worker.close()
@@ -244,13 +248,14 @@ def race(scale: str, rounds: int, peer_python: str | None, baseline: str | None 
 
 
 def table(rows: list) -> str:
-    lines = ["| scale | run | ms per step | images/s | speed vs timm's | peak RSS MiB |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| scale | run | ms per step | images/s | speed vs timm's | peak RSS MiB | first steps' excess s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:  # a train step against timm's train step, a forward against timm's forward
         job = row["run"].split()[-1]
         peer = next((r for r in rows if r["scale"] == row["scale"] and r["run"] == f"timm {job}"), None)
         relative = f"{peer['ms_per_step'] / row['ms_per_step']:.2f}x" if peer else "-"
         lines.append(f"| {row['scale']} | {row['run']} | {row['ms_per_step']:.1f} | {row['images_per_s']:.2f} | "
-                     f"{relative} | {row['peak_mib']:.0f} |")
+                     f"{relative} | {row['peak_mib']:.0f} | {row['first_s']:.1f} |")
     return "\n".join(lines)
 
 

@@ -157,3 +157,35 @@ def test_a_graph_that_has_run_keeps_its_weights_when_the_host_sets_new_ones(tiny
         parameter.set_data(parameter.value() * 2)
     assert not np.allclose(tiny(x).asnumpy(), before)            # the network itself changed
     np.testing.assert_array_equal(forward(x).asnumpy(), before)   # its compiled graph did not
+
+
+def test_blocks_compiled_once_compute_what_inlined_blocks_do(tiny_images):
+    """Every block runs as one function compiled once (`ms.no_inline`); inlined into the
+    graph (`blocks_inlined`, what the ONNX exporter needs) it must compute the same loss and
+    gradients, for blocks with gates (an exact growth's entering blocks: another form of
+    the function) and without."""
+    from conftest import off_defaults
+    from network_expansion.graphs import compiled
+
+    network = off_defaults(VisionTransformer(tiny_config(depth=3)), seed=3)
+    network.add_gates([1], value=0.4, trainable=True)
+    network.set_train(True)
+    images = ms.Tensor(tiny_images)
+    parameters = network.trainable_params()
+
+    def loss(x):
+        return (network(x) ** 2).mean()
+
+    def gradients():
+        return [t.asnumpy() for t in compiled(ms.value_and_grad(loss, None, parameters))(images)[1]]
+
+    assert all(block.compiled_once for block in network.blocks)
+    once = gradients()
+    with network.blocks_inlined():
+        assert not any(block.compiled_once for block in network.blocks)
+        inlined = gradients()
+    assert all(block.compiled_once for block in network.blocks)  # restored
+    assert len(once) == len(parameters) and any("gate" in p.name for p in parameters)
+    for parameter, a, b in zip(parameters, once, inlined):
+        assert np.abs(a).max() > 0, parameter.name
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=parameter.name)

@@ -57,7 +57,8 @@ def export(network, path, *, file_format: str = "mindir", batch: int | None = 1,
     folder = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
     try:
         try:
-            ms.export(cell, inputs, file_name=str(folder / "model"), file_format=ms_format)
+            with network.blocks_inlined():  # a graph of plain ops, as the ONNX converter needs
+                ms.export(cell, inputs, file_name=str(folder / "model"), file_format=ms_format)
         except Exception as error:  # MindSpore raises RuntimeError/TypeError/ValueError by converter
             raise ExportError(f"MindSpore {ms.__version__} cannot export this network as {ms_format}"
                               f"{' with a dynamic batch' if batch is None else ''}: "

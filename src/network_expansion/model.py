@@ -26,11 +26,13 @@ Dense, after which the names are the released ones again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore import no_inline as ms_no_inline
 
 from .card import model_card
 from .errors import ConfigError
@@ -170,22 +172,18 @@ class TokenDense(nn.Cell):
 
     While training it runs through `_Affine`, the same function with a backward that
     MindSpore's CPU kernels compute faster; the parameters and their gradients are the
-    `nn.Dense`'s, which evaluation runs as it is.
+    `nn.Dense`'s, which evaluation runs as it is. (The MLP's two are run by `_block`.)
     """
 
     def __init__(self, in_width: int, out_width: int, rng):
         super().__init__()
         self.dense = _dense(in_width, out_width, rng)
-        self.affine = _Affine(narrows=in_width > out_width)
-
-    @property
-    def narrows(self) -> bool:
-        """Whether the layer narrows (its weight gradient then takes the transposed form)."""
-        return self.affine.narrows
+        # whether the layer narrows (its weight gradient then takes the transposed form)
+        self.narrows = in_width > out_width
 
     def construct(self, tokens):
         if self.training:
-            flat = self.affine(tokens.reshape(-1, tokens.shape[-1]), self.dense.weight, self.dense.bias)
+            flat = _affine(tokens.reshape(-1, tokens.shape[-1]), self.dense.weight, self.dense.bias, self.narrows)
             return flat.reshape(tokens.shape[:-1] + (flat.shape[-1],))
         return self.dense(tokens)
 
@@ -226,6 +224,13 @@ class _Affine(nn.Cell):
         return self.input_gradient(dout, weight), weight_gradient, dout.sum(0)
 
 
+_WIDENING, _NARROWING = _Affine(narrows=False), _Affine(narrows=True)
+
+
+def _affine(x, weight, bias, narrows: bool):
+    return _NARROWING(x, weight, bias) if narrows else _WIDENING(x, weight, bias)
+
+
 class PatchEmbedding(nn.Cell):
     """Cut the image into patches and project each: a stride-p convolution as a Dense."""
 
@@ -245,42 +250,27 @@ class PatchEmbedding(nn.Cell):
 
 
 class Attention(nn.Cell):
-    """Multi-head self-attention with separate q, k, v and output projections."""
+    """Multi-head self-attention with separate q, k, v and output projections (their
+    parameters: the computation is `_block`'s)."""
 
     def __init__(self, config: ViTConfig, rng):
         super().__init__()
         self.num_heads = config.num_heads
-        self.scale = config.head_dim ** -0.5
         self.to_q = _dense(config.width, config.width, rng)
         self.to_k = _dense(config.width, config.width, rng)
         self.to_v = _dense(config.width, config.width, rng)
         self.to_out = _dense(config.width, config.width, rng)
-        self.scores = ops.BatchMatMul(transpose_b=True)
-        # The BatchMatMul primitive, not ops.matmul: MindSpore 2.10 differentiates ops.matmul
-        # with explicit Transposes of the attention weights and of v, and its CPU Transpose
-        # kernel keeps about twice its output's size for good (benchmarks/kernel_memory.py):
-        # 57 MiB more per block in a ViT-B train step at batch 8.
-        self.mix = ops.BatchMatMul()
-        self.attention_dropout = nn.Dropout(p=config.attention_dropout)
-        self.output_dropout = nn.Dropout(p=config.dropout)
+        self.attention_dropout = config.attention_dropout
+        self.dropout = config.dropout
 
     @property
     def output_layer(self) -> nn.Dense:
         """The branch's last Dense: a gate folds into it."""
         return self.to_out
 
-    def _heads(self, tokens):
-        b, n, d = tokens.shape
-        return tokens.reshape(b, n, self.num_heads, d // self.num_heads).transpose(0, 2, 1, 3)
-
-    def construct(self, tokens):
-        b, n, d = tokens.shape
-        q, k, v = self._heads(self.to_q(tokens)), self._heads(self.to_k(tokens)), self._heads(self.to_v(tokens))
-        # q k^T with k transposed inside the batched matmul, not as a separate copy.
-        weights = ops.softmax(self.scores(q * self.scale, k), axis=-1)
-        mixed = self.mix(self.attention_dropout(weights), v)
-        mixed = mixed.transpose(0, 2, 1, 3).reshape(b, n, d)
-        return self.output_dropout(self.to_out(mixed))
+    def tensors(self) -> tuple:
+        return (self.to_q.weight, self.to_q.bias, self.to_k.weight, self.to_k.bias,
+                self.to_v.weight, self.to_v.bias, self.to_out.weight, self.to_out.bias)
 
 
 class GELU(nn.Cell):
@@ -295,12 +285,13 @@ class GELU(nn.Cell):
     def __init__(self, approximate: bool = True):
         super().__init__()
         self.approximate = approximate
-        self.tanh_form = _TanhGELU()
 
     def construct(self, x):
-        if self.approximate:
-            return self.tanh_form(x)
-        return ops.gelu(x, approximate="none")
+        return _gelu(x, self.approximate)
+
+
+def _gelu(x, approximate: bool):
+    return _TANH_GELU(x) if approximate else ops.gelu(x, approximate="none")
 
 
 class _TanhGELU(nn.Cell):
@@ -325,44 +316,41 @@ class _TanhGELU(nn.Cell):
         return (dout * slope,)
 
 
+_TANH_GELU = _TanhGELU()
+
+
 class FeedForward(nn.Cell):
-    """The MLP: Dense, GELU, Dense."""
+    """The MLP: Dense, GELU (tanh form or exact), Dense (their parameters: the computation
+    is `_block`'s)."""
 
     def __init__(self, config: ViTConfig, rng):
         super().__init__()
         self.ff1 = TokenDense(config.width, config.mlp_width, rng)
-        self.activation = GELU(approximate=config.gelu_approximate)
         self.ff2 = TokenDense(config.mlp_width, config.width, rng)
-        self.dropout = nn.Dropout(p=config.dropout)
+        self.approximate = config.gelu_approximate
+        self.dropout = config.dropout
 
     @property
     def output_layer(self) -> nn.Dense:
         """The branch's last Dense: a gate folds into it."""
         return self.ff2.dense
 
-    def construct(self, tokens):
-        hidden = self.dropout(self.activation(self.ff1(tokens)))
-        return self.dropout(self.ff2(hidden))
+    def tensors(self) -> tuple:
+        return self.ff1.dense.weight, self.ff1.dense.bias, self.ff2.dense.weight, self.ff2.dense.bias
 
 
 class DropPath(nn.Cell):
-    """Stochastic depth: drop a residual branch for a whole sample while training."""
+    """Stochastic depth's rate for one residual (`_block` drops the branch for a whole
+    sample while training, with probability `rate`)."""
 
     def __init__(self, rate: float = 0.0):
         super().__init__()
         self.rate = float(rate)
 
-    def construct(self, branch):
-        if not self.training or self.rate == 0.0:
-            return branch
-        keep = 1.0 - self.rate
-        shape = (branch.shape[0],) + (1,) * (branch.ndim - 1)
-        mask = ops.bernoulli(ops.zeros(shape, branch.dtype), p=keep)
-        return branch / keep * mask
-
 
 class PreNormResidual(nn.Cell):
-    """`x + f(LN(x))`; the zoo's ResidualCell around a `[LayerNorm, f]` sequence (`.cell`).
+    """`x + f(LN(x))`; the zoo's ResidualCell around a `[LayerNorm, f]` sequence (`.cell`):
+    the parameters, the gate and the drop-path rate; the computation is `_block`'s.
 
     With a gate (`add_gate`): `x + g f(LN(x))`, `g` a scalar Parameter named `gate`, which
     exists only while gated (so an ungated residual has exactly the released names).
@@ -375,11 +363,13 @@ class PreNormResidual(nn.Cell):
         self.drop_path = DropPath(drop_path_rate)
         self.gated = False
 
-    def construct(self, tokens):
-        branch = self.cell(tokens)
-        if self.gated:
-            branch = branch * self.gate
-        return tokens + self.drop_path(branch)
+    @property
+    def norm(self) -> nn.LayerNorm:
+        return self.cell[0]
+
+    @property
+    def branch(self) -> nn.Cell:
+        return self.cell[1]
 
     def add_gate(self, value: float = 0.0, trainable: bool = False) -> Parameter:
         """Scale the branch by a new gate (`trainable`: a learned scale; otherwise set by a
@@ -405,7 +395,12 @@ class PreNormResidual(nn.Cell):
 
 
 class TransformerBlock(nn.SequentialCell):
-    """One pre-norm block: attention residual (`.0`), then MLP residual (`.1`)."""
+    """One pre-norm block: attention residual (`.0`), then MLP residual (`.1`).
+
+    It runs as one function of its tensors, `_block`, compiled once for every block of the
+    same form (`ms.no_inline`): MindSpore otherwise inlines every block into the graph, and
+    its compile time grows with the depth (docs/performance.md, "Blocks compiled once").
+    """
 
     def __init__(self, config: ViTConfig, drop_path_rate: float = 0.0, rng=None):
         rng = rng if rng is not None else initializer()
@@ -413,6 +408,24 @@ class TransformerBlock(nn.SequentialCell):
             PreNormResidual(config, Attention(config, rng), drop_path_rate),
             PreNormResidual(config, FeedForward(config, rng), drop_path_rate),
         ])
+        # False: inlined into the graph that calls it, as an exporter to ONNX needs
+        # (`VisionTransformer.blocks_inlined`)
+        self.compiled_once = True
+
+    def construct(self, tokens):
+        attention, mlp = self[0], self[1]
+        attention_gate, mlp_gate = None, None
+        if attention.gated:
+            attention_gate = attention.gate
+        if mlp.gated:
+            mlp_gate = mlp.gate
+        heads, ffn = attention.branch, mlp.branch
+        form = (heads.num_heads, attention.norm.epsilon, ffn.approximate, ffn.ff1.narrows, ffn.ff2.narrows,
+                heads.dropout, heads.attention_dropout, attention.drop_path.rate, mlp.drop_path.rate, self.training)
+        norms = (attention.norm.gamma, attention.norm.beta, mlp.norm.gamma, mlp.norm.beta)
+        if self.compiled_once:
+            return _block_once(tokens, norms, heads.tensors(), ffn.tensors(), (attention_gate, mlp_gate), form)
+        return _block(tokens, norms, heads.tensors(), ffn.tensors(), (attention_gate, mlp_gate), form)
 
     def set_drop_path_rate(self, rate: float) -> None:
         for residual in self:
@@ -422,6 +435,69 @@ class TransformerBlock(nn.SequentialCell):
     def gates(self) -> list:
         """The gates of its residuals (empty unless the block is entering by exact growth)."""
         return [residual.gate for residual in self if residual.gated]
+
+
+def _block(tokens, norms, attention, mlp, gates, form):
+    """One transformer block, `x + g1 A(LN1(x))` then `x + g2 M(LN2(x))`, as a function of
+    its tensors (the gates None when ungated) and its form: (heads, LayerNorm epsilon, tanh
+    GELU, whether each MLP layer narrows, dropout, attention dropout, the two residuals'
+    drop-path rates, training)."""
+    (heads, epsilon, approximate, first_narrows, second_narrows, dropout, attention_dropout, attention_drop, mlp_drop,
+     training) = form
+    gain1, shift1, gain2, shift2 = norms
+    wq, bq, wk, bk, wv, bv, wo, bo = attention
+    w1, b1, w2, b2 = mlp
+    batch, count, width = tokens.shape
+    layer_norm = ops.LayerNorm(-1, -1, epsilon)
+    project = ops.MatMul(transpose_b=True)
+    add_bias = ops.BiasAdd()
+
+    def split_heads(flat):  # (batch * count, width) -> (batch, heads, count, width / heads)
+        return flat.reshape(batch, count, heads, width // heads).transpose(0, 2, 1, 3)
+
+    # attention; q k^T with k transposed inside the batched matmul, and the mix with the
+    # BatchMatMul primitive, not ops.matmul: MindSpore 2.10 differentiates ops.matmul with
+    # explicit Transposes of the attention weights and of v, and its CPU Transpose kernel
+    # keeps about twice its output's size for good (benchmarks/kernel_memory.py)
+    x = layer_norm(tokens.reshape(-1, width), gain1, shift1)[0]
+    q = split_heads(add_bias(project(x, wq), bq)) * (width // heads) ** -0.5
+    k, v = split_heads(add_bias(project(x, wk), bk)), split_heads(add_bias(project(x, wv), bv))
+    weights = ops.softmax(ops.BatchMatMul(transpose_b=True)(q, k), axis=-1)
+    if training and attention_dropout > 0:
+        weights = ops.dropout(weights, p=attention_dropout)
+    mixed = ops.BatchMatMul()(weights, v).transpose(0, 2, 1, 3).reshape(-1, width)
+    branch = add_bias(project(mixed, wo), bo)
+    if training and dropout > 0:
+        branch = ops.dropout(branch, p=dropout)
+    tokens = tokens + _residual_branch(branch.reshape(batch, count, width), gates[0], attention_drop, training)
+
+    # MLP: its two Dense layers through _Affine (their backward in faster forms)
+    hidden = _affine(layer_norm(tokens.reshape(-1, width), gain2, shift2)[0], w1, b1, first_narrows)
+    hidden = _gelu(hidden, approximate)
+    if training and dropout > 0:
+        hidden = ops.dropout(hidden, p=dropout)
+    branch = _affine(hidden, w2, b2, second_narrows)
+    if training and dropout > 0:
+        branch = ops.dropout(branch, p=dropout)
+    return tokens + _residual_branch(branch.reshape(batch, count, width), gates[1], mlp_drop, training)
+
+
+def _residual_branch(branch, gate, drop_rate: float, training: bool):
+    """The branch scaled by its gate (if any), dropped for whole samples with probability
+    `drop_rate` while training (stochastic depth)."""
+    if gate is not None:
+        branch = branch * gate
+    if not training or drop_rate == 0.0:
+        return branch
+    keep = 1.0 - drop_rate
+    mask = ops.bernoulli(ops.zeros((branch.shape[0], 1, 1), branch.dtype), p=keep)
+    return branch / keep * mask
+
+
+@ms_no_inline
+def _block_once(tokens, norms, attention, mlp, gates, form):
+    """`_block`, compiled once for all the blocks of a graph that share its form."""
+    return _block(tokens, norms, attention, mlp, gates, form)
 
 
 class Transformer(nn.Cell):
@@ -618,6 +694,22 @@ class VisionTransformer(nn.Cell):
                               f"expected {(1, config.num_patches + 1, config.width)}")
         self.pos_embedding = Parameter(Tensor(value), name=self.pos_embedding.name)
         self.config = config
+
+    @contextlib.contextmanager
+    def blocks_inlined(self):
+        """Within: graphs compiled from this network have every block inlined (MindSpore's
+        default) instead of one block function compiled once and called for each
+        (`TransformerBlock`), as MindSpore's ONNX exporter needs ("The pointer[prim] is null"
+        otherwise). Graphs compiled outside are not affected."""
+        blocks = list(self.body.layers)
+        before = [block.compiled_once for block in blocks]
+        for block in blocks:
+            block.compiled_once = False
+        try:
+            yield self
+        finally:
+            for block, value in zip(blocks, before):
+                block.compiled_once = value
 
     def structural_copy(self) -> "VisionTransformer":
         """A network of this one's shape (config, gates and their trainability, names
