@@ -4,9 +4,11 @@
 
 The EMA update launches kernels per tensor (about 200 tensors at the demo's depth 12), so
 its form decides both what it costs every step and how long it takes to compile at every
-stage. Forms: `mul-add` (`decay ema + (1 - decay) live`, four kernels per tensor: the
-package's form before), `lerp` (`ops.lerp`, two kernels: the package's form, `EMA`), and
-each as one `HyperMap` over the tensors instead of an unrolled loop. The rounds take turns
+stage. Forms: `mul-add` (`decay ema + (1 - decay) live`, four kernels per tensor),
+`lerp` (`ops.lerp`, two kernels), the package's (`EMA`: `lerp` for small tensors, `mul-add`
+for large ones), and
+each as one `HyperMap` over the tensors instead of an unrolled loop, and `lerp` as one
+`ms.no_inline` function per block, compiled once. The rounds take turns
 (every form ten steps a round), so the machine's drift falls on all of them; the table
 gives each form's compile seconds and its median step.
 """
@@ -22,7 +24,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from network_expansion.demo import DemoSettings
-from network_expansion.expansion import EMA
+from network_expansion.expansion import EMA, _EMAUpdate
 from network_expansion.graphs import compiled
 from network_expansion.model import VisionTransformer
 
@@ -62,6 +64,37 @@ class LerpLoop(Loop):
         return True
 
 
+@ms.no_inline
+def _lerp_block(averages, lives, weight):
+    for average, live in zip(averages, lives):
+        ops.assign(average, ops.lerp(average, live, weight))
+    return True
+
+
+class LerpPerBlock(Loop):
+    """One `no_inline` function per block's tensors, compiled once and called for each (as
+    the model's blocks run: docs/performance.md, "Blocks compiled once"); the rest looped."""
+
+    def __init__(self, average, live, decay):
+        super().__init__(average, live, decay)
+        blocks = [list(block.get_parameters()) for block in average.blocks]
+        in_blocks = {id(p) for block in blocks for p in block}
+        self.per_block, self.depth = len(blocks[0]), len(blocks)
+        pairs = list(zip(average.get_parameters(), live.get_parameters()))
+        self.block_average = ms.ParameterTuple([a for a, _ in pairs if id(a) in in_blocks])
+        self.block_live = ms.ParameterTuple([b for a, b in pairs if id(a) in in_blocks])
+        self.rest_average = ms.ParameterTuple([a for a, _ in pairs if id(a) not in in_blocks])
+        self.rest_live = ms.ParameterTuple([b for a, b in pairs if id(a) not in in_blocks])
+
+    def construct(self):
+        n = self.per_block
+        for i in range(self.depth):
+            _lerp_block(self.block_average[i * n:(i + 1) * n], self.block_live[i * n:(i + 1) * n], self.weight)
+        for average, live in zip(self.rest_average, self.rest_live):
+            ops.assign(average, ops.lerp(average, live, self.weight))
+        return True
+
+
 class Mapped(Loop):
     def __init__(self, average, live, decay, function):
         super().__init__(average, live, decay)
@@ -80,9 +113,11 @@ def main():
     config = dataclasses.replace(DemoSettings().model, depth=args.depth, width=args.width, mlp_width=2 * args.width)
     live = VisionTransformer(config)
     average = EMA(live, 0.99).network
-    cells = {"mul-add loop": MulAddLoop(average, live, 0.99), "lerp loop (EMA)": LerpLoop(average, live, 0.99),
+    cells = {"mul-add loop": MulAddLoop(average, live, 0.99), "lerp loop": LerpLoop(average, live, 0.99),
+             "by size: lerp below 65536 elements, mul-add above (EMA)": _EMAUpdate(average, live, 0.99),
              "mul-add HyperMap": Mapped(average, live, 0.99, _mul_add),
-             "lerp HyperMap": Mapped(average, live, 0.99, _lerp)}
+             "lerp HyperMap": Mapped(average, live, 0.99, _lerp),
+             "lerp per block, compiled once": LerpPerBlock(average, live, 0.99)}
     steps, compile_seconds = {}, {}
     for name, cell in cells.items():
         def update(cell=cell):
