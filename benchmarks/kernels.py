@@ -18,7 +18,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, nn, ops
 
-from network_expansion.model import GELU
+from network_expansion.model import _TanhGELU
 
 TOKENS = (8, 197)  # batch 8, 196 patches + cls
 
@@ -90,7 +90,7 @@ def forms():
         ("LayerNorm 768", "reductions + elementwise", ManualLayerNorm(768), TOKENS + (768,)),
         ("GELU (tanh) 3072", "ops.gelu(approximate='tanh')", Function(tanh_gelu), TOKENS + (3072,)),
         ("GELU (tanh) 3072", "x * sigmoid(...), autodiff", Function(sigmoid_gelu), TOKENS + (3072,)),
-        ("GELU (tanh) 3072", "x * sigmoid(...), written-out backward (model.GELU)", GELU(approximate=True),
+        ("GELU (tanh) 3072", "x * sigmoid(...), written-out backward (model._TanhGELU)", _TanhGELU(),
          TOKENS + (3072,)),
         ("softmax 12 x 197 x 197", "ops.softmax", Function(softmax), (8, 12, 197, 197)),
         ("softmax 12 x 197 x 197", "mint softmax", Function(mint_softmax), (8, 12, 197, 197)),

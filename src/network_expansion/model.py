@@ -273,7 +273,7 @@ class Attention(nn.Cell):
                 self.to_v.weight, self.to_v.bias, self.to_out.weight, self.to_out.bias)
 
 
-class GELU(nn.Cell):
+def _gelu(x, approximate: bool):
     """GELU, exact or in its tanh approximation (the zoo's `nn.GELU()` default).
 
     The tanh form is computed as x * sigmoid(2 * sqrt(2/pi) * (x + 0.044715 x^3)), the same
@@ -281,16 +281,6 @@ class GELU(nn.Cell):
     `gelu(approximate='tanh')` is ten times slower: 98 ms against 10 ms on a ViT-B MLP
     activation at batch 8, a third of the whole forward pass (benchmarks/inference.py).
     """
-
-    def __init__(self, approximate: bool = True):
-        super().__init__()
-        self.approximate = approximate
-
-    def construct(self, x):
-        return _gelu(x, self.approximate)
-
-
-def _gelu(x, approximate: bool):
     return _TANH_GELU(x) if approximate else ops.gelu(x, approximate="none")
 
 
@@ -387,7 +377,7 @@ class PreNormResidual(nn.Cell):
             return
         value = float(self.gate.asnumpy())
         if value != 1.0:
-            layer = self.cell[1].output_layer
+            layer = self.branch.output_layer
             for parameter in (layer.weight, layer.bias):
                 parameter.set_data(Tensor(parameter.asnumpy() * np.float32(value)))
         del self.gate
