@@ -5,7 +5,9 @@ use, forward and forward + backward, at the shapes of a ViT-B/16 training step a
 
 This is how the package chose its forms (the GELU, the LayerNorm, the Dense layers' bias
 add); rows are medians of `--repeats` calls after a warm-up, the forms of one layer timed
-in turns, so that the machine's drift falls on all of them.
+in turns, so that the machine's drift falls on all of them. Each is compiled as the
+package compiles (`graphs.compiled`: without MindSpore's queue thread on the CPU; before
+2026-12-04 this benchmark used `ms.jit`, with it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import mint, nn, ops
 
-from network_expansion.model import _TanhGELU
+from network_expansion.graphs import compiled as jit
+from network_expansion.model import _TanhGELU, _layer_norm
 
 TOKENS = (8, 197)  # batch 8, 196 patches + cls
 
@@ -49,6 +52,15 @@ class ManualLayerNorm(nn.Cell):
 class MintLayerNorm(ManualLayerNorm):
     def construct(self, x):
         return mint.nn.functional.layer_norm(x, (x.shape[-1],), self.gamma, self.beta, 1e-6)
+
+
+class WrittenOutLayerNorm(ManualLayerNorm):
+    """MindSpore's fused LayerNorm forward with the package's written-out backward
+    (`model._layer_norm` while training, on tokens x width)."""
+
+    def construct(self, x):
+        flat = _layer_norm(x.reshape(-1, x.shape[-1]), self.gamma, self.beta, 1e-6, True)
+        return flat.reshape(x.shape)
 
 
 class Function(nn.Cell):
@@ -88,6 +100,8 @@ def forms():
         ("LayerNorm 768", "nn.LayerNorm", nn.LayerNorm((768,), epsilon=1e-6), TOKENS + (768,)),
         ("LayerNorm 768", "mint layer_norm", MintLayerNorm(768), TOKENS + (768,)),
         ("LayerNorm 768", "reductions + elementwise", ManualLayerNorm(768), TOKENS + (768,)),
+        ("LayerNorm 768", "fused, backward written out (model._layer_norm)", WrittenOutLayerNorm(768),
+         TOKENS + (768,)),
         ("GELU (tanh) 3072", "ops.gelu(approximate='tanh')", Function(tanh_gelu), TOKENS + (3072,)),
         ("GELU (tanh) 3072", "x * sigmoid(...), autodiff", Function(sigmoid_gelu), TOKENS + (3072,)),
         ("GELU (tanh) 3072", "x * sigmoid(...), written-out backward (model._TanhGELU)", _TanhGELU(),
@@ -107,7 +121,7 @@ def compiled(cell):
     def backward(x):
         return gradient(x)
 
-    return ms.jit(forward), ms.jit(backward)
+    return jit(forward), jit(backward)
 
 
 def seconds(function, x) -> float:

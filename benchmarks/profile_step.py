@@ -1,11 +1,12 @@
 """Where a ViT-B/16 training step's time goes, op type by op type (`mindspore.Profiler`).
 
-    .venv/bin/python benchmarks/profile_step.py [--depth 12] [--batch 8] [--steps 2] [--forward-only]
+    .venv/bin/python benchmarks/profile_step.py [--depth 12] [--batch 8] [--steps 2] [--forward-only | --inference]
     PYTHONPATH=OTHER/src .venv/bin/python benchmarks/profile_step.py    # another version of the package
 
 Compiles the package's network's forward + backward (the gradients of every trainable
 parameter, all returned: a graph that returned the loss alone would lose its backward to
-dead-code elimination) in train mode, runs two warm-up steps, then profiles `--steps`
+dead-code elimination) in train mode (`--forward-only`: the loss alone; `--inference`: the
+logits in evaluation mode, as `predict` computes them), runs two warm-up steps, then profiles `--steps`
 steps and prints, per step: wall time, and each op type's milliseconds, calls and share,
 with the forward's ops and the gradient's ops apart where MindSpore's names say which.
 """
@@ -32,9 +33,10 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument("--inference", action="store_true", help="the forward in evaluation mode (logits only)")
     args = parser.parse_args()
     network = VisionTransformer(ViTConfig(image_size=224, num_classes=1000, depth=args.depth), seed=0)
-    network.set_train(True)
+    network.set_train(not args.inference)
 
     def loss_of(images, targets):  # the trainer's loss (recipe.soft_cross_entropy), written here so that
         # earlier versions of the package can be profiled too
@@ -49,7 +51,10 @@ def main():
         from network_expansion.graphs import compiled as jit
     except ImportError:  # versions before 2026-12-01
         jit = ms.jit
-    step = jit(loss_of if args.forward_only else forward_backward)
+    def inference(images, targets):
+        return network(images)
+
+    step = jit(inference if args.inference else loss_of if args.forward_only else forward_backward)
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((args.batch, 3, 224, 224), dtype=np.float32))
     targets = ms.Tensor(np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, args.batch)])

@@ -11,6 +11,7 @@ import pytest
 
 import numpy_vit
 from conftest import parameters_of, tiny_config
+from network_expansion import model
 from network_expansion.model import TokenDense, VisionTransformer
 from network_expansion.recipe import soft_cross_entropy
 
@@ -31,8 +32,14 @@ def _numpy_loss(params, images, targets, **reference):
     return float(-(targets * log_probabilities).sum(-1).mean())
 
 
-@pytest.mark.parametrize("gelu_approximate,layer_norm_eps", [(True, 1e-7), (False, 1e-6)])
-def test_compiled_gradients_match_central_differences_of_the_numpy_reference(gelu_approximate, layer_norm_eps):
+@pytest.mark.parametrize("gelu_approximate,layer_norm_eps,written_out", [
+    (True, 1e-7, False), (False, 1e-6, False), (True, 1e-7, True)])
+def test_compiled_gradients_match_central_differences_of_the_numpy_reference(gelu_approximate, layer_norm_eps,
+                                                                              written_out, monkeypatch):
+    """`written_out`: the blocks' LayerNorms take their written-out backward
+    (`model._LayerNormBackward`, which ViT-B's shapes take and this tiny one's would not)."""
+    if written_out:
+        monkeypatch.setattr(model, "LAYER_NORM_WRITTEN_OUT_FROM", 0)
     network = VisionTransformer(tiny_config(gelu_approximate=gelu_approximate, layer_norm_eps=layer_norm_eps), seed=3)
     _off_the_defaults(network, seed=4)
     network.set_train(True)  # the trainer's mode (dropout and drop-path are 0)
@@ -104,3 +111,38 @@ def test_a_token_dense_trains_with_the_gradients_of_its_dense(mode, in_width, ou
         np.testing.assert_allclose(ours, autodiff, rtol=1e-5, atol=1e-5)
     layer.set_train(False)
     np.testing.assert_array_equal(layer(tokens).asnumpy(), layer.dense(tokens).asnumpy())
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_the_written_out_layer_norm_backward_is_the_layer_norms_gradient(mode):
+    """Above `LAYER_NORM_WRITTEN_OUT_FROM` elements a training LayerNorm differentiates through
+    `model._LayerNormBackward`: its output and its gradients for x, the gain and the shift
+    equal autodiff's of MindSpore's LayerNorm, on tokens whose mean is far from 0 (the
+    residual stream's), compiled and in PyNative mode."""
+    rng = np.random.default_rng(7)
+    tokens, width = 1100, 64
+    assert tokens * width >= model.LAYER_NORM_WRITTEN_OUT_FROM
+    x = ms.Tensor((rng.standard_normal((tokens, width)) * rng.uniform(0.1, 3, (tokens, 1))
+                   + rng.uniform(-4, 4, (tokens, 1))).astype(np.float32))
+    gain = ms.Tensor((1 + 0.5 * rng.standard_normal(width)).astype(np.float32))
+    shift = ms.Tensor((0.5 * rng.standard_normal(width)).astype(np.float32))
+    upstream = ms.Tensor(rng.standard_normal((tokens, width)).astype(np.float32))
+
+    def written_out(x, gain, shift):
+        return (model._layer_norm(x, gain, shift, 1e-6, True) * upstream).sum()
+
+    def fused(x, gain, shift):
+        return (ms.ops.LayerNorm(-1, -1, 1e-6)(x, gain, shift)[0] * upstream).sum()
+
+    results = []
+    for function in (written_out, fused):
+        gradient = ms.value_and_grad(function, (0, 1, 2))
+
+        def run(x, gain, shift):
+            return gradient(x, gain, shift)
+
+        loss, gradients = (ms.jit(run) if mode == "graph" else run)(x, gain, shift)
+        results.append([loss.asnumpy(), *(g.asnumpy() for g in gradients)])
+    for ours, autodiff in zip(*results):
+        np.testing.assert_allclose(ours, autodiff, rtol=1e-4, atol=1e-4 * np.abs(autodiff).max())
+    assert np.abs(results[0][1]).max() > 0.1  # the input gradient is not trivially small

@@ -438,7 +438,6 @@ def _block(tokens, norms, attention, mlp, gates, form):
     wq, bq, wk, bk, wv, bv, wo, bo = attention
     w1, b1, w2, b2 = mlp
     batch, count, width = tokens.shape
-    layer_norm = ops.LayerNorm(-1, -1, epsilon)
     project = ops.MatMul(transpose_b=True)
     add_bias = ops.BiasAdd()
 
@@ -449,7 +448,7 @@ def _block(tokens, norms, attention, mlp, gates, form):
     # BatchMatMul primitive, not ops.matmul: MindSpore 2.10 differentiates ops.matmul with
     # explicit Transposes of the attention weights and of v, and its CPU Transpose kernel
     # keeps about twice its output's size for good (benchmarks/kernel_memory.py)
-    x = layer_norm(tokens.reshape(-1, width), gain1, shift1)[0]
+    x = _layer_norm(tokens.reshape(-1, width), gain1, shift1, epsilon, training)
     q = split_heads(add_bias(project(x, wq), bq)) * (width // heads) ** -0.5
     k, v = split_heads(add_bias(project(x, wk), bk)), split_heads(add_bias(project(x, wv), bv))
     weights = ops.softmax(ops.BatchMatMul(transpose_b=True)(q, k), axis=-1)
@@ -462,7 +461,7 @@ def _block(tokens, norms, attention, mlp, gates, form):
     tokens = tokens + _residual_branch(branch.reshape(batch, count, width), gates[0], attention_drop, training)
 
     # MLP: its two Dense layers through _Affine (their backward in faster forms)
-    hidden = _affine(layer_norm(tokens.reshape(-1, width), gain2, shift2)[0], w1, b1, first_narrows)
+    hidden = _affine(_layer_norm(tokens.reshape(-1, width), gain2, shift2, epsilon, training), w1, b1, first_narrows)
     hidden = _gelu(hidden, approximate)
     if training and dropout > 0:
         hidden = ops.dropout(hidden, p=dropout)
@@ -470,6 +469,57 @@ def _block(tokens, norms, attention, mlp, gates, form):
     if training and dropout > 0:
         branch = ops.dropout(branch, p=dropout)
     return tokens + _residual_branch(branch.reshape(batch, count, width), gates[1], mlp_drop, training)
+
+
+# From this many elements on, a training LayerNorm takes its written-out backward
+# (`_LayerNormBackward`); below it, MindSpore's: at the demo's width 64 the step is bound
+# by kernel launches, and the written-out backward launches eight kernels where
+# LayerNormGrad launches one.
+LAYER_NORM_WRITTEN_OUT_FROM = 1 << 16
+
+
+def _layer_norm(x, gain, shift, epsilon: float, training: bool):
+    """LayerNorm over the last axis of x (tokens x width), by MindSpore's fused kernel. While
+    training on tensors of `LAYER_NORM_WRITTEN_OUT_FROM` elements or more, its gradient is
+    `_LayerNormBackward`'s: at ViT-B's shapes (batch 8) forward and backward take 15 ms
+    so against 27 with MindSpore 2.10's CPU LayerNormGrad (benchmarks/kernels.py)."""
+    layer_norm = ops.LayerNorm(-1, -1, epsilon)
+    if not training or x.size < LAYER_NORM_WRITTEN_OUT_FROM:
+        return layer_norm(x, gain, shift)[0]
+    fixed = ops.stop_gradient  # the fused kernel's results are values here: the gradient is the cell's
+    y, mean, variance = layer_norm(fixed(x), fixed(gain), fixed(shift))
+    return _LAYER_NORM_BACKWARD(x, gain, shift, fixed(y), fixed(mean), fixed(ops.rsqrt(variance + epsilon)))
+
+
+class _LayerNormBackward(nn.Cell):
+    """Passes the fused LayerNorm's output `y` on and gives x, the gain and the shift the
+    LayerNorm's gradients, from x, the gain and the statistics (mean, 1 / std = r), with
+    c = x - mean and u = dout * gain:
+
+        dx    = r u - r mean(u) - c r^3 mean(u c)
+        dgain = sum over tokens of dout c r,    dshift = sum over tokens of dout
+
+    the means over the width and the sums over the tokens as matrix-vector products, so
+    that only c, dout c and the terms of dx are tensors of x's size (MindSpore keeps a
+    block's backward temporaries, about 90 MiB per LayerNorm at ViT-B: docs/performance.md).
+    `y` and the statistics get zeros: they are the fused kernel's, cut from the graph."""
+
+    def construct(self, x, gain, shift, y, mean, rstd):
+        return y
+
+    def bprop(self, x, gain, shift, y, mean, rstd, out, dout):
+        width = x.shape[-1]
+        centred = x - mean
+        product = dout * centred
+        column = gain.reshape(-1, 1)
+        mean_u = ops.matmul(dout, column) / width
+        mean_uc = ops.matmul(product, column) / width
+        dx = (dout * gain) * rstd - (centred * (mean_uc * rstd * rstd * rstd) + mean_u * rstd)
+        dgain = ops.matmul(rstd.reshape(1, -1), product).reshape(-1)
+        return dx, dgain, dout.sum(0), ops.zeros_like(y), ops.zeros_like(mean), ops.zeros_like(rstd)
+
+
+_LAYER_NORM_BACKWARD = _LayerNormBackward()
 
 
 def _residual_branch(branch, gate, drop_rate: float, training: bool):
