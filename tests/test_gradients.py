@@ -36,10 +36,11 @@ def _numpy_loss(params, images, targets, **reference):
     (True, 1e-7, False), (False, 1e-6, False), (True, 1e-7, True)])
 def test_compiled_gradients_match_central_differences_of_the_numpy_reference(gelu_approximate, layer_norm_eps,
                                                                               written_out, monkeypatch):
-    """`written_out`: the blocks' LayerNorms take their written-out backward
-    (`model._LayerNormBackward`, which ViT-B's shapes take and this tiny one's would not)."""
+    """`written_out`: the backward's forms for large tensors, which ViT-B's shapes take and
+    this tiny one's would not (`model.LARGE`: the blocks' LayerNorms through
+    `model._LayerNormBackward`, the Dense layers' input gradients against the transposed weight)."""
     if written_out:
-        monkeypatch.setattr(model, "LAYER_NORM_WRITTEN_OUT_FROM", 0)
+        monkeypatch.setattr(model, "LARGE", 0)
     network = VisionTransformer(tiny_config(gelu_approximate=gelu_approximate, layer_norm_eps=layer_norm_eps), seed=3)
     _off_the_defaults(network, seed=4)
     network.set_train(True)  # the trainer's mode (dropout and drop-path are 0)
@@ -80,10 +81,14 @@ def test_compiled_gradients_match_central_differences_of_the_numpy_reference(gel
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
 @pytest.mark.parametrize("in_width,out_width", [(48, 16), (16, 48)])
-def test_a_token_dense_trains_with_the_gradients_of_its_dense(mode, in_width, out_width):
+@pytest.mark.parametrize("large", [False, True])
+def test_a_token_dense_trains_with_the_gradients_of_its_dense(mode, in_width, out_width, large, monkeypatch):
     """TokenDense writes its backward out (`model._Affine`; a narrowing layer takes another
-    form of the weight gradient): input and parameter gradients equal autodiff's of the same
-    `nn.Dense`, compiled and in PyNative mode; evaluation runs the `nn.Dense` itself."""
+    form of the weight gradient, a large weight another form of the input gradient):
+    input and parameter gradients equal autodiff's of the same `nn.Dense`, compiled and in
+    PyNative mode; evaluation runs the `nn.Dense` itself."""
+    if large:
+        monkeypatch.setattr(model, "LARGE", 0)
     rng = np.random.default_rng(6)
     layer = TokenDense(in_width, out_width, rng)
     assert layer.narrows == (in_width > out_width)
@@ -115,13 +120,13 @@ def test_a_token_dense_trains_with_the_gradients_of_its_dense(mode, in_width, ou
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
 def test_the_written_out_layer_norm_backward_is_the_layer_norms_gradient(mode):
-    """Above `LAYER_NORM_WRITTEN_OUT_FROM` elements a training LayerNorm differentiates through
+    """From `model.LARGE` elements on a training LayerNorm differentiates through
     `model._LayerNormBackward`: its output and its gradients for x, the gain and the shift
     equal autodiff's of MindSpore's LayerNorm, on tokens whose mean is far from 0 (the
     residual stream's), compiled and in PyNative mode."""
     rng = np.random.default_rng(7)
     tokens, width = 1100, 64
-    assert tokens * width >= model.LAYER_NORM_WRITTEN_OUT_FROM
+    assert tokens * width >= model.LARGE
     x = ms.Tensor((rng.standard_normal((tokens, width)) * rng.uniform(0.1, 3, (tokens, 1))
                    + rng.uniform(-4, 4, (tokens, 1))).astype(np.float32))
     gain = ms.Tensor((1 + 0.5 * rng.standard_normal(width)).astype(np.float32))

@@ -199,10 +199,14 @@ class _Affine(nn.Cell):
       `(x^T dy)^T`: autodiff's `dy^T x` has x (tokens x 3072) as the MatMul's second operand,
       a layout its CPU kernel runs 2 to 3 times slower (`benchmarks/matmul_forms.py`); the
       transpose of the result costs 27 MiB per block (MindSpore's CPU Transpose kernel keeps
-      about twice its output: `benchmarks/kernel_memory.py`).
+      about twice its output: `benchmarks/kernel_memory.py`);
+    * for a weight of `LARGE` elements or more, the input gradient as `dy (W^T)^T` (the
+      transposed weight as the MatMul's second operand, stored (N, K)): `dy W` reads W
+      stored (K, N) with a wide N, the slow layout again. The transpose's memory is kept
+      once per compiled block function, not per block (37 MiB at ViT-B).
 
-    Together a ViT-B train step 15% faster at depth 4, 8 to 10% at depth 12
-    (docs/performance.md).
+    Together a ViT-B train step 15% faster at depth 4, 8 to 10% at depth 12, and the input
+    gradient's form 4% more (docs/performance.md).
     """
 
     def __init__(self, narrows: bool):
@@ -221,7 +225,11 @@ class _Affine(nn.Cell):
             weight_gradient = self.weight_gradient(x, dout).T
         else:
             weight_gradient = self.weight_gradient(dout, x)
-        return self.input_gradient(dout, weight), weight_gradient, dout.sum(0)
+        if weight.size >= LARGE:
+            input_gradient = self.matmul(dout, weight.T)
+        else:
+            input_gradient = self.input_gradient(dout, weight)
+        return input_gradient, weight_gradient, dout.sum(0)
 
 
 _WIDENING, _NARROWING = _Affine(narrows=False), _Affine(narrows=True)
@@ -471,20 +479,21 @@ def _block(tokens, norms, attention, mlp, gates, form):
     return tokens + _residual_branch(branch.reshape(batch, count, width), gates[1], mlp_drop, training)
 
 
-# From this many elements on, a training LayerNorm takes its written-out backward
-# (`_LayerNormBackward`); below it, MindSpore's: at the demo's width 64 the step is bound
-# by kernel launches, and the written-out backward launches eight kernels where
-# LayerNormGrad launches one.
-LAYER_NORM_WRITTEN_OUT_FROM = 1 << 16
+# From this many elements on, a tensor's kernels cost more than their launches, and the
+# backward takes the forms that run faster on large tensors but launch more kernels: a
+# training LayerNorm's written-out backward (`_LayerNormBackward`) and `_Affine`'s input
+# gradient against the transposed weight. Below it (the demo's width 64, bound by kernel
+# launches) MindSpore's forms.
+LARGE = 1 << 16
 
 
 def _layer_norm(x, gain, shift, epsilon: float, training: bool):
     """LayerNorm over the last axis of x (tokens x width), by MindSpore's fused kernel. While
-    training on tensors of `LAYER_NORM_WRITTEN_OUT_FROM` elements or more, its gradient is
+    training on tensors of `LARGE` elements or more, its gradient is
     `_LayerNormBackward`'s: at ViT-B's shapes (batch 8) forward and backward take 15 ms
     so against 27 with MindSpore 2.10's CPU LayerNormGrad (benchmarks/kernels.py)."""
     layer_norm = ops.LayerNorm(-1, -1, epsilon)
-    if not training or x.size < LAYER_NORM_WRITTEN_OUT_FROM:
+    if not training or x.size < LARGE:
         return layer_norm(x, gain, shift)[0]
     fixed = ops.stop_gradient  # the fused kernel's results are values here: the gradient is the cell's
     y, mean, variance = layer_norm(fixed(x), fixed(gain), fixed(shift))
