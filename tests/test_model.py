@@ -189,3 +189,45 @@ def test_blocks_compiled_once_compute_what_inlined_blocks_do(tiny_images):
     for parameter, a, b in zip(parameters, once, inlined):
         assert np.abs(a).max() > 0, parameter.name
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=parameter.name)
+
+
+def test_blocks_with_stochastic_depth_compiled_once_compute_what_inlined_blocks_do(tiny_images, monkeypatch):
+    """With stochastic depth each block has its own rate; compiled once, the blocks share
+    two branch functions and drop outside them. With the drop's random mask made
+    deterministic (its rate decides which sample is dropped), the loss and every gradient
+    equal the inlined blocks', where each block drops inside `_block`."""
+    from conftest import off_defaults
+    from mindspore import ops
+    from network_expansion import model
+    from network_expansion.graphs import compiled
+
+    def dropped(branch, drop_rate, training):  # drops sample 0 or 1, by the rate, scaled as the real one
+        if not training or drop_rate == 0.0:
+            return branch
+        first = ops.ones((1, 1, 1), branch.dtype) if drop_rate < 0.3 else ops.zeros((1, 1, 1), branch.dtype)
+        mask = ops.concat((first, 1 - first, ops.ones((branch.shape[0] - 2, 1, 1), branch.dtype)))
+        return branch / (1.0 - drop_rate) * mask
+
+    monkeypatch.setattr(model, "_dropped", dropped)
+    network = off_defaults(VisionTransformer(tiny_config(depth=3, drop_path_rate=0.5)), seed=3)
+    assert [block[0].drop_path.rate for block in network.blocks] == pytest.approx([0.0, 0.25, 0.5])
+    network.set_train(True)
+    images = ms.Tensor(np.concatenate([tiny_images] * 2)[:4])
+    parameters = network.trainable_params()
+
+    def loss(x):
+        return (network(x) ** 2).mean()
+
+    def gradients():
+        value, grads = compiled(ms.value_and_grad(loss, None, parameters))(images)
+        return [value.asnumpy()] + [t.asnumpy() for t in grads]
+
+    once = gradients()
+    with network.blocks_inlined():
+        inlined = gradients()
+    for block in network.blocks:
+        block.set_drop_path_rate(0.0)
+    undropped = gradients()
+    assert abs(once[0] - undropped[0]) > 1e-4  # the drops change the loss
+    for a, b in zip(once, inlined):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

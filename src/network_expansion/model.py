@@ -409,6 +409,9 @@ class TransformerBlock(nn.SequentialCell):
         # False: inlined into the graph that calls it, as an exporter to ONNX needs
         # (`VisionTransformer.blocks_inlined`)
         self.compiled_once = True
+        # the network drops paths (its first block's rate is 0 all the same): training, every
+        # block calls the branch functions, so that all share them (`construct`)
+        self.stochastic_depth = config.drop_path_rate > 0
 
     def construct(self, tokens):
         attention, mlp = self[0], self[1]
@@ -419,11 +422,21 @@ class TransformerBlock(nn.SequentialCell):
             mlp_gate = mlp.gate
         heads, ffn = attention.branch, mlp.branch
         form = (heads.num_heads, attention.norm.epsilon, ffn.approximate, ffn.ff1.narrows, ffn.ff2.narrows,
-                heads.dropout, heads.attention_dropout, attention.drop_path.rate, mlp.drop_path.rate, self.training)
+                heads.dropout, heads.attention_dropout, self.training)
+        rates = (attention.drop_path.rate, mlp.drop_path.rate)
         norms = (attention.norm.gamma, attention.norm.beta, mlp.norm.gamma, mlp.norm.beta)
-        if self.compiled_once:
-            return _block_once(tokens, norms, heads.tensors(), ffn.tensors(), (attention_gate, mlp_gate), form)
-        return _block(tokens, norms, heads.tensors(), ffn.tensors(), (attention_gate, mlp_gate), form)
+        gates = (attention_gate, mlp_gate)
+        if not self.compiled_once:
+            return _block(tokens, norms, heads.tensors(), ffn.tensors(), gates, form, rates)
+        if not self.training or not (self.stochastic_depth or rates[0] > 0.0 or rates[1] > 0.0):
+            return _block_once(tokens, norms, heads.tensors(), ffn.tensors(), gates, form, (0.0, 0.0))
+        # stochastic depth: its rates differ from block to block (a linear ramp), and a
+        # function is compiled for each set of constants it is called with (one per block,
+        # each holding its kernels' memory), so the drop stays out here and every block calls
+        # the same two branch functions
+        tokens = tokens + _dropped(_attention_once(tokens, norms[0], norms[1], heads.tensors(), gates[0], form),
+                                   rates[0], True)
+        return tokens + _dropped(_mlp_once(tokens, norms[2], norms[3], ffn.tensors(), gates[1], form), rates[1], True)
 
     def set_drop_path_rate(self, rate: float) -> None:
         for residual in self:
@@ -435,16 +448,21 @@ class TransformerBlock(nn.SequentialCell):
         return [residual.gate for residual in self if residual.gated]
 
 
-def _block(tokens, norms, attention, mlp, gates, form):
+def _block(tokens, norms, attention, mlp, gates, form, drop_rates):
     """One transformer block, `x + g1 A(LN1(x))` then `x + g2 M(LN2(x))`, as a function of
-    its tensors (the gates None when ungated) and its form: (heads, LayerNorm epsilon, tanh
-    GELU, whether each MLP layer narrows, dropout, attention dropout, the two residuals'
-    drop-path rates, training)."""
-    (heads, epsilon, approximate, first_narrows, second_narrows, dropout, attention_dropout, attention_drop, mlp_drop,
-     training) = form
+    its tensors (the gates None when ungated), its form (`_attention`'s) and the two
+    residuals' drop-path rates."""
     gain1, shift1, gain2, shift2 = norms
+    tokens = tokens + _dropped(_attention(tokens, gain1, shift1, attention, gates[0], form), drop_rates[0], form[-1])
+    return tokens + _dropped(_mlp(tokens, gain2, shift2, mlp, gates[1], form), drop_rates[1], form[-1])
+
+
+def _attention(tokens, gain, shift, attention, gate, form):
+    """The attention branch, `g A(LN(x))` (no gate: None), of tokens (batch, count, width);
+    form: (heads, LayerNorm epsilon, tanh GELU, whether each MLP layer narrows, dropout,
+    attention dropout, training)."""
+    heads, epsilon, _, _, _, dropout, attention_dropout, training = form
     wq, bq, wk, bk, wv, bv, wo, bo = attention
-    w1, b1, w2, b2 = mlp
     batch, count, width = tokens.shape
     project = ops.MatMul(transpose_b=True)
     add_bias = ops.BiasAdd()
@@ -452,11 +470,11 @@ def _block(tokens, norms, attention, mlp, gates, form):
     def split_heads(flat):  # (batch * count, width) -> (batch, heads, count, width / heads)
         return flat.reshape(batch, count, heads, width // heads).transpose(0, 2, 1, 3)
 
-    # attention; q k^T with k transposed inside the batched matmul, and the mix with the
-    # BatchMatMul primitive, not ops.matmul: MindSpore 2.10 differentiates ops.matmul with
-    # explicit Transposes of the attention weights and of v, and its CPU Transpose kernel
-    # keeps about twice its output's size for good (benchmarks/kernel_memory.py)
-    x = _layer_norm(tokens.reshape(-1, width), gain1, shift1, epsilon, training)
+    # q k^T with k transposed inside the batched matmul, and the mix with the BatchMatMul
+    # primitive, not ops.matmul: MindSpore 2.10 differentiates ops.matmul with explicit
+    # Transposes of the attention weights and of v, and its CPU Transpose kernel keeps
+    # about twice its output's size for good (benchmarks/kernel_memory.py)
+    x = _layer_norm(tokens.reshape(-1, width), gain, shift, epsilon, training)
     q = split_heads(add_bias(project(x, wq), bq)) * (width // heads) ** -0.5
     k, v = split_heads(add_bias(project(x, wk), bk)), split_heads(add_bias(project(x, wv), bv))
     weights = ops.softmax(ops.BatchMatMul(transpose_b=True)(q, k), axis=-1)
@@ -466,17 +484,23 @@ def _block(tokens, norms, attention, mlp, gates, form):
     branch = add_bias(project(mixed, wo), bo)
     if training and dropout > 0:
         branch = ops.dropout(branch, p=dropout)
-    tokens = tokens + _residual_branch(branch.reshape(batch, count, width), gates[0], attention_drop, training)
+    return _gated(branch.reshape(batch, count, width), gate)
 
-    # MLP: its two Dense layers through _Affine (their backward in faster forms)
-    hidden = _affine(_layer_norm(tokens.reshape(-1, width), gain2, shift2, epsilon, training), w1, b1, first_narrows)
+
+def _mlp(tokens, gain, shift, mlp, gate, form):
+    """The MLP branch, `g M(LN(x))`: its two Dense layers through _Affine (their backward in
+    faster forms); form as `_attention`'s."""
+    _, epsilon, approximate, first_narrows, second_narrows, dropout, _, training = form
+    w1, b1, w2, b2 = mlp
+    batch, count, width = tokens.shape
+    hidden = _affine(_layer_norm(tokens.reshape(-1, width), gain, shift, epsilon, training), w1, b1, first_narrows)
     hidden = _gelu(hidden, approximate)
     if training and dropout > 0:
         hidden = ops.dropout(hidden, p=dropout)
     branch = _affine(hidden, w2, b2, second_narrows)
     if training and dropout > 0:
         branch = ops.dropout(branch, p=dropout)
-    return tokens + _residual_branch(branch.reshape(batch, count, width), gates[1], mlp_drop, training)
+    return _gated(branch.reshape(batch, count, width), gate)
 
 
 # From this many elements on, a tensor's kernels cost more than their launches, and the
@@ -531,22 +555,37 @@ class _LayerNormBackward(nn.Cell):
 _LAYER_NORM_BACKWARD = _LayerNormBackward()
 
 
-def _residual_branch(branch, gate, drop_rate: float, training: bool):
-    """The branch scaled by its gate (if any), dropped for whole samples with probability
-    `drop_rate` while training (stochastic depth)."""
-    if gate is not None:
-        branch = branch * gate
+def _gated(branch, gate):
+    """The branch scaled by its gate, if it has one (an exact growth's entering block)."""
+    return branch if gate is None else branch * gate
+
+
+def _dropped(branch, drop_rate: float, training: bool):
+    """The branch dropped for whole samples with probability `drop_rate` while training
+    (stochastic depth)."""
     if not training or drop_rate == 0.0:
         return branch
     keep = 1.0 - drop_rate
     mask = ops.bernoulli(ops.zeros((branch.shape[0], 1, 1), branch.dtype), p=keep)
-    return branch / keep * mask
+    return branch * (mask / keep)
 
 
 @ms_no_inline
-def _block_once(tokens, norms, attention, mlp, gates, form):
-    """`_block`, compiled once for all the blocks of a graph that share its form."""
-    return _block(tokens, norms, attention, mlp, gates, form)
+def _block_once(tokens, norms, attention, mlp, gates, form, drop_rates):
+    """`_block`, compiled once for all the blocks of a graph that share its form and rates."""
+    return _block(tokens, norms, attention, mlp, gates, form, drop_rates)
+
+
+@ms_no_inline
+def _attention_once(tokens, gain, shift, attention, gate, form):
+    """`_attention`, compiled once for all the blocks of a graph that share its form."""
+    return _attention(tokens, gain, shift, attention, gate, form)
+
+
+@ms_no_inline
+def _mlp_once(tokens, gain, shift, mlp, gate, form):
+    """`_mlp`, compiled once for all the blocks of a graph that share its form."""
+    return _mlp(tokens, gain, shift, mlp, gate, form)
 
 
 class Transformer(nn.Cell):
