@@ -192,23 +192,23 @@ def test_blocks_compiled_once_compute_what_inlined_blocks_do(tiny_images):
 
 
 def test_blocks_with_stochastic_depth_compiled_once_compute_what_inlined_blocks_do(tiny_images, monkeypatch):
-    """With stochastic depth each block has its own rate; compiled once, the blocks share
-    two branch functions and drop outside them. With the drop's random mask made
-    deterministic (its rate decides which sample is dropped), the loss and every gradient
-    equal the inlined blocks', where each block drops inside `_block`."""
+    """With stochastic depth each block has its own rate; compiled once, every block draws
+    its residuals' scales outside and passes them to the one compiled block function. With
+    the draw made deterministic (its rate decides which sample is dropped), the loss and
+    every gradient equal the inlined blocks'."""
     from conftest import off_defaults
     from mindspore import ops
     from network_expansion import model
-    from network_expansion.graphs import compiled
+    from network_expansion.graphs import compiled, compiled_forward
 
-    def dropped(branch, drop_rate, training):  # drops sample 0 or 1, by the rate, scaled as the real one
-        if not training or drop_rate == 0.0:
-            return branch
-        first = ops.ones((1, 1, 1), branch.dtype) if drop_rate < 0.3 else ops.zeros((1, 1, 1), branch.dtype)
-        mask = ops.concat((first, 1 - first, ops.ones((branch.shape[0] - 2, 1, 1), branch.dtype)))
-        return branch / (1.0 - drop_rate) * mask
+    def drop_scale(tokens, drop_rate):  # drops sample 0 or 1, by the rate, scaled as the real one
+        if drop_rate == 0.0:
+            return ops.ones((tokens.shape[0], 1, 1), tokens.dtype)
+        first = ops.ones((1, 1, 1), tokens.dtype) if drop_rate < 0.3 else ops.zeros((1, 1, 1), tokens.dtype)
+        mask = ops.concat((first, 1 - first, ops.ones((tokens.shape[0] - 2, 1, 1), tokens.dtype)))
+        return mask / (1.0 - drop_rate)
 
-    monkeypatch.setattr(model, "_dropped", dropped)
+    monkeypatch.setattr(model, "_drop_scale", drop_scale)
     network = off_defaults(VisionTransformer(tiny_config(depth=3, drop_path_rate=0.5)), seed=3)
     assert [block[0].drop_path.rate for block in network.blocks] == pytest.approx([0.0, 0.25, 0.5])
     network.set_train(True)
@@ -231,3 +231,16 @@ def test_blocks_with_stochastic_depth_compiled_once_compute_what_inlined_blocks_
     assert abs(once[0] - undropped[0]) > 1e-4  # the drops change the loss
     for a, b in zip(once, inlined):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    # every residual takes its scale: with every block after the first dropped for every
+    # sample, the network computes what its first block alone computes
+    def drop_all(tokens, drop_rate):
+        return ops.ones((tokens.shape[0], 1, 1), tokens.dtype) * (0.0 if drop_rate > 0 else 1.0)
+
+    monkeypatch.setattr(model, "_drop_scale", drop_all)
+    blocks = network.blocks
+    for block, rate in zip(blocks, (0.0, 0.25, 0.5)):
+        block.set_drop_path_rate(rate)
+    three = compiled_forward(network)(images).asnumpy()
+    network.set_blocks(blocks[:1])
+    np.testing.assert_allclose(three, compiled_forward(network)(images).asnumpy(), rtol=1e-6, atol=1e-6)

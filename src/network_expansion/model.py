@@ -410,7 +410,7 @@ class TransformerBlock(nn.SequentialCell):
         # (`VisionTransformer.blocks_inlined`)
         self.compiled_once = True
         # the network drops paths (its first block's rate is 0 all the same): training, every
-        # block calls the branch functions, so that all share them (`construct`)
+        # block passes drop scales, so that all share one compiled function (`construct`)
         self.stochastic_depth = config.drop_path_rate > 0
 
     def construct(self, tokens):
@@ -426,17 +426,15 @@ class TransformerBlock(nn.SequentialCell):
         rates = (attention.drop_path.rate, mlp.drop_path.rate)
         norms = (attention.norm.gamma, attention.norm.beta, mlp.norm.gamma, mlp.norm.beta)
         gates = (attention_gate, mlp_gate)
-        if not self.compiled_once:
-            return _block(tokens, norms, heads.tensors(), ffn.tensors(), gates, form, rates)
-        if not self.training or not (self.stochastic_depth or rates[0] > 0.0 or rates[1] > 0.0):
-            return _block_once(tokens, norms, heads.tensors(), ffn.tensors(), gates, form, (0.0, 0.0))
-        # stochastic depth: its rates differ from block to block (a linear ramp), and a
-        # function is compiled for each set of constants it is called with (one per block,
-        # each holding its kernels' memory), so the drop stays out here and every block calls
-        # the same two branch functions
-        tokens = tokens + _dropped(_attention_once(tokens, norms[0], norms[1], heads.tensors(), gates[0], form),
-                                   rates[0], True)
-        return tokens + _dropped(_mlp_once(tokens, norms[2], norms[3], ffn.tensors(), gates[1], form), rates[1], True)
+        drops = (None, None)
+        if self.training and (self.stochastic_depth or rates[0] > 0.0 or rates[1] > 0.0):
+            # the rates differ from block to block (a linear ramp), and a function is compiled
+            # for each set of constants it is called with: the scales are drawn here and
+            # passed in as tensors, so that every block calls the same compiled function
+            drops = (_drop_scale(tokens, rates[0]), _drop_scale(tokens, rates[1]))
+        if self.compiled_once:
+            return _block_once(tokens, norms, heads.tensors(), ffn.tensors(), gates, drops, form)
+        return _block(tokens, norms, heads.tensors(), ffn.tensors(), gates, drops, form)
 
     def set_drop_path_rate(self, rate: float) -> None:
         for residual in self:
@@ -448,13 +446,13 @@ class TransformerBlock(nn.SequentialCell):
         return [residual.gate for residual in self if residual.gated]
 
 
-def _block(tokens, norms, attention, mlp, gates, form, drop_rates):
+def _block(tokens, norms, attention, mlp, gates, drops, form):
     """One transformer block, `x + g1 A(LN1(x))` then `x + g2 M(LN2(x))`, as a function of
-    its tensors (the gates None when ungated), its form (`_attention`'s) and the two
-    residuals' drop-path rates."""
+    its tensors (the gates None when ungated; `drops`: each residual's stochastic depth,
+    `_drop_scale`'s, or None) and its form (`_attention`'s)."""
     gain1, shift1, gain2, shift2 = norms
-    tokens = tokens + _dropped(_attention(tokens, gain1, shift1, attention, gates[0], form), drop_rates[0], form[-1])
-    return tokens + _dropped(_mlp(tokens, gain2, shift2, mlp, gates[1], form), drop_rates[1], form[-1])
+    tokens = tokens + _scaled(_attention(tokens, gain1, shift1, attention, gates[0], form), drops[0])
+    return tokens + _scaled(_mlp(tokens, gain2, shift2, mlp, gates[1], form), drops[1])
 
 
 def _attention(tokens, gain, shift, attention, gate, form):
@@ -560,32 +558,25 @@ def _gated(branch, gate):
     return branch if gate is None else branch * gate
 
 
-def _dropped(branch, drop_rate: float, training: bool):
-    """The branch dropped for whole samples with probability `drop_rate` while training
-    (stochastic depth)."""
-    if not training or drop_rate == 0.0:
-        return branch
+def _scaled(branch, scale):
+    """The branch times its stochastic depth's per-sample scale, if it has one."""
+    return branch if scale is None else branch * scale
+
+
+def _drop_scale(tokens, drop_rate: float):
+    """Stochastic depth's scale for a residual branch: per sample, 0 with probability
+    `drop_rate`, else 1 / (1 - drop_rate); shape (batch, 1, 1)."""
     keep = 1.0 - drop_rate
-    mask = ops.bernoulli(ops.zeros((branch.shape[0], 1, 1), branch.dtype), p=keep)
-    return branch * (mask / keep)
+    if drop_rate == 0.0:
+        return ops.ones((tokens.shape[0], 1, 1), tokens.dtype)
+    return ops.bernoulli(ops.zeros((tokens.shape[0], 1, 1), tokens.dtype), p=keep) / keep
 
 
 @ms_no_inline
-def _block_once(tokens, norms, attention, mlp, gates, form, drop_rates):
-    """`_block`, compiled once for all the blocks of a graph that share its form and rates."""
-    return _block(tokens, norms, attention, mlp, gates, form, drop_rates)
-
-
-@ms_no_inline
-def _attention_once(tokens, gain, shift, attention, gate, form):
-    """`_attention`, compiled once for all the blocks of a graph that share its form."""
-    return _attention(tokens, gain, shift, attention, gate, form)
-
-
-@ms_no_inline
-def _mlp_once(tokens, gain, shift, mlp, gate, form):
-    """`_mlp`, compiled once for all the blocks of a graph that share its form."""
-    return _mlp(tokens, gain, shift, mlp, gate, form)
+def _block_once(tokens, norms, attention, mlp, gates, drops, form):
+    """`_block`, compiled once for all the blocks of a graph that share its form (and
+    whether their gates and drops are set)."""
+    return _block(tokens, norms, attention, mlp, gates, drops, form)
 
 
 class Transformer(nn.Cell):
