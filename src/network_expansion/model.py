@@ -198,8 +198,8 @@ class _Affine(nn.Cell):
     * for a layer that narrows (the MLP's second, 3072 -> 768), the weight gradient as
       `(x^T dy)^T`: autodiff's `dy^T x` has x (tokens x 3072) as the MatMul's second operand,
       a layout its CPU kernel runs 2 to 3 times slower (`benchmarks/matmul_forms.py`); the
-      transpose of the result costs 27 MiB per block (MindSpore's CPU Transpose kernel keeps
-      about twice its output: `benchmarks/kernel_memory.py`);
+      transpose of the result costs 27 MiB (MindSpore's CPU Transpose kernel keeps about
+      twice its output: `benchmarks/kernel_memory.py`), once per compiled block function;
     * for a weight of `LARGE` elements or more, the input gradient as `dy (W^T)^T` (the
       transposed weight as the MatMul's second operand, stored (N, K)): `dy W` reads W
       stored (K, N) with a wide N, the slow layout again. The transpose's memory is kept
@@ -513,7 +513,7 @@ def _layer_norm(x, gain, shift, epsilon: float, training: bool):
     """LayerNorm over the last axis of x (tokens x width), by MindSpore's fused kernel. While
     training on tensors of `LARGE` elements or more, its gradient is
     `_LayerNormBackward`'s: at ViT-B's shapes (batch 8) forward and backward take 15 ms
-    so against 27 with MindSpore 2.10's CPU LayerNormGrad (benchmarks/kernels.py)."""
+    against 27 with MindSpore 2.10's CPU LayerNormGrad (benchmarks/kernels.py)."""
     layer_norm = ops.LayerNorm(-1, -1, epsilon)
     if not training or x.size < LARGE:
         return layer_norm(x, gain, shift)[0]
@@ -532,7 +532,8 @@ class _LayerNormBackward(nn.Cell):
 
     the means over the width and the sums over the tokens as matrix-vector products, so
     that only c, dout c and the terms of dx are tensors of x's size (MindSpore keeps a
-    block's backward temporaries, about 90 MiB per LayerNorm at ViT-B: docs/performance.md).
+    compiled block function's backward temporaries, about 90 MiB per LayerNorm at ViT-B,
+    once: docs/performance.md).
     `y` and the statistics get zeros: they are the fused kernel's, cut from the graph."""
 
     def construct(self, x, gain, shift, y, mean, rstd):
