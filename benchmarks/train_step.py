@@ -1,6 +1,6 @@
 """One training step of this package against timm + PyTorch's AdamW, in the same run.
 
-    .venv/bin/python benchmarks/train_step.py [--scales vit-b demo] [--rounds 5]
+    .venv/bin/python benchmarks/train_step.py [--scales vit-b demo] [--rounds 5] [--drop-path 0.1]
         [--peer-python /path/to/python-with-torch-and-timm] [--baseline OTHER/src]
 
 Each side runs in a worker process of its own (so each has its own peak memory), and the
@@ -52,13 +52,13 @@ SCALES = {
 
 # -- the workers: each answers "steps N" with the seconds of N steps -----------------
 
-def package_worker(scale: str, job: str):
+def package_worker(scale: str, job: str, drop_path: float = 0.0):
     import mindspore as ms
 
     from network_expansion import ArrayData, TrainConfig, Trainer, ViTConfig, VisionTransformer
 
     architecture, batch = SCALES[scale]
-    config = ViTConfig(**architecture)
+    config = ViTConfig(**architecture, drop_path_rate=drop_path)
     rng = np.random.default_rng(0)
     model = VisionTransformer(config, seed=0)
     if job == "inference":
@@ -118,7 +118,7 @@ def package_worker(scale: str, job: str):
     return run
 
 
-def timm_worker(scale: str, job: str):
+def timm_worker(scale: str, job: str, drop_path: float = 0.0):
     import timm
     import torch
     from timm.utils import ModelEmaV3
@@ -129,7 +129,8 @@ def timm_worker(scale: str, job: str):
     model = timm.models.vision_transformer.VisionTransformer(
         img_size=architecture["image_size"], patch_size=architecture["patch_size"], embed_dim=architecture["width"],
         depth=architecture["depth"], num_heads=architecture["num_heads"],
-        mlp_ratio=architecture["mlp_width"] / architecture["width"], num_classes=architecture["num_classes"])
+        mlp_ratio=architecture["mlp_width"] / architecture["width"], num_classes=architecture["num_classes"],
+        drop_path_rate=drop_path)
     images = torch.randn(batch, 3, architecture["image_size"], architecture["image_size"])
     if job == "inference":
         model.eval()
@@ -158,9 +159,9 @@ def timm_worker(scale: str, job: str):
     return run
 
 
-def serve(side: str, scale: str, job: str):
+def serve(side: str, scale: str, job: str, drop_path: str = "0"):
     """The worker's loop: read `steps N`, answer with seconds; `memory` answers peak RSS."""
-    run = (package_worker if side == "package" else timm_worker)(scale, job)
+    run = (package_worker if side == "package" else timm_worker)(scale, job, float(drop_path))
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
@@ -177,12 +178,14 @@ def serve(side: str, scale: str, job: str):
 # -- the coordinator -------------------------------------------------------------------
 
 class Worker:
-    def __init__(self, python: str, side: str, scale: str, job: str, source: str | None = None, label: str = ""):
+    def __init__(self, python: str, side: str, scale: str, job: str, source: str | None = None, label: str = "",
+                 drop_path: float = 0.0):
         self.name = f"{side}{label} {job}"
         environment = dict(os.environ, GLOG_v="3")
         if source:  # another version of the package, e.g. a worktree of an earlier commit
             environment["PYTHONPATH"] = source
-        self.process = subprocess.Popen([python, __file__, "--worker", side, scale, job], stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([python, __file__, "--worker", side, scale, job, str(drop_path)],
+                                        stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True, env=environment)
         self.ask(None)
 
@@ -208,7 +211,8 @@ def has_peer(python: str) -> bool:
     return probe.returncode == 0
 
 
-def race(scale: str, rounds: int, peer_python: str | None, baseline: str | None = None, parts: bool = False) -> list:
+def race(scale: str, rounds: int, peer_python: str | None, baseline: str | None = None, parts: bool = False,
+         drop_path: float = 0.0) -> list:
     """Rows of one scale: every job's median seconds per step, taking turns each round.
 
     The workers stay alive through the race, so their memory adds up (about 7 GiB for the
@@ -227,7 +231,7 @@ def race(scale: str, rounds: int, peer_python: str | None, baseline: str | None 
     workers, warm_up = [], {}
     for side, job, source in jobs:  # one at a time: no worker's build or compile overlaps another's timing
         worker = Worker(sys.executable if side == "package" else peer_python, side, scale, job, source,
-                        " (baseline)" if source else "")
+                        " (baseline)" if source else "", drop_path)
         # warm-up: compiles, allocates the optimizer state
         warm_up[worker.name] = worker.ask({"do": "steps", "steps": steps})["seconds"]
         workers.append(worker)
@@ -261,7 +265,7 @@ def table(rows: list) -> str:
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        return serve(*sys.argv[2:5])
+        return serve(*sys.argv[2:6])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", nargs="+", choices=tuple(SCALES), default=list(SCALES))
     parser.add_argument("--rounds", type=int, default=5)
@@ -271,6 +275,8 @@ def main():
                         help="also race the package found in this src folder (e.g. a worktree of an earlier commit)")
     parser.add_argument("--parts", action="store_true",
                         help="race the package's forward (train mode) and forward + backward graphs instead")
+    parser.add_argument("--drop-path", type=float, default=0.0,
+                        help="stochastic depth, rising over the blocks to this rate, on both sides (DeiT: 0.1)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     peer = args.peer_python if has_peer(args.peer_python) else None
@@ -278,7 +284,7 @@ def main():
         print(f"no torch/timm in {args.peer_python}: the peer is left out (see the docstring)", file=sys.stderr)
     rows = []
     for scale in args.scales:
-        rows += race(scale, args.rounds, peer, args.baseline, args.parts)
+        rows += race(scale, args.rounds, peer, args.baseline, args.parts, args.drop_path)
         print(table(rows), flush=True)
     steps = {scale: 2 if scale == "vit-b" else 20 for scale in args.scales}
     print(f"\nmedian of {args.rounds} rounds of {steps} steps per worker, workers taking turns")
