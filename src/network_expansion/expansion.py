@@ -32,7 +32,7 @@ from mindspore import nn, ops
 
 from .errors import ConfigError
 from .graphs import compiled
-from .model import VisionTransformer, source_name
+from .model import LARGE, VisionTransformer, source_name
 from .width import WidthMaps
 
 MODES = ("insert", "stack")
@@ -333,13 +333,11 @@ class _EMAUpdate(nn.Cell):
 
     `ema + (1 - decay) (live - ema)`, in the form MindSpore 2.10's CPU kernels run fastest
     at each tensor's size (`benchmarks/ema_update.py`; the same value up to rounding):
-    below `LERP_BELOW` elements one `lerp` kernel (two kernels a tensor with the assignment,
+    below `model.LARGE` elements one `lerp` kernel (two kernels a tensor with the assignment,
     not four: where launches dominate, as at the demo's width 64, 4.2 against 6.5 ms a step
     at depth 12), above it `decay ema + (1 - decay) live` (the `lerp` kernel runs at half
     the speed of a multiply and an add on large tensors: 174 against 85 ms at width 768).
     A `HyperMap` over the tensors compiles in a third of the time but runs slower."""
-
-    LERP_BELOW = 1 << 16
 
     def __init__(self, average, live, decay):
         super().__init__()
@@ -348,7 +346,7 @@ class _EMAUpdate(nn.Cell):
             if not (theirs.requires_grad and decay > 0):
                 form = "copy"
             else:
-                form = "lerp" if math.prod(mine.shape) < self.LERP_BELOW else "mul-add"
+                form = "lerp" if math.prod(mine.shape) < LARGE else "mul-add"
             groups[form][0].append(mine)
             groups[form][1].append(theirs)
         self.small, self.small_live = map(ms.ParameterTuple, groups["lerp"])

@@ -482,7 +482,7 @@ def _attention(tokens, gain, shift, attention, gate, form):
     branch = add_bias(project(mixed, wo), bo)
     if training and dropout > 0:
         branch = ops.dropout(branch, p=dropout)
-    return _gated(branch.reshape(batch, count, width), gate)
+    return _scaled(branch.reshape(batch, count, width), gate)
 
 
 def _mlp(tokens, gain, shift, mlp, gate, form):
@@ -498,14 +498,15 @@ def _mlp(tokens, gain, shift, mlp, gate, form):
     branch = _affine(hidden, w2, b2, second_narrows)
     if training and dropout > 0:
         branch = ops.dropout(branch, p=dropout)
-    return _gated(branch.reshape(batch, count, width), gate)
+    return _scaled(branch.reshape(batch, count, width), gate)
 
 
 # From this many elements on, a tensor's kernels cost more than their launches, and the
-# backward takes the forms that run faster on large tensors but launch more kernels: a
-# training LayerNorm's written-out backward (`_LayerNormBackward`) and `_Affine`'s input
-# gradient against the transposed weight. Below it (the demo's width 64, bound by kernel
-# launches) MindSpore's forms.
+# package takes the forms that run faster on large tensors but launch more kernels: a
+# training LayerNorm's written-out backward (`_LayerNormBackward`), `_Affine`'s input
+# gradient against the transposed weight, the EMA update's multiply-add instead of `lerp`
+# (`expansion._EMAUpdate`). Below it (the demo's width 64, bound by kernel launches)
+# MindSpore's forms.
 LARGE = 1 << 16
 
 
@@ -554,14 +555,10 @@ class _LayerNormBackward(nn.Cell):
 _LAYER_NORM_BACKWARD = _LayerNormBackward()
 
 
-def _gated(branch, gate):
-    """The branch scaled by its gate, if it has one (an exact growth's entering block)."""
-    return branch if gate is None else branch * gate
-
-
-def _scaled(branch, scale):
-    """The branch times its stochastic depth's per-sample scale, if it has one."""
-    return branch if scale is None else branch * scale
+def _scaled(branch, factor):
+    """The branch times `factor` (its gate, for an exact growth's entering block; its
+    stochastic depth's per-sample scale), or as it is where there is none (None)."""
+    return branch if factor is None else branch * factor
 
 
 def _drop_scale(tokens, drop_rate: float):
