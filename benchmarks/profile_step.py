@@ -20,11 +20,13 @@ import tempfile
 import time
 from collections import defaultdict
 
-import mindspore as ms
-import numpy as np
-from mindspore import ops
-
+# the package before MindSpore: OpenMP's idle threads passive, so that it fuses kernels
+# (graphs.fusion_available)
 from network_expansion import ViTConfig, VisionTransformer
+
+import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
+from mindspore import ops  # noqa: E402
 
 
 def main():

@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+from turns import Worker, serve  # benchmarks/turns.py
 
 SCALES = {
     # name: (architecture, batch size)
@@ -53,9 +52,11 @@ SCALES = {
 # -- the workers: each answers "steps N" with the seconds of N steps -----------------
 
 def package_worker(scale: str, job: str, drop_path: float = 0.0):
-    import mindspore as ms
-
+    # the package before MindSpore, as its users import it: OpenMP's idle threads passive, so
+    # that it fuses kernels (graphs.fusion_available)
     from network_expansion import ArrayData, TrainConfig, Trainer, ViTConfig, VisionTransformer
+
+    import mindspore as ms
 
     architecture, batch = SCALES[scale]
     config = ViTConfig(**architecture, drop_path_rate=drop_path)
@@ -159,52 +160,18 @@ def timm_worker(scale: str, job: str, drop_path: float = 0.0):
     return run
 
 
-def serve(side: str, scale: str, job: str, drop_path: str = "0"):
-    """The worker's loop: read `steps N`, answer with seconds; `memory` answers peak RSS."""
+def serve_side(side: str, scale: str, job: str, drop_path: str = "0"):
+    """The worker's loop: answers `steps N` with the seconds of N steps (turns.serve)."""
     run = (package_worker if side == "package" else timm_worker)(scale, job, float(drop_path))
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["do"] == "steps":
-            start = time.perf_counter()
-            run(command["steps"])
-            print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
-        elif command["do"] == "memory":
-            print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
-        else:
-            return
+
+    def answer(command):
+        start = time.perf_counter()
+        run(command["steps"])
+        return {"seconds": time.perf_counter() - start}
+    serve(answer)
 
 
 # -- the coordinator -------------------------------------------------------------------
-
-class Worker:
-    def __init__(self, python: str, side: str, scale: str, job: str, source: str | None = None, label: str = "",
-                 drop_path: float = 0.0):
-        self.name = f"{side}{label} {job}"
-        environment = dict(os.environ, GLOG_v="3")
-        if source:  # another version of the package, e.g. a worktree of an earlier commit
-            environment["PYTHONPATH"] = source
-        self.process = subprocess.Popen([python, __file__, "--worker", side, scale, job, str(drop_path)],
-                                        stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env=environment)
-        self.ask(None)
-
-    def ask(self, command):
-        if command is not None:
-            self.process.stdin.write(json.dumps(command) + "\n")
-            self.process.stdin.flush()
-        while True:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"worker {self.name} ended")
-            if line.startswith("{"):
-                return json.loads(line)
-
-    def close(self):
-        self.process.stdin.write(json.dumps({"do": "stop"}) + "\n")
-        self.process.stdin.close()
-        self.process.wait()
-
 
 def has_peer(python: str) -> bool:
     probe = subprocess.run([python, "-c", "import timm, torch"], capture_output=True)
@@ -230,8 +197,9 @@ def race(scale: str, rounds: int, peer_python: str | None, baseline: str | None 
             jobs += [("timm", "train", None), ("timm", "inference", None)]
     workers, warm_up = [], {}
     for side, job, source in jobs:  # one at a time: no worker's build or compile overlaps another's timing
-        worker = Worker(sys.executable if side == "package" else peer_python, side, scale, job, source,
-                        " (baseline)" if source else "", drop_path)
+        python = sys.executable if side == "package" else peer_python
+        worker = Worker([python, __file__, "--worker", side, scale, job, str(drop_path)],
+                        f"{side}{' (baseline)' if source else ''} {job}", source)
         # warm-up: compiles, allocates the optimizer state
         warm_up[worker.name] = worker.ask({"do": "steps", "steps": steps})["seconds"]
         workers.append(worker)
@@ -265,7 +233,7 @@ def table(rows: list) -> str:
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        return serve(*sys.argv[2:6])
+        return serve_side(*sys.argv[2:6])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", nargs="+", choices=tuple(SCALES), default=list(SCALES))
     parser.add_argument("--rounds", type=int, default=5)

@@ -5,6 +5,10 @@ Training Acceleration" (Ding et al., CVPR 2023), with the released checkpoint's 
     >>> net = ne.create_network("NetworkExpansion", num_classes=10)
 """
 
+from .graphs import quiet_openmp
+
+quiet_openmp()  # before anything imports MindSpore: OpenMP reads it once (graphs.py)
+
 from .card import HubCard, load_card, model_card, validate_card
 from .errors import (CardError, CheckpointError, ConfigError, DataError, DownloadError, ExportError,
                      ImageError, NetworkExpansionError, OutputError, PrecisionError, TrainingDiverged,

@@ -294,7 +294,7 @@ class EMA:
         def update():  # a fresh function: see graphs.compiled_forward
             return step()
 
-        self._jitted = compiled(update)
+        self._jitted = compiled(update, fuse=live.fuses_kernels)
 
     def copy_from(self, network) -> None:
         """Set the averages to `network`'s weights."""

@@ -648,6 +648,15 @@ class VisionTransformer(nn.Cell):
         return len(self.body.layers)
 
     @property
+    def fuses_kernels(self) -> bool:
+        """Whether its graphs compile with kernel fusion (`graphs.compiled`): one image's
+        tokens reach `LARGE` elements (ViT-B's 197 x 768). Below, as the demo's ViT, a step
+        is bound by kernel launches, which fusion does not shorten (the demo's train step 62
+        against 60 to 64 ms), and each new graph would pay AKG's compilation (3.5 s more for
+        the demo's first)."""
+        return (self.config.num_patches + 1) * self.config.width >= LARGE
+
+    @property
     def blocks(self) -> list:
         """The blocks in order (a copy of the list: change it with `set_blocks`)."""
         return list(self.body.layers)

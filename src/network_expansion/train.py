@@ -160,7 +160,7 @@ class Trainer:
             return loss, logits.argmax(-1)
 
         if not ramped:  # no gate to set: the graph must not take one (graphs.py: an unused input)
-            graph = compiled(learn)
+            graph = compiled(learn, fuse=model.fuses_kernels)
 
             def step_without_gates(images, targets, gate):
                 return graph(images, targets)
@@ -170,7 +170,7 @@ class Trainer:
             set_gates(ramped, gate)  # inside the graph: a host-side set_data would not be seen
             return learn(images, targets)
 
-        return compiled(step)
+        return compiled(step, fuse=model.fuses_kernels)
 
     def _grow_to(self, stage, model, ema, optimizer, step: int):
         """`grow` `model` (with `ema`, and `optimizer`'s moments where they are kept) to

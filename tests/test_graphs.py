@@ -1,0 +1,98 @@
+"""Kernel fusion (graphs.compiled(..., fuse=True)): the same numbers, actually fused, and
+nothing left behind in the process's environment or working folder."""
+
+import logging
+import os
+
+import mindspore as ms
+import numpy as np
+from mindspore import ops
+
+from conftest import tiny_config
+from network_expansion import ViTConfig, VisionTransformer, graphs, model
+from network_expansion.demo import DemoSettings
+
+
+def _chain():
+    """A LayerNorm's backward and a GELU: the elementwise chains fusion is for. A new
+    function each call: MindSpore 2.10 mixes up two graphs compiled from one function, one
+    fused and one not (the second fails to build its kernels)."""
+    def loss(x, gain, shift):
+        y = model._layer_norm(x, gain, shift, 1e-6, True)
+        return (model._gelu(y, True) * y).sum()
+
+    def gradients(x, gain, shift):
+        return ms.grad(loss, grad_position=(0, 1, 2))(x, gain, shift)
+    return gradients
+
+
+def _fused_kernels() -> set:
+    return set(graphs.kernel_cache().rglob("Fused_*.so"))
+
+
+def test_fused_graphs_compute_what_unfused_ones_do_and_leave_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(model, "LARGE", 0)  # the written-out LayerNorm backward, at a tiny size
+    assert graphs.fusion_available()  # on this CPU, with the package's dependencies
+    rng = np.random.default_rng(0)
+    inputs = [ms.Tensor(rng.standard_normal(shape).astype(np.float32) + offset)
+              for shape, offset in (((40, 24), 3.0), ((24,), 1.0), ((24,), 0.0))]
+    before, kernels = dict(os.environ), _fused_kernels()
+
+    plain = [g.asnumpy() for g in graphs.compiled(_chain())(*inputs)]
+    fused = [g.asnumpy() for g in graphs.compiled(_chain(), fuse=True)(*inputs)]
+
+    for a, b in zip(plain, fused):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    assert _fused_kernels() - kernels, "nothing was fused"  # AKG's kernels, in the package's cache
+    assert dict(os.environ) == before  # the fusion flags were set for the call only
+    assert not list(tmp_path.iterdir())  # no AKG logs in the working folder
+
+
+def test_fusion_is_off_with_a_warning_when_openmp_threads_spin(monkeypatch, caplog):
+    """MindSpore imported before the package, without OMP_WAIT_POLICY=PASSIVE: fused graphs
+    would run slower than unfused ones, so nothing fuses, and the log says what to do."""
+    monkeypatch.setenv(graphs.OPENMP_WAIT, "ACTIVE")
+    graphs.fusion_available.cache_clear()
+    kernels = _fused_kernels()
+    try:
+        with caplog.at_level(logging.WARNING, logger="network_expansion.graphs"):
+            assert not graphs.fusion_available()
+        assert "import network_expansion first" in caplog.text
+        x = ms.Tensor(np.ones((8, 6), np.float32))
+        graphs.compiled(_chain(), fuse=True)(x, ms.Tensor(np.ones(6, np.float32)), ms.Tensor(np.zeros(6, np.float32)))
+        assert _fused_kernels() == kernels
+    finally:
+        graphs.fusion_available.cache_clear()
+
+
+def test_networks_fuse_their_kernels_from_vit_b_tokens_on():
+    assert VisionTransformer(ViTConfig(depth=1), initialize=False).fuses_kernels  # 197 x 768
+    assert not VisionTransformer(DemoSettings().model, initialize=False).fuses_kernels  # 17 x 64: launch-bound
+    assert not VisionTransformer(tiny_config(), initialize=False).fuses_kernels
+
+
+def test_a_tiny_vit_step_fused_equals_the_unfused_step(monkeypatch):
+    """The whole network's forward and gradients through the fused graph (every large-tensor
+    form on, `model.LARGE = 0`) equal the same graph unfused."""
+    monkeypatch.setattr(model, "LARGE", 0)
+    network = VisionTransformer(tiny_config(), seed=1)
+    kernels = _fused_kernels()
+    network.set_train(True)
+    images = ms.Tensor(np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32))
+
+    def step():  # a new function for each graph (_chain says why)
+        def loss(images):
+            return ops.log_softmax(network(images), -1)[:, 3].mean()
+        gradients = ms.value_and_grad(loss, None, network.trainable_params())
+
+        def run(images):
+            return gradients(images)
+        return run
+
+    value, grads = graphs.compiled(step(), fuse=True)(images)
+    reference_value, reference = graphs.compiled(step())(images)
+    assert abs(float(value.asnumpy()) - float(reference_value.asnumpy())) < 1e-5
+    for a, b in zip(grads, reference):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-4, atol=1e-6)
+    assert _fused_kernels() - kernels  # it did fuse
