@@ -92,11 +92,14 @@ def package_worker(scale: str, job: str, drop_path: float = 0.0):
         def forward_backward(x, t):
             return gradients(x, t)  # all of it: a graph that returned the loss alone would drop the backward
 
-        try:  # as the package compiles its graphs (on the CPU: without MindSpore's queue thread)
+        function = forward_only if job == "forward" else forward_backward
+        try:  # as the package compiles its graphs (on the CPU: without MindSpore's queue thread; since
+            # 2026-12-04 with kernel fusion at ViT-B's size)
             from network_expansion.graphs import compiled as jit
         except ImportError:  # versions before 2026-12-01
             jit = ms.jit
-        compiled = jit(forward_only if job == "forward" else forward_backward)
+        fuse = getattr(model, "fuses_kernels", False)
+        compiled = jit(function, fuse) if fuse else jit(function)
 
         def run(steps):
             for _ in range(steps):
