@@ -56,7 +56,9 @@ def main():
     def inference(images, targets):
         return network(images)
 
-    step = jit(inference if args.inference else loss_of if args.forward_only else forward_backward)
+    function = inference if args.inference else loss_of if args.forward_only else forward_backward
+    fuse = getattr(network, "fuses_kernels", False)  # as the package compiles since 2026-12-04
+    step = jit(function, fuse) if fuse else jit(function)
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((args.batch, 3, 224, 224), dtype=np.float32))
     targets = ms.Tensor(np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, args.batch)])
