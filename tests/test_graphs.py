@@ -66,6 +66,19 @@ def test_fusion_is_off_with_a_warning_when_openmp_threads_spin(monkeypatch, capl
         graphs.fusion_available.cache_clear()
 
 
+def test_fusion_is_off_with_a_warning_when_its_cache_cannot_be_written(tmp_path, monkeypatch, caplog):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setattr(graphs, "kernel_cache", lambda: blocked / "kernels")
+    graphs.fusion_available.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="network_expansion.graphs"):
+            assert not graphs.fusion_available()
+        assert "cannot keep the fused kernels" in caplog.text and "NETWORK_EXPANSION_CACHE" in caplog.text
+    finally:
+        graphs.fusion_available.cache_clear()
+
+
 def test_networks_fuse_their_kernels_from_vit_b_tokens_on():
     assert VisionTransformer(ViTConfig(depth=1), initialize=False).fuses_kernels  # 197 x 768
     assert not VisionTransformer(DemoSettings().model, initialize=False).fuses_kernels  # 17 x 64: launch-bound

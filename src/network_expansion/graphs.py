@@ -67,12 +67,18 @@ def fusion_available() -> bool:
         return False
     if not (Path(ms.__file__).parent / "lib" / "plugin" / "cpu" / "libakg.so").exists():
         return False
+    log = logging.getLogger(__name__)
     if os.environ.get(OPENMP_WAIT, "").upper() != "PASSIVE":
-        logging.getLogger(__name__).warning(
-            "kernel fusion is off: MindSpore was imported before network_expansion without %s=PASSIVE, "
-            "and OpenMP's spinning threads would make the fused graphs slower; import network_expansion "
-            "first, or set %s=PASSIVE before Python starts (about 14%% faster ViT-B training here)",
-            OPENMP_WAIT, OPENMP_WAIT)
+        log.warning("kernel fusion is off: OpenMP's idle threads spin (%s was not PASSIVE when MindSpore "
+                    "loaded OpenMP) and would make fused graphs slower; import network_expansion first "
+                    "(before mindspore: it sets %s=PASSIVE), or set it yourself (about 14%% faster ViT-B "
+                    "training here)", OPENMP_WAIT, OPENMP_WAIT)
+        return False
+    try:
+        kernel_cache().mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        log.warning("kernel fusion is off: cannot keep the fused kernels in %s (%s); set "
+                    "$NETWORK_EXPANSION_CACHE to a folder you can write", kernel_cache(), error.strerror or error)
         return False
     return True
 
