@@ -26,6 +26,11 @@ def _chain():
     return gradients
 
 
+def _forget_fusion():
+    graphs._why_not_fused.cache_clear()
+    graphs._warn_once.cache_clear()
+
+
 def _fused_kernels() -> set:
     return set(graphs.kernel_cache().rglob("Fused_*.so"))
 
@@ -53,7 +58,7 @@ def test_fusion_is_off_with_a_warning_when_openmp_threads_spin(monkeypatch, capl
     """MindSpore imported before the package, without OMP_WAIT_POLICY=PASSIVE: fused graphs
     would run slower than unfused ones, so nothing fuses, and the log says what to do."""
     monkeypatch.setenv(graphs.OPENMP_WAIT, "ACTIVE")
-    graphs.fusion_available.cache_clear()
+    _forget_fusion()
     kernels = _fused_kernels()
     try:
         with caplog.at_level(logging.WARNING, logger="network_expansion.graphs"):
@@ -63,20 +68,20 @@ def test_fusion_is_off_with_a_warning_when_openmp_threads_spin(monkeypatch, capl
         graphs.compiled(_chain(), fuse=True)(x, ms.Tensor(np.ones(6, np.float32)), ms.Tensor(np.zeros(6, np.float32)))
         assert _fused_kernels() == kernels
     finally:
-        graphs.fusion_available.cache_clear()
+        _forget_fusion()
 
 
 def test_fusion_is_off_with_a_warning_when_its_cache_cannot_be_written(tmp_path, monkeypatch, caplog):
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     monkeypatch.setattr(graphs, "kernel_cache", lambda: blocked / "kernels")
-    graphs.fusion_available.cache_clear()
+    _forget_fusion()
     try:
         with caplog.at_level(logging.WARNING, logger="network_expansion.graphs"):
             assert not graphs.fusion_available()
         assert "cannot keep the fused kernels" in caplog.text and "NETWORK_EXPANSION_CACHE" in caplog.text
     finally:
-        graphs.fusion_available.cache_clear()
+        _forget_fusion()
 
 
 def test_networks_fuse_their_kernels_from_vit_b_tokens_on():
@@ -109,3 +114,22 @@ def test_a_tiny_vit_step_fused_equals_the_unfused_step(monkeypatch):
     for a, b in zip(grads, reference):
         np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-4, atol=1e-6)
     assert _fused_kernels() - kernels  # it did fuse
+
+
+def test_the_gelu_backward_fusion_takes_whole_equals_the_sigmoid_one():
+    """`_TanhGELU(fused_backward=True)` writes the sigmoid as 1 / (1 + e^-z) (fusion leaves
+    Sigmoid out): the same gradient, and no overflow into NaN far out on either side."""
+    x = ms.Tensor(np.concatenate([np.linspace(-60, 60, 241), np.random.default_rng(3).standard_normal(59)])
+                  .astype(np.float32))
+    upstream = ms.Tensor(np.random.default_rng(4).standard_normal(300).astype(np.float32))
+    def gradient_of(cell):
+        def through(x):
+            return (cell(x) * upstream).sum()
+
+        def gradient(x):
+            return ms.grad(through)(x)
+        return graphs.compiled(gradient)(x).asnumpy()
+
+    grads = [gradient_of(model._TanhGELU()), gradient_of(model._TanhGELU(fused_backward=True))]
+    assert np.isfinite(grads[1]).all()
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-6)

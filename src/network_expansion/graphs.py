@@ -52,35 +52,46 @@ def quiet_openmp() -> None:
         os.environ.setdefault(OPENMP_WAIT, "PASSIVE")
 
 
-@functools.lru_cache(maxsize=None)
-def fusion_available() -> bool:
+def fusion_available(warn: bool = True) -> bool:
     """Whether MindSpore's graph kernel fusion can run here and pays: on the CPU (GPU and
     Ascend keep MindSpore's defaults), AKG shipped with MindSpore and able to load (it
-    imports `decorator`, a dependency of this package), and OpenMP's idle threads passive:
-    spinning, they took the cores from the MatMuls (a ViT-B forward + backward at depth 4
-    1.30 s fused against 1.26 s not; passive, 1.06 to 1.11 s)."""
+    imports `decorator`, a dependency of this package), OpenMP's idle threads passive
+    (spinning, they took the cores from the MatMuls: a ViT-B forward + backward at depth 4
+    1.30 s fused against 1.26 s not; passive, 1.06 to 1.11 s), and a folder for its
+    kernels. `warn`: say once in the log why not, where the user can change it."""
+    reason = _why_not_fused()
+    if reason and warn and not reason.startswith("("):
+        _warn_once(reason)
+    return reason is None
+
+
+@functools.lru_cache(maxsize=None)
+def _why_not_fused() -> str | None:
+    """None, or why graphs do not fuse (in brackets: nothing the user would change)."""
     import mindspore as ms
 
     if ms.get_context("device_target") != "CPU":
-        return False
+        return "(not the CPU)"
     if importlib.util.find_spec("decorator") is None:
-        return False
+        return "(no decorator module)"
     if not (Path(ms.__file__).parent / "lib" / "plugin" / "cpu" / "libakg.so").exists():
-        return False
-    log = logging.getLogger(__name__)
+        return "(no AKG in this MindSpore)"
     if os.environ.get(OPENMP_WAIT, "").upper() != "PASSIVE":
-        log.warning("kernel fusion is off: OpenMP's idle threads spin (%s was not PASSIVE when MindSpore "
-                    "loaded OpenMP) and would make fused graphs slower; import network_expansion first "
-                    "(before mindspore: it sets %s=PASSIVE), or set it yourself (about 14%% faster ViT-B "
-                    "training here)", OPENMP_WAIT, OPENMP_WAIT)
-        return False
+        return (f"kernel fusion is off: OpenMP's idle threads spin ({OPENMP_WAIT} was not PASSIVE when "
+                f"MindSpore loaded OpenMP) and would make fused graphs slower; import network_expansion first "
+                f"(before mindspore: it sets {OPENMP_WAIT}=PASSIVE), or set it yourself (about 14% faster ViT-B "
+                f"training here)")
     try:
         kernel_cache().mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        log.warning("kernel fusion is off: cannot keep the fused kernels in %s (%s); set "
-                    "$NETWORK_EXPANSION_CACHE to a folder you can write", kernel_cache(), error.strerror or error)
-        return False
-    return True
+        return (f"kernel fusion is off: cannot keep the fused kernels in {kernel_cache()} "
+                f"({error.strerror or error}); set $NETWORK_EXPANSION_CACHE to a folder you can write")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(reason: str) -> None:
+    logging.getLogger(__name__).warning(reason)
 
 
 @functools.lru_cache(maxsize=None)

@@ -36,6 +36,7 @@ from mindspore import no_inline as ms_no_inline
 
 from .card import model_card
 from .errors import ConfigError
+from .graphs import fusion_available
 from .ranges import Range, problems as out_of_range
 
 
@@ -281,7 +282,7 @@ class Attention(nn.Cell):
                 self.to_v.weight, self.to_v.bias, self.to_out.weight, self.to_out.bias)
 
 
-def _gelu(x, approximate: bool):
+def _gelu(x, approximate: bool, fused: bool = False):
     """GELU, exact or in its tanh approximation (the zoo's `nn.GELU()` default).
 
     The tanh form is computed as x * sigmoid(2 * sqrt(2/pi) * (x + 0.044715 x^3)), the same
@@ -289,32 +290,41 @@ def _gelu(x, approximate: bool):
     `gelu(approximate='tanh')` is ten times slower: 98 ms against 10 ms on a ViT-B MLP
     activation at batch 8, a third of the whole forward pass (benchmarks/inference.py).
     """
-    return _TANH_GELU(x) if approximate else ops.gelu(x, approximate="none")
+    if not approximate:
+        return ops.gelu(x, approximate="none")
+    return _TANH_GELU_FUSED(x) if fused else _TANH_GELU(x)
 
 
 class _TanhGELU(nn.Cell):
     """`x * sigmoid(k (x + a x^3))` with its derivative written out, so that the backward
     keeps only `x` (autodiff kept every intermediate: five more MLP-wide tensors per block)
-    and recomputes the rest in a few elementwise ops."""
+    and recomputes the rest in a few elementwise ops.
+
+    `fused_backward`: the backward's sigmoid as `1 / (1 + e^-z)`, for graphs compiled with
+    kernel fusion (`graphs.compiled`), which leaves MindSpore's Sigmoid out but takes exp:
+    the whole backward becomes one kernel (ViT-B's MLP at batch 8: 13.2 -> 4.4 ms; unfused
+    that form takes 31.4 ms against 20.7, so only fused graphs get it)."""
 
     K, A = 1.5957691216057308, 0.044715  # 2 sqrt(2 / pi), the tanh approximation's cubic term
 
-    def __init__(self):
+    def __init__(self, fused_backward: bool = False):
         super().__init__()
         self.sigmoid = ops.Sigmoid()
+        self.fused_backward = fused_backward
 
     def construct(self, x):
         return x * self.sigmoid(self.K * x * (1.0 + self.A * x * x))
 
     def bprop(self, x, out, dout):
         square = x * x
-        s = self.sigmoid(self.K * x * (1.0 + self.A * square))
+        z = self.K * x * (1.0 + self.A * square)
+        s = 1.0 / (1.0 + ops.exp(-z)) if self.fused_backward else self.sigmoid(z)
         # d/dx [x s(z)] = s + x s (1 - s) z',  z' = k (1 + 3 a x^2)
         slope = s + x * s * (1.0 - s) * (self.K + (3.0 * self.K * self.A) * square)
         return (dout * slope,)
 
 
-_TANH_GELU = _TanhGELU()
+_TANH_GELU, _TANH_GELU_FUSED = _TanhGELU(), _TanhGELU(fused_backward=True)
 
 
 class FeedForward(nn.Cell):
@@ -412,6 +422,9 @@ class TransformerBlock(nn.SequentialCell):
         # the network drops paths (its first block's rate is 0 all the same): training, every
         # block passes drop scales, so that all share one compiled function (`construct`)
         self.stochastic_depth = config.drop_path_rate > 0
+        # its graphs fuse kernels (graphs.compiled, VisionTransformer.fuses_kernels): the forms
+        # that fusion runs fastest (the GELU's backward)
+        self.fused = large_tokens(config) and fusion_available(warn=False)
 
     def construct(self, tokens):
         attention, mlp = self[0], self[1]
@@ -422,7 +435,7 @@ class TransformerBlock(nn.SequentialCell):
             mlp_gate = mlp.gate
         heads, ffn = attention.branch, mlp.branch
         form = (heads.num_heads, attention.norm.epsilon, ffn.approximate, ffn.ff1.narrows, ffn.ff2.narrows,
-                heads.dropout, heads.attention_dropout, self.training)
+                heads.dropout, heads.attention_dropout, self.training, self.fused)
         rates = (attention.drop_path.rate, mlp.drop_path.rate)
         norms = (attention.norm.gamma, attention.norm.beta, mlp.norm.gamma, mlp.norm.beta)
         gates = (attention_gate, mlp_gate)
@@ -458,8 +471,8 @@ def _block(tokens, norms, attention, mlp, gates, drops, form):
 def _attention(tokens, gain, shift, attention, gate, form):
     """The attention branch, `g A(LN(x))` (no gate: None), of tokens (batch, count, width);
     form: (heads, LayerNorm epsilon, tanh GELU, whether each MLP layer narrows, dropout,
-    attention dropout, training)."""
-    heads, epsilon, _, _, _, dropout, attention_dropout, training = form
+    attention dropout, training, whether its graph fuses kernels: `TransformerBlock.fused`)."""
+    heads, epsilon, _, _, _, dropout, attention_dropout, training, _ = form
     wq, bq, wk, bk, wv, bv, wo, bo = attention
     batch, count, width = tokens.shape
     project = ops.MatMul(transpose_b=True)
@@ -488,11 +501,11 @@ def _attention(tokens, gain, shift, attention, gate, form):
 def _mlp(tokens, gain, shift, mlp, gate, form):
     """The MLP branch, `g M(LN(x))`: its two Dense layers through _Affine (their backward in
     faster forms); form as `_attention`'s."""
-    _, epsilon, approximate, first_narrows, second_narrows, dropout, _, training = form
+    _, epsilon, approximate, first_narrows, second_narrows, dropout, _, training, fused = form
     w1, b1, w2, b2 = mlp
     batch, count, width = tokens.shape
     hidden = _affine(_layer_norm(tokens.reshape(-1, width), gain, shift, epsilon, training), w1, b1, first_narrows)
-    hidden = _gelu(hidden, approximate)
+    hidden = _gelu(hidden, approximate, fused)
     if training and dropout > 0:
         hidden = ops.dropout(hidden, p=dropout)
     branch = _affine(hidden, w2, b2, second_narrows)
@@ -508,6 +521,12 @@ def _mlp(tokens, gain, shift, mlp, gate, form):
 # (`expansion._EMAUpdate`). Below it (the demo's width 64, bound by kernel launches)
 # MindSpore's forms.
 LARGE = 1 << 16
+
+
+def large_tokens(config: ViTConfig) -> bool:
+    """Whether one image's tokens reach `LARGE` elements (ViT-B's 197 x 768): from there on
+    the package's graphs fuse kernels (`VisionTransformer.fuses_kernels`)."""
+    return (config.num_patches + 1) * config.width >= LARGE
 
 
 def _layer_norm(x, gain, shift, epsilon: float, training: bool):
@@ -654,7 +673,7 @@ class VisionTransformer(nn.Cell):
         is bound by kernel launches, which fusion does not shorten (the demo's train step 62
         against 60 to 64 ms), and each new graph would pay AKG's compilation (3.5 s more for
         the demo's first)."""
-        return (self.config.num_patches + 1) * self.config.width >= LARGE
+        return large_tokens(self.config)
 
     @property
     def blocks(self) -> list:
