@@ -6,6 +6,7 @@ import os
 
 import mindspore as ms
 import numpy as np
+import pytest
 from mindspore import ops
 
 from conftest import tiny_config
@@ -133,3 +134,28 @@ def test_the_gelu_backward_fusion_takes_whole_equals_the_sigmoid_one():
     grads = [gradient_of(model._TanhGELU()), gradient_of(model._TanhGELU(fused_backward=True))]
     assert np.isfinite(grads[1]).all()
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_written_out_layer_norm_equals_the_kernel(training, monkeypatch):
+    """Graphs that fuse kernels run the LayerNorm's forward in reductions and elementwise ops
+    (`model._layer_norm(..., fused=True)`): the same values and gradients as MindSpore's
+    kernel, for tokens with means far from 0."""
+    monkeypatch.setattr(model, "LARGE", 0)
+    rng = np.random.default_rng(5)
+    x = ms.Tensor(rng.standard_normal((30, 24)).astype(np.float32) * 2 + 7)
+    gain = ms.Tensor(rng.standard_normal(24).astype(np.float32) + 1)
+    shift = ms.Tensor(rng.standard_normal(24).astype(np.float32))
+    upstream = ms.Tensor(rng.standard_normal((30, 24)).astype(np.float32))
+    def run(fused):
+        def loss(x, gain, shift):
+            return (model._layer_norm(x, gain, shift, 1e-6, training, fused) * upstream).sum()
+
+        def values_and_gradients(x, gain, shift):
+            return ms.value_and_grad(loss, grad_position=(0, 1, 2))(x, gain, shift)
+        value, grads = graphs.compiled(values_and_gradients, fuse=fused)(x, gain, shift)
+        return [value.asnumpy()] + [g.asnumpy() for g in grads]
+
+    results = [run(False), run(True)]
+    for kernel, written_out in zip(*results):
+        np.testing.assert_allclose(written_out, kernel, rtol=1e-4, atol=1e-4)

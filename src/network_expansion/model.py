@@ -423,7 +423,7 @@ class TransformerBlock(nn.SequentialCell):
         # block passes drop scales, so that all share one compiled function (`construct`)
         self.stochastic_depth = config.drop_path_rate > 0
         # its graphs fuse kernels (graphs.compiled, VisionTransformer.fuses_kernels): the forms
-        # that fusion runs fastest (the GELU's backward)
+        # that fusion runs fastest (the LayerNorms' forward, the GELU's backward)
         self.fused = large_tokens(config) and fusion_available(warn=False)
 
     def construct(self, tokens):
@@ -472,7 +472,7 @@ def _attention(tokens, gain, shift, attention, gate, form):
     """The attention branch, `g A(LN(x))` (no gate: None), of tokens (batch, count, width);
     form: (heads, LayerNorm epsilon, tanh GELU, whether each MLP layer narrows, dropout,
     attention dropout, training, whether its graph fuses kernels: `TransformerBlock.fused`)."""
-    heads, epsilon, _, _, _, dropout, attention_dropout, training, _ = form
+    heads, epsilon, _, _, _, dropout, attention_dropout, training, fused = form
     wq, bq, wk, bk, wv, bv, wo, bo = attention
     batch, count, width = tokens.shape
     project = ops.MatMul(transpose_b=True)
@@ -485,7 +485,7 @@ def _attention(tokens, gain, shift, attention, gate, form):
     # primitive, not ops.matmul: MindSpore 2.10 differentiates ops.matmul with explicit
     # Transposes of the attention weights and of v, and its CPU Transpose kernel keeps
     # about twice its output's size for good (benchmarks/kernel_memory.py)
-    x = _layer_norm(tokens.reshape(-1, width), gain, shift, epsilon, training)
+    x = _layer_norm(tokens.reshape(-1, width), gain, shift, epsilon, training, fused)
     q = split_heads(add_bias(project(x, wq), bq)) * (width // heads) ** -0.5
     k, v = split_heads(add_bias(project(x, wk), bk)), split_heads(add_bias(project(x, wv), bv))
     weights = ops.softmax(ops.BatchMatMul(transpose_b=True)(q, k), axis=-1)
@@ -504,7 +504,8 @@ def _mlp(tokens, gain, shift, mlp, gate, form):
     _, epsilon, approximate, first_narrows, second_narrows, dropout, _, training, fused = form
     w1, b1, w2, b2 = mlp
     batch, count, width = tokens.shape
-    hidden = _affine(_layer_norm(tokens.reshape(-1, width), gain, shift, epsilon, training), w1, b1, first_narrows)
+    hidden = _affine(_layer_norm(tokens.reshape(-1, width), gain, shift, epsilon, training, fused), w1, b1,
+                     first_narrows)
     hidden = _gelu(hidden, approximate, fused)
     if training and dropout > 0:
         hidden = ops.dropout(hidden, p=dropout)
@@ -529,17 +530,42 @@ def large_tokens(config: ViTConfig) -> bool:
     return (config.num_patches + 1) * config.width >= LARGE
 
 
-def _layer_norm(x, gain, shift, epsilon: float, training: bool):
+def _layer_norm(x, gain, shift, epsilon: float, training: bool, fused: bool = False):
     """LayerNorm over the last axis of x (tokens x width), by MindSpore's fused kernel. While
     training on tensors of `LARGE` elements or more, its gradient is
     `_LayerNormBackward`'s: at ViT-B's shapes (batch 8) forward and backward take 15 ms
-    against 27 with MindSpore 2.10's CPU LayerNormGrad (benchmarks/kernels.py)."""
+    against 27 with MindSpore 2.10's CPU LayerNormGrad (benchmarks/kernels.py).
+
+    `fused` (a graph compiled with kernel fusion, `TransformerBlock.fused`): on such tensors
+    the forward is written out in reductions and elementwise ops, which kernel fusion
+    compiles into a kernel or two: 1.5 ms against the LayerNorm kernel's 4.3 at ViT-B's
+    shapes (unfused that form takes 8.1 ms)."""
+    if fused and x.size >= LARGE:
+        return _written_out_layer_norm(x, gain, shift, epsilon, training)
     layer_norm = ops.LayerNorm(-1, -1, epsilon)
     if not training or x.size < LARGE:
         return layer_norm(x, gain, shift)[0]
     fixed = ops.stop_gradient  # the fused kernel's results are values here: the gradient is the cell's
     y, mean, variance = layer_norm(fixed(x), fixed(gain), fixed(shift))
     return _LAYER_NORM_BACKWARD(x, gain, shift, fixed(y), fixed(mean), fixed(ops.rsqrt(variance + epsilon)))
+
+
+def _written_out_layer_norm(x, gain, shift, epsilon: float, training: bool):
+    """`_layer_norm`'s forward from reductions (mean, variance) and elementwise ops; while
+    training, differentiated by `_LayerNormBackward` as the kernel's form is."""
+    if not training:
+        return _normalised(x, gain, shift, epsilon)[0]
+    fixed = ops.stop_gradient  # values here: the gradient is the cell's
+    y, mean, rstd = _normalised(fixed(x), fixed(gain), fixed(shift), epsilon)
+    return _LAYER_NORM_BACKWARD(x, gain, shift, fixed(y), fixed(mean), fixed(rstd))
+
+
+def _normalised(x, gain, shift, epsilon: float):
+    """(LayerNorm of x over its last axis, the mean, 1 / std), in reductions and elementwise ops."""
+    mean = x.mean(-1, keep_dims=True)
+    centred = x - mean
+    rstd = ops.rsqrt((centred * centred).mean(-1, keep_dims=True) + epsilon)
+    return centred * rstd * gain + shift, mean, rstd
 
 
 class _LayerNormBackward(nn.Cell):
