@@ -106,12 +106,12 @@ def mindspore_layers(fuse: bool) -> dict:
         return ops.BiasAdd()(ops.MatMul(transpose_b=True)(x, w), b)
 
     def layer_norm(training):
-        def forward(x, gain, shift):
-            return model._layer_norm(x, gain, shift, 1e-6, training)
+        def forward(x, gain, shift):  # fused graphs take the written-out forward, as the blocks do
+            return model._layer_norm(x, gain, shift, 1e-6, training, fuse)
         return forward
 
     def gelu(x):
-        return model._gelu(x, True)
+        return model._gelu(x, True, fuse)  # fused graphs take the backward fusion runs whole
 
     def softmax(x):
         return ops.softmax(x, axis=-1)
