@@ -91,6 +91,20 @@ def test_networks_fuse_their_kernels_from_vit_b_tokens_on():
     assert not VisionTransformer(tiny_config(), initialize=False).fuses_kernels
 
 
+def test_the_blocks_take_the_fused_forms_only_for_graphs_that_fuse():
+    """The forms fusion runs fastest run slower unfused: a network keeps MindSpore's forms
+    until the package compiles a fused graph of it (`graphs.compiled_for`)."""
+    vit_b, demo = (VisionTransformer(config, initialize=False) for config in (ViTConfig(depth=2), DemoSettings().model))
+    assert not any(block.fused for network in (vit_b, demo) for block in network.blocks)  # e.g. for ms.jit
+
+    def forward(images):
+        return images
+
+    graphs.compiled_for(vit_b, forward)
+    graphs.compiled_for(demo, forward)
+    assert all(block.fused for block in vit_b.blocks) and not any(block.fused for block in demo.blocks)
+
+
 def test_a_tiny_vit_step_fused_equals_the_unfused_step(monkeypatch):
     """The whole network's forward and gradients through the fused graph (every large-tensor
     form on, `model.LARGE = 0`) equal the same graph unfused."""

@@ -168,6 +168,15 @@ def compiled(function, fuse: bool = False):
     return fused
 
 
+def compiled_for(network, function):
+    """`compiled(function, fuse=...)` for a function that runs `network`: fused where the
+    network is large enough to gain (`network.fuses_kernels`) and fusion is available, and
+    the network's blocks in the forms that suit the graph (`use_fused_forms`)."""
+    fuse = network.fuses_kernels and fusion_available()
+    network.use_fused_forms(fuse)
+    return compiled(function, fuse=fuse)
+
+
 def compiled_forward(network):
     """`network`'s forward pass in graph mode, compiled for its current blocks (its kernels
     fused if it is large enough to gain: `network.fuses_kernels`).
@@ -179,7 +188,7 @@ def compiled_forward(network):
     def forward(images):
         return network(images)
 
-    return compiled(forward, fuse=network.fuses_kernels)
+    return compiled_for(network, forward)
 
 
 class SharedForward:

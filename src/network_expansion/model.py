@@ -36,7 +36,6 @@ from mindspore import no_inline as ms_no_inline
 
 from .card import model_card
 from .errors import ConfigError
-from .graphs import fusion_available
 from .ranges import Range, problems as out_of_range
 
 
@@ -422,9 +421,10 @@ class TransformerBlock(nn.SequentialCell):
         # the network drops paths (its first block's rate is 0 all the same): training, every
         # block passes drop scales, so that all share one compiled function (`construct`)
         self.stochastic_depth = config.drop_path_rate > 0
-        # its graphs fuse kernels (graphs.compiled, VisionTransformer.fuses_kernels): the forms
-        # that fusion runs fastest (the LayerNorms' forward, the GELU's backward)
-        self.fused = large_tokens(config) and fusion_available(warn=False)
+        # the forms kernel fusion runs fastest (the LayerNorms' forward, the GELU's backward),
+        # set by the package's compiled graphs that fuse (VisionTransformer.use_fused_forms);
+        # unfused they run slower, so a graph compiled otherwise (ms.jit) keeps MindSpore's
+        self.fused = False
 
     def construct(self, tokens):
         attention, mlp = self[0], self[1]
@@ -700,6 +700,13 @@ class VisionTransformer(nn.Cell):
         against 60 to 64 ms), and each new graph would pay AKG's compilation (3.5 s more for
         the demo's first)."""
         return large_tokens(self.config)
+
+    def use_fused_forms(self, fused: bool) -> None:
+        """Run the blocks in the forms kernel fusion runs fastest (`TransformerBlock.fused`),
+        or in MindSpore's: set by the package's graphs before they compile
+        (`graphs.compiled_for`), so that the forms follow whether the graph fuses."""
+        for block in self.body.layers:
+            block.fused = bool(fused)
 
     @property
     def blocks(self) -> list:

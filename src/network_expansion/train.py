@@ -38,7 +38,7 @@ from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .ahead import Prepared, warm
 from .expansion import EMA, Ramp, grow, set_gates, shaped
-from .graphs import SharedForward, compiled, pad_batch
+from .graphs import SharedForward, compiled_for, pad_batch
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
 from .recipe import TrainConfig, build_optimizer, soft_cross_entropy, soft_targets
@@ -160,7 +160,7 @@ class Trainer:
             return loss, logits.argmax(-1)
 
         if not ramped:  # no gate to set: the graph must not take one (graphs.py: an unused input)
-            graph = compiled(learn, fuse=model.fuses_kernels)
+            graph = compiled_for(model, learn)
 
             def step_without_gates(images, targets, gate):
                 return graph(images, targets)
@@ -170,7 +170,7 @@ class Trainer:
             set_gates(ramped, gate)  # inside the graph: a host-side set_data would not be seen
             return learn(images, targets)
 
-        return compiled(step, fuse=model.fuses_kernels)
+        return compiled_for(model, step)
 
     def _grow_to(self, stage, model, ema, optimizer, step: int):
         """`grow` `model` (with `ema`, and `optimizer`'s moments where they are kept) to
