@@ -36,28 +36,26 @@ TOKENS, WIDTH, HIDDEN, HEADS = 8 * 197, 768, 3072, 12
 HEAD = WIDTH // HEADS
 ATTENTION = (8 * HEADS, 197, HEAD)
 
-# name: (input shapes; training: forward and backward, given the output's gradient)
-LAYERS = {
-    "Dense 768 -> 3072 (MLP 1)": ([(TOKENS, WIDTH), (HIDDEN, WIDTH), (HIDDEN,)], False),
-    "Dense 3072 -> 768 (MLP 2)": ([(TOKENS, HIDDEN), (WIDTH, HIDDEN), (WIDTH,)], False),
-    "Dense 768 -> 768 (q, k, v, out)": ([(TOKENS, WIDTH), (WIDTH, WIDTH), (WIDTH,)], False),
-    "LayerNorm 768": ([(TOKENS, WIDTH), (WIDTH,), (WIDTH,)], False),
-    "GELU (tanh) 3072": ([(TOKENS, HIDDEN)], False),
-    "softmax 12 x 197 x 197": ([(8, HEADS, 197, 197)], False),
-    "q k^T": ([ATTENTION, ATTENTION], False),
-    "weights v": ([(8 * HEADS, 197, 197), ATTENTION], False),
-    "heads' layout (b, n, h, d) -> (b, h, n, d)": ([(8, 197, HEADS, HEAD)], False),
-    "residual add 768": ([(TOKENS, WIDTH), (TOKENS, WIDTH)], False),
-    "Dense 768 -> 3072 (MLP 1), training": ([(TOKENS, WIDTH), (HIDDEN, WIDTH), (HIDDEN,)], True),
-    "Dense 3072 -> 768 (MLP 2), training": ([(TOKENS, HIDDEN), (WIDTH, HIDDEN), (WIDTH,)], True),
-    "Dense 768 -> 768 (q, k, v, out), training": ([(TOKENS, WIDTH), (WIDTH, WIDTH), (WIDTH,)], True),
-    "LayerNorm 768, training": ([(TOKENS, WIDTH), (WIDTH,), (WIDTH,)], True),
-    "GELU (tanh) 3072, training": ([(TOKENS, HIDDEN)], True),
-    "softmax 12 x 197 x 197, training": ([(8, HEADS, 197, 197)], True),
-    "q k^T, training": ([ATTENTION, ATTENTION], True),
-    "weights v, training": ([(8 * HEADS, 197, 197), ATTENTION], True),
-    "AdamW update, 3072 x 768": ([(HIDDEN, WIDTH)] * 4, False),
+# name: input shapes, forward only
+FORWARD = {
+    "Dense 768 -> 3072 (MLP 1)": [(TOKENS, WIDTH), (HIDDEN, WIDTH), (HIDDEN,)],
+    "Dense 3072 -> 768 (MLP 2)": [(TOKENS, HIDDEN), (WIDTH, HIDDEN), (WIDTH,)],
+    "Dense 768 -> 768 (q, k, v, out)": [(TOKENS, WIDTH), (WIDTH, WIDTH), (WIDTH,)],
+    "LayerNorm 768": [(TOKENS, WIDTH), (WIDTH,), (WIDTH,)],
+    "GELU (tanh) 3072": [(TOKENS, HIDDEN)],
+    "softmax 12 x 197 x 197": [(8, HEADS, 197, 197)],
+    "q k^T": [ATTENTION, ATTENTION],
+    "weights v": [(8 * HEADS, 197, 197), ATTENTION],
+    "heads' layout (b, n, h, d) -> (b, h, n, d)": [(8, 197, HEADS, HEAD)],
+    "residual add 768": [(TOKENS, WIDTH), (TOKENS, WIDTH)],
 }
+# the layers also raced training: forward and backward, given the output's gradient
+TRAINED = ("Dense 768 -> 3072 (MLP 1)", "Dense 3072 -> 768 (MLP 2)", "Dense 768 -> 768 (q, k, v, out)",
+           "LayerNorm 768", "GELU (tanh) 3072", "softmax 12 x 197 x 197", "q k^T", "weights v")
+# name: (input shapes, training)
+LAYERS = {**{name: (shapes, False) for name, shapes in FORWARD.items()},
+          **{f"{name}, training": (FORWARD[name], True) for name in TRAINED},
+          "AdamW update, 3072 x 768": ([(HIDDEN, WIDTH)] * 4, False)}
 
 
 # How often a ViT-B/16 train step (12 blocks) runs each layer: per block four attention
