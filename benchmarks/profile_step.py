@@ -1,12 +1,13 @@
 """Where a ViT-B/16 training step's time goes, op type by op type (`mindspore.Profiler`).
 
-    .venv/bin/python benchmarks/profile_step.py [--depth 12] [--batch 8] [--steps 2] [--forward-only | --inference]
+    .venv/bin/python benchmarks/profile_step.py [--depth 12] [--batch 8] [--steps 2] [--forward-only | --inference | --trainer]
     PYTHONPATH=OTHER/src .venv/bin/python benchmarks/profile_step.py    # another version of the package
 
 Compiles the package's network's forward + backward (the gradients of every trainable
 parameter, all returned: a graph that returned the loss alone would lose its backward to
 dead-code elimination) in train mode (`--forward-only`: the loss alone; `--inference`: the
-logits in evaluation mode, as `predict` computes them), runs two warm-up steps, then profiles `--steps`
+logits in evaluation mode, as `predict` computes them; `--trainer`: the `Trainer`'s whole step, with
+AdamW and the EMA update), runs two warm-up steps, then profiles `--steps`
 steps and prints, per step: wall time, and each op type's milliseconds, calls and share,
 with the forward's ops and the gradient's ops apart where MindSpore's names say which.
 """
@@ -27,6 +28,21 @@ from network_expansion import ViTConfig, VisionTransformer
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore import ops  # noqa: E402
+from train_step import compile_as_package  # noqa: E402  (benchmarks/train_step.py)
+
+
+def trainer_step(network, batch: int, rng):
+    """One step of the `Trainer` (its epoch is one batch), as `benchmarks/train_step.py` runs it."""
+    from network_expansion import ArrayData, TrainConfig, Trainer
+
+    x = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    y = rng.integers(0, 1000, batch).astype(np.int32)
+    trainer = Trainer(network, ArrayData(x, y, batch, flip=False),
+                      config=TrainConfig(epochs=10_000, warmup_epochs=1, log_every=1), progress=False)
+
+    def run():
+        trainer.fit(until=trainer.epoch + 1)
+    return run
 
 
 def main():
@@ -36,6 +52,8 @@ def main():
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--forward-only", action="store_true")
     parser.add_argument("--inference", action="store_true", help="the forward in evaluation mode (logits only)")
+    parser.add_argument("--trainer", action="store_true",
+                        help="the Trainer's whole step: soft targets, forward, loss, backward, AdamW, EMA update")
     args = parser.parse_args()
     network = VisionTransformer(ViTConfig(image_size=224, num_classes=1000, depth=args.depth), seed=0)
     network.set_train(not args.inference)
@@ -49,23 +67,21 @@ def main():
     def forward_backward(images, targets):
         return gradients(images, targets)
 
-    try:  # as the package compiles its graphs (on the CPU: without MindSpore's queue thread)
-        from network_expansion.graphs import compiled as jit
-    except ImportError:  # versions before 2026-12-01
-        jit = ms.jit
     def inference(images, targets):
         return network(images)
 
-    function = inference if args.inference else loss_of if args.forward_only else forward_backward
-    fuse = getattr(network, "fuses_kernels", False)  # as the package compiles since 2026-12-04
-    step = jit(function, fuse) if fuse else jit(function)
     rng = np.random.default_rng(0)
-    images = ms.Tensor(rng.standard_normal((args.batch, 3, 224, 224), dtype=np.float32))
-    targets = ms.Tensor(np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, args.batch)])
+    if args.trainer:
+        run = trainer_step(network, args.batch, rng)
+    else:
+        function = inference if args.inference else loss_of if args.forward_only else forward_backward
+        step = compile_as_package(network, function)
+        images = ms.Tensor(rng.standard_normal((args.batch, 3, 224, 224), dtype=np.float32))
+        targets = ms.Tensor(np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, args.batch)])
 
-    def run():
-        out = step(images, targets)
-        (out[0] if isinstance(out, tuple) else out).asnumpy()
+        def run():
+            out = step(images, targets)
+            (out[0] if isinstance(out, tuple) else out).asnumpy()
 
     run(), run()
     start = time.perf_counter()
@@ -73,6 +89,7 @@ def main():
         run()
     wall = (time.perf_counter() - start) / args.steps
     folder = tempfile.mkdtemp(prefix="profile-step-")
+    print("profile in", folder)
     profiler = ms.Profiler(output_path=folder)
     for _ in range(args.steps):
         run()

@@ -51,6 +51,24 @@ SCALES = {
 
 # -- the workers: each answers "steps N" with the seconds of N steps -----------------
 
+def compile_as_package(network, function):
+    """`function` compiled as the package compiles its graphs, in whatever version of it is
+    imported: since 2026-12-04 fused at ViT-B's size with the blocks in their fused forms
+    (`graphs.compiled_for`); before, `graphs.compiled` (fused on request) or plain `ms.jit`."""
+    try:
+        from network_expansion.graphs import compiled_for
+        return compiled_for(network, function)
+    except ImportError:
+        pass
+    try:  # on the CPU without MindSpore's queue thread (since 2026-12-01)
+        from network_expansion.graphs import compiled
+    except ImportError:
+        import mindspore as ms
+        return ms.jit(function)
+    fuse = getattr(network, "fuses_kernels", False)
+    return compiled(function, fuse) if fuse else compiled(function)
+
+
 def package_worker(scale: str, job: str, drop_path: float = 0.0):
     # the package before MindSpore, as its users import it: OpenMP's idle threads passive, so
     # that it fuses kernels (graphs.fusion_available)
@@ -93,13 +111,7 @@ def package_worker(scale: str, job: str, drop_path: float = 0.0):
             return gradients(x, t)  # all of it: a graph that returned the loss alone would drop the backward
 
         function = forward_only if job == "forward" else forward_backward
-        try:  # as the package compiles its graphs (on the CPU: without MindSpore's queue thread; since
-            # 2026-12-04 with kernel fusion at ViT-B's size)
-            from network_expansion.graphs import compiled as jit
-        except ImportError:  # versions before 2026-12-01
-            jit = ms.jit
-        fuse = getattr(model, "fuses_kernels", False)
-        compiled = jit(function, fuse) if fuse else jit(function)
+        compiled = compile_as_package(model, function)
 
         def run(steps):
             for _ in range(steps):
