@@ -9,12 +9,19 @@ coordinator checks that both give the same sum, to 1e-3 relative), in two worker
 taking turns (benchmarks/turns.py), two threads each:
 
 * MindSpore: the form the package runs (`model._affine`, `model._layer_norm`,
-  `model._gelu`, the attention's `BatchMatMul`s; for training, forward and backward through
-  `ops.GradOperation` with the output's gradient given), compiled as the package compiles
-  (`graphs.compiled`), without and with kernel fusion (`fuse=True`: what the package
-  compiles at ViT-B's shapes where MindSpore's AKG is available);
+  `model._gelu`, the attention's `BatchMatMul`s; for training, the forward's output and the
+  gradients through `ops.GradOperation` with the output's gradient given), compiled as the
+  package compiles (`graphs.compiled`), without and with kernel fusion (`fuse=True`: what
+  the package compiles at ViT-B's shapes where MindSpore's AKG is available);
 * PyTorch: what timm's layer runs (`F.linear`, `F.layer_norm`, `F.gelu`, `softmax`,
-  `matmul`; for training, `autograd.grad` with the same output gradient), eager.
+  `matmul`; for training, the forward and `autograd.grad` with the same output gradient),
+  eager.
+
+A training row returns the forward's output beside the gradients on both sides: a graph
+that returned the gradients alone would not compute the forward where the backward does
+not need it (a Dense layer's, the GELU's, the attention's products), and the row would
+compare MindSpore's backward with PyTorch's forward and backward (it did before
+2026-12-04: those rows' MindSpore times were too low by a forward).
 
 The AdamW row is one fused update of a 3072 x 768 weight and its moments (MindSpore's
 `AdamWeightDecay` kernel, as `recipe.AdamW` runs it; `torch.optim.AdamW`'s default).
@@ -153,8 +160,8 @@ def mindspore_layers(fuse: bool) -> dict:
             gradient = ops.GradOperation(get_all=True, sens_param=True)(function)
             sens = ms.Tensor(np.random.default_rng(1).standard_normal(function(*inputs).shape).astype(np.float32))
 
-            def train(*args, gradient=gradient, sens=sens):
-                return gradient(*args, sens)
+            def train(*args, function=function, gradient=gradient, sens=sens):
+                return (function(*args),) + tuple(gradient(*args, sens))
             layers[name] = (compiled(train, fuse), inputs)
         else:
             def run(*args, function=function):
@@ -215,7 +222,8 @@ def torch_layers() -> dict:
                 tuple(function(*inputs).shape)).astype(np.float32))
 
             def train(*args, function=function, sens=sens):
-                return torch.autograd.grad(function(*args), args, sens)
+                output = function(*args)
+                return (output,) + torch.autograd.grad(output, args, sens)
             layers[name] = (train, inputs)
         else:
             def run(*args, function=function):
@@ -239,18 +247,19 @@ def torch_layers() -> dict:
 
 # -- the workers and the race -------------------------------------------------------------
 
-def first_sum(output) -> float:
-    """The sum of a layer's first output (its value checks both sides compute the same)."""
-    first = output[0] if isinstance(output, (tuple, list)) else output
-    array = first.asnumpy() if hasattr(first, "asnumpy") else first.detach().numpy()
-    return float(np.asarray(array, np.float64).sum())
+def output_sum(output) -> float:
+    """The sum of a layer's outputs (the forward's and every gradient: its value checks that
+    both sides compute the same; reading them all waits for the call to end)."""
+    outputs = output if isinstance(output, (tuple, list)) else (output,)
+    return float(sum(np.asarray(o.asnumpy() if hasattr(o, "asnumpy") else o.detach().numpy(), np.float64).sum()
+                     for o in outputs))
 
 
 def serve_side(side: str) -> None:
     layers = torch_layers() if side == "torch" else mindspore_layers(fuse=side == "mindspore-fused")
     checks = {}
     for name, (function, inputs) in layers.items():  # compile, allocate, and check
-        checks[name] = first_sum(function(*inputs))
+        checks[name] = output_sum(function(*inputs))
 
     def answer(command):
         name = command["layer"]
@@ -260,7 +269,7 @@ def serve_side(side: str) -> None:
         start = time.perf_counter()
         for _ in range(command["calls"]):
             output = function(*inputs)
-        first_sum(output)  # waits for the last call
+        output_sum(output)  # waits for the last call
         return {"seconds": (time.perf_counter() - start) / command["calls"]}
     serve(answer)
 
