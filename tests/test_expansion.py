@@ -133,6 +133,23 @@ def test_the_ema_moves_towards_the_live_weights_by_one_minus_decay():
     assert ema.network.get_parameters().__next__().name == "ema.cls"
 
 
+def test_every_average_moves_by_one_minus_decay_in_both_of_the_updates_forms():
+    # tensors of LARGE elements or more are updated in place (assign_add), smaller by lerp
+    from network_expansion.model import LARGE
+
+    model = VisionTransformer(tiny_config(depth=1, width=128, num_heads=2, mlp_width=LARGE // 128), seed=1)
+    ema = EMA(model, decay=0.75)
+    sizes = [p.size for p in model.trainable_params()]
+    assert max(sizes) >= LARGE > min(sizes)
+    before = [p.asnumpy().copy() for p in ema.network.get_parameters()]
+    rng = np.random.default_rng(0)
+    for parameter in model.trainable_params():
+        parameter.set_data(ms.Tensor(rng.standard_normal(parameter.shape).astype(np.float32)))
+    ema.update()
+    for old, average, live in zip(before, ema.network.get_parameters(), model.get_parameters()):
+        np.testing.assert_allclose(average.asnumpy(), old + 0.25 * (live.asnumpy() - old), rtol=1e-5, atol=1e-6,
+                                   err_msg=average.name)
+
 
 def test_grow_grows_model_and_ema_together_and_keeps_the_existing_parameters():
     import network_expansion as ne
