@@ -299,31 +299,37 @@ class _TanhGELU(nn.Cell):
     keeps only `x` (autodiff kept every intermediate: five more MLP-wide tensors per block)
     and recomputes the rest in a few elementwise ops.
 
-    `fused_backward`: the backward's sigmoid as `1 / (1 + e^-z)`, for graphs compiled with
-    kernel fusion (`graphs.compiled`), which leaves MindSpore's Sigmoid out but takes exp:
-    the whole backward becomes one kernel (ViT-B's MLP at batch 8: 13.2 -> 4.4 ms; unfused
-    that form takes 31.4 ms against 20.7, so only fused graphs get it)."""
+    `fused`: the forms for graphs compiled with kernel fusion (`graphs.compiled`), whose
+    compiler (AKG) leaves MindSpore's Sigmoid out but takes `tanh` and `exp`: the forward as
+    `x/2 + x/2 tanh(z/2)` (ViT-B's MLP with its bias at batch 8: 2.9 ms against 7.0), the
+    backward's sigmoid as `1 / (1 + e^-z)` (one kernel: 13.2 -> 4.4 ms; `tanh` there took 3.0
+    against 1.8). Unfused, both forms are slower than the Sigmoid's (forward 17.5 against
+    13.0 ms, backward 31.4 against 20.7), so unfused graphs keep it."""
 
     K, A = 1.5957691216057308, 0.044715  # 2 sqrt(2 / pi), the tanh approximation's cubic term
 
-    def __init__(self, fused_backward: bool = False):
+    def __init__(self, fused: bool = False):
         super().__init__()
         self.sigmoid = ops.Sigmoid()
-        self.fused_backward = fused_backward
+        self.fused = fused
 
     def construct(self, x):
-        return x * self.sigmoid(self.K * x * (1.0 + self.A * x * x))
+        z = self.K * x * (1.0 + self.A * x * x)
+        if self.fused:
+            half = 0.5 * x
+            return half + half * ops.tanh(0.5 * z)
+        return x * self.sigmoid(z)
 
     def bprop(self, x, out, dout):
         square = x * x
         z = self.K * x * (1.0 + self.A * square)
-        s = 1.0 / (1.0 + ops.exp(-z)) if self.fused_backward else self.sigmoid(z)
+        s = 1.0 / (1.0 + ops.exp(-z)) if self.fused else self.sigmoid(z)
         # d/dx [x s(z)] = s + x s (1 - s) z',  z' = k (1 + 3 a x^2)
         slope = s + x * s * (1.0 - s) * (self.K + (3.0 * self.K * self.A) * square)
         return (dout * slope,)
 
 
-_TANH_GELU, _TANH_GELU_FUSED = _TanhGELU(), _TanhGELU(fused_backward=True)
+_TANH_GELU, _TANH_GELU_FUSED = _TanhGELU(), _TanhGELU(fused=True)
 
 
 class FeedForward(nn.Cell):
