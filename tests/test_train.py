@@ -326,32 +326,39 @@ def test_resume_refuses_a_changed_recipe(uninterrupted):
         Trainer.resume(out / "checkpoint.ckpt", trainer.train_data, progress=False, changes={"lr": 0.1})
 
 
-def test_adamw_is_pytorchs_with_bias_correction_per_cohort_of_moments():
+@pytest.mark.parametrize("large", ["none", "decayed", "both"])
+def test_adamw_is_pytorchs_with_bias_correction_per_cohort_of_moments(large, monkeypatch):
     """Two cohorts: `a`'s moments carried from step 0 (as `carry_moments` keeps them), `b`'s
-    started at step 3, the first step this optimizer takes; against PyTorch's AdamW in NumPy."""
+    started at step 3, the first step this optimizer takes; against PyTorch's AdamW in NumPy.
+    `c` decays, `b` does not; `large` says which of them are updated as tensors of
+    `LARGE` elements are (the Adam kernel after the decay), the rest by `AdamWeightDecay`."""
+    from network_expansion import recipe
     from network_expansion.recipe import AdamW
 
+    monkeypatch.setattr(recipe, "LARGE", {"none": 10**9, "decayed": 10, "both": 4}[large])
     rng = np.random.default_rng(0)
-    values = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(4)}
+    values = {"a": rng.standard_normal((3, 4)), "c": rng.standard_normal((2, 6)), "b": rng.standard_normal(4)}
     params = {k: ms.Parameter(ms.Tensor(v.astype(np.float32)), name=k) for k, v in values.items()}
     schedule = WarmupCosine(1e-2, 1e-4, 2, 10)
-    optimizer = AdamW([{"params": [params["a"]], "weight_decay": 0.1, "lr": schedule},
-                       {"params": [params["b"]], "weight_decay": 0.0, "lr": schedule}], schedule, born=[0, 3])
+    optimizer = AdamW([{"params": [params["a"], params["c"]], "weight_decay": 0.1, "lr": schedule},
+                       {"params": [params["b"]], "weight_decay": 0.0, "lr": schedule}], schedule, born=[0, 0, 3])
+    assert optimizer.large == {"none": (False,) * 3, "decayed": (True, True, False), "both": (True,) * 3}[large]
     optimizer.global_step.set_data(ms.Tensor(np.array([3], np.int32)))
-    m = {"a": rng.standard_normal((3, 4)) * 0.1, "b": np.zeros(4)}
-    v = {"a": rng.random((3, 4)) * 0.01, "b": np.zeros(4)}
-    optimizer.moments1[0].set_data(ms.Tensor(m["a"].astype(np.float32)))
-    optimizer.moments2[0].set_data(ms.Tensor(v["a"].astype(np.float32)))
+    m = {"a": rng.standard_normal((3, 4)) * 0.1, "c": rng.standard_normal((2, 6)) * 0.1, "b": np.zeros(4)}
+    v = {"a": rng.random((3, 4)) * 0.01, "c": rng.random((2, 6)) * 0.01, "b": np.zeros(4)}
+    for index, k in enumerate("ac"):
+        optimizer.moments1[index].set_data(ms.Tensor(m[k].astype(np.float32)))
+        optimizer.moments2[index].set_data(ms.Tensor(v[k].astype(np.float32)))
 
     def step(grads):
         return optimizer(grads)
 
     compiled = ms.jit(step)
-    born, decay = {"a": 0, "b": 3}, {"a": 0.1, "b": 0.0}
+    born, decay = {"a": 0, "c": 0, "b": 3}, {"a": 0.1, "c": 0.1, "b": 0.0}
     fresh = params["b"].asnumpy().copy()
     for s in range(3, 8):
         grads = {k: rng.standard_normal(x.shape) for k, x in values.items()}
-        compiled((ms.Tensor(grads["a"].astype(np.float32)), ms.Tensor(grads["b"].astype(np.float32))))
+        compiled(tuple(ms.Tensor(grads[k].astype(np.float32)) for k in "acb"))
         lr = schedule.value(s)
         for k in values:  # torch.optim.AdamW's update, in float64
             t = s - born[k] + 1
