@@ -180,7 +180,7 @@ def mindspore_adamw(fuse: bool):
     parameter, m, v, gradient = draws("AdamW update, 3072 x 768")
     weight = ms.Parameter(ms.Tensor(parameter), name="w")
     schedule = WarmupCosine(1e-4, 1e-4, 0, 10**9)  # a constant 1e-4
-    optimizer = AdamW([{"params": [weight], "weight_decay": 0.05}], schedule, born=[0])  # the package's
+    optimizer = AdamW([{"params": [weight], "weight_decay": 0.05, "lr": schedule}], schedule, born=[0])  # the package's
     optimizer.moments1[0].set_data(ms.Tensor(m))
     optimizer.moments2[0].set_data(ms.Tensor(v))
 

@@ -293,8 +293,9 @@ def _fused_update_one(adam_weight_decay, adam, beta1, beta2, eps, lr, scale, dec
                       parameter, m, v, gradient, decays, large):
     gradient = ops.cast(gradient, parameter.dtype)
     if large:  # PyTorch's order: the decay, then Adam's step (the kernel corrects the bias by the powers)
-        if decays:
-            ops.assign(parameter, parameter * (1.0 - lr * decay))
+        if decays:  # after the gradient: free to run at any time, the decayed copies of every weight were
+            # computed early and held through the forward and backward (330 MiB more at ViT-B's peak)
+            ops.assign(parameter, ops.depend(parameter, gradient) * (1.0 - lr * decay))
         adam(parameter, m, v, power1, power2, lr, beta1, beta2, eps, gradient)
     else:
         adam_weight_decay(parameter, m, v, lr * scale, beta1, beta2, eps,
