@@ -16,11 +16,12 @@
   graph's kernels (`benchmarks/unused_input.py`: 400 small MatMuls 9.9 -> 19.0 ms a run;
   the demo's train step 69 -> 78 ms): a compiled function takes only what it reads (the
   Trainer's step takes the gate value only while there are gates to set);
-* MindSpore's CPU kernels run one op at a time (a LayerNorm's backward 11 times PyTorch's
-  time, a GELU's 3 times: `benchmarks/kernel_peer.py`); its graph kernel fusion (AKG)
-  compiles chains of them into one kernel, but only when asked, and its OpenMP threads
+* MindSpore's CPU kernels run one op at a time (a LayerNorm trained about 10 times
+  PyTorch's time, a GELU about 3 times: `benchmarks/kernel_peer.py`); its graph kernel fusion
+  (AKG) compiles chains of them into one kernel, but only when asked, and its OpenMP threads
   spin between kernels and slow the MatMuls that follow. `compiled(..., fuse=True)` asks
-  for it, for the graphs whose tensors are large enough to gain (`model.fuses_kernels`).
+  for it; `compiled_for` for the networks large enough to gain
+  (`VisionTransformer.fuses_kernels`).
 """
 
 from __future__ import annotations

@@ -288,6 +288,7 @@ def _gelu(x, approximate: bool, fused: bool = False):
     function (0.5 * (1 + tanh(z)) == sigmoid(2z)), because MindSpore 2.10's CPU kernel for
     `gelu(approximate='tanh')` is ten times slower: 98 ms against 10 ms on a ViT-B MLP
     activation at batch 8, a third of the whole forward pass (benchmarks/inference.py).
+    `fused`: in the forms kernel fusion runs fastest (`_TanhGELU`).
     """
     if not approximate:
         return ops.gelu(x, approximate="none")
@@ -427,7 +428,7 @@ class TransformerBlock(nn.SequentialCell):
         # the network drops paths (its first block's rate is 0 all the same): training, every
         # block passes drop scales, so that all share one compiled function (`construct`)
         self.stochastic_depth = config.drop_path_rate > 0
-        # the forms kernel fusion runs fastest (the LayerNorms' forward, the GELU's backward),
+        # the forms kernel fusion runs fastest (the LayerNorms' forward, the GELU's forward and backward),
         # set by the package's compiled graphs that fuse (VisionTransformer.use_fused_forms);
         # unfused they run slower, so a graph compiled otherwise (ms.jit) keeps MindSpore's
         self.fused = False

@@ -259,14 +259,12 @@ class AdamW(nn.AdamWeightDecay):
             if self.bias_correction:
                 t = ops.maximum(step - born_at + 1.0, 1.0)  # >= 1: a step before `born` is no step
                 power1, power2 = ops.pow(self.beta1.reshape(()), t), ops.pow(self.beta2.reshape(()), t)
-                root = ops.sqrt(1.0 - power2)
-                scales += (root / (1.0 - power1),)
-                epsilons += (self.eps.reshape(()) * root,)
-                powers += ((power1, power2),)
-            else:  # b^t = 0: the Adam kernel's correction is 1
-                scales += (ms.Tensor(1.0, ms.float32),)
-                epsilons += (self.eps.reshape(()),)
-                powers += ((ms.Tensor(0.0, ms.float32), ms.Tensor(0.0, ms.float32)),)
+            else:  # b^t = 0: every correction below is exactly 1
+                power1 = power2 = ms.Tensor(0.0, ms.float32)
+            root = ops.sqrt(1.0 - power2)
+            scales += (root / (1.0 - power1),)
+            epsilons += (self.eps.reshape(()) * root,)
+            powers += ((power1, power2),)
         done = ()
         for start, end, combo in self.runs:
             schedule, decay, cohort = self.combos[combo]
