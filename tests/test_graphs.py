@@ -177,3 +177,49 @@ def test_the_written_out_layer_norm_equals_the_kernel(training, monkeypatch):
     results = [run(False), run(True)]
     for kernel, written_out in zip(*results):
         np.testing.assert_allclose(written_out, kernel, rtol=1e-4, atol=1e-4)
+
+
+def test_the_binding_gives_each_half_of_a_kernel_its_own_core():
+    """The layout measured here (docs/performance.md, "Each half of a kernel on its own
+    core"): the pool's first thread, its kernel thread, OpenMP's worker started by the first
+    (named after it); and the same rule on more cores."""
+    here = [(10, "python"), (15, "ActorThread_0"), (16, "KernelThread_0"), (17, "backend_queue"),
+            (30, "ActorThread_0"), (31, "infer_queue")]
+    assert graphs.binding_plan(here, [0, 1]) == {15: 0, 16: 1, 30: 1}
+    assert graphs.binding_plan(here, [2, 5]) == {15: 2, 16: 5, 30: 5}
+    assert graphs.binding_plan(here[:4], [0, 1]) == {15: 0, 16: 1}  # before any fused kernel ran
+    four = [(1, "ActorThread_0"), (2, "KernelThread_0"), (3, "KernelThread_1"), (4, "KernelThread_2"),
+            (7, "ActorThread_0"), (8, "ActorThread_0"), (9, "ActorThread_0")]
+    assert graphs.binding_plan(four, [0, 1, 2, 3]) == {1: 0, 2: 1, 3: 2, 4: 3, 7: 1, 8: 2, 9: 3}
+    # layouts it does not know: left to the scheduler
+    assert graphs.binding_plan(here, [0]) is None
+    assert graphs.binding_plan(here + [(40, "ActorThread_1")], [0, 1]) is None
+    assert graphs.binding_plan(four, [0, 1]) is None
+    assert graphs.binding_plan([(10, "python")], [0, 1]) is None
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="binds threads to two cores or more")
+def test_a_fused_graphs_first_call_binds_mindspores_kernel_threads(monkeypatch):
+    cores = sorted(os.sched_getaffinity(0))
+    for thread, _ in graphs._threads():  # as the scheduler had them, whatever ran before
+        os.sched_setaffinity(thread, cores)
+    rng = np.random.default_rng(0)
+    inputs = [ms.Tensor(rng.standard_normal(shape).astype(np.float32)) for shape in ((40, 24), (24,), (24,))]
+    graphs.compiled(_chain(), fuse=True)(*inputs)
+
+    names = dict(graphs._threads())
+    pool = [t for t, name in names.items() if name.startswith(("ActorThread_", "KernelThread_"))]
+    assert len(pool) >= 2
+    bound = {t: os.sched_getaffinity(t) for t in pool}
+    assert all(len(bound[t]) == 1 for t in pool), bound
+    actor, kernel = pool[0], next(t for t in pool if names[t].startswith("KernelThread_"))
+    assert bound[actor] != bound[kernel]  # a MatMul's two halves on two cores
+
+    for thread, _ in graphs._threads():
+        os.sched_setaffinity(thread, cores)
+    monkeypatch.setenv(graphs.BIND_THREADS, "0")
+    assert graphs.bind_kernel_threads() is None
+    monkeypatch.delenv(graphs.BIND_THREADS)
+    monkeypatch.setenv("MS_ROLE", "MS_WORKER")  # an msrun job: its processes share the cores
+    assert graphs.bind_kernel_threads() is None
+    assert all(os.sched_getaffinity(t) == set(cores) for t in pool)
