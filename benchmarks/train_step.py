@@ -207,7 +207,7 @@ def race(scale: str, rounds: int, peer_python: str | None, baseline: str | None 
     else:
         jobs = [("package", "train", None), ("package", "inference", None)]
         if baseline:
-            jobs += [("package", "train", baseline)]
+            jobs += [("package", "train", baseline), ("package", "inference", baseline)]
         if peer_python:
             jobs += [("timm", "train", None), ("timm", "inference", None)]
     workers, warm_up = [], {}

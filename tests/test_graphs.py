@@ -131,6 +131,33 @@ def test_a_tiny_vit_step_fused_equals_the_unfused_step(monkeypatch):
     assert _fused_kernels() - kernels  # it did fuse
 
 
+def test_a_tiny_vit_in_the_fused_forms_computes_what_mindspores_forms_do(monkeypatch):
+    """Every form the blocks take in graphs that fuse (`use_fused_forms`: the LayerNorms'
+    forward written out, the GELU's tanh and exp), fused, against MindSpore's forms unfused:
+    the same loss and gradients, every large-tensor form on (`model.LARGE = 0`)."""
+    monkeypatch.setattr(model, "LARGE", 0)
+    network = VisionTransformer(tiny_config(), seed=3)
+    network.set_train(True)
+    images = ms.Tensor(np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32))
+
+    def step():  # a new function for each graph (_chain says why)
+        def loss(images):
+            return ops.log_softmax(network(images), -1)[:, 5].mean()
+        gradients = ms.value_and_grad(loss, None, network.trainable_params())
+
+        def run(images):
+            return gradients(images)
+        return run
+
+    network.use_fused_forms(True)
+    value, grads = graphs.compiled(step(), fuse=True)(images)
+    network.use_fused_forms(False)
+    reference_value, reference = graphs.compiled(step())(images)
+    assert abs(float(value.asnumpy()) - float(reference_value.asnumpy())) < 1e-5
+    for a, b, parameter in zip(grads, reference, network.trainable_params()):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-4, atol=1e-5, err_msg=parameter.name)
+
+
 @pytest.mark.parametrize("fuse", [False, True])
 def test_the_gelus_fused_forms_equal_the_sigmoid_one(fuse):
     """`_TanhGELU(fused=True)` computes the forward as x/2 + x/2 tanh(z/2) and the backward's
