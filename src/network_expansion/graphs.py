@@ -25,7 +25,7 @@
 * a fused graph's kernels split their work over two sets of threads, MindSpore's kernel
   pool (the MatMuls) and OpenMP's team (AKG's kernels), one more thread than cores, and the
   scheduler does not always put the halves of one kernel on different cores:
-  `bind_kernel_threads` gives each its own core (a ViT-B train step 4% faster here).
+  `bind_kernel_threads` gives each its own core (a ViT-B train step about 3% faster here).
 """
 
 from __future__ import annotations
@@ -188,8 +188,8 @@ def bind_kernel_threads() -> dict | None:
     which splits a MatMul with the pool's other threads (`KernelThread_k`) and an AKG
     kernel with its OpenMP team (threads it starts, named after it: `ActorThread_0` again).
     On two cores that is three busy threads, and when the scheduler put a kernel's two halves
-    on one core the kernel took twice as long: a ViT-B train step ran 3.16 s free, 3.02 s
-    bound, and 3.39 s with both halves of AKG's kernels forced onto one core
+    on one core the kernel took twice as long: a ViT-B train step ran 3.09 s free, 3.03 s
+    bound, and 3.38 s with both halves of AKG's kernels forced onto one core
     (docs/performance.md, "Each half of a kernel on its own core"). So the pool's threads
     take one core each in order, and OpenMP's k-th thread the k-th core, as its master (the
     pool's first thread) holds the first.
