@@ -332,10 +332,10 @@ def test_adamw_is_pytorchs_with_bias_correction_per_cohort_of_moments(large, mon
     started at step 3, the first step this optimizer takes; against PyTorch's AdamW in NumPy.
     `c` decays, `b` does not; `large` says which of them are updated as tensors of
     `LARGE` elements are (the Adam kernel after the decay), the rest by `AdamWeightDecay`."""
-    from network_expansion import recipe
+    from network_expansion import model
     from network_expansion.recipe import AdamW
 
-    monkeypatch.setattr(recipe, "LARGE", {"none": 10**9, "decayed": 10, "both": 4}[large])
+    monkeypatch.setattr(model, "LARGE", {"none": 10**9, "decayed": 10, "both": 4}[large])
     rng = np.random.default_rng(0)
     values = {"a": rng.standard_normal((3, 4)), "c": rng.standard_normal((2, 6)), "b": rng.standard_normal(4)}
     params = {k: ms.Parameter(ms.Tensor(v.astype(np.float32)), name=k) for k, v in values.items()}

@@ -24,7 +24,6 @@ ramps to 1 over a number of steps (`Ramp`, set inside the train step) or is lear
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import mindspore as ms
@@ -32,7 +31,7 @@ from mindspore import nn, ops
 
 from .errors import ConfigError
 from .graphs import compiled
-from .model import LARGE, VisionTransformer, source_name
+from .model import VisionTransformer, is_large, source_name
 from .width import WidthMaps
 
 MODES = ("insert", "stack")
@@ -347,7 +346,7 @@ class _EMAUpdate(nn.Cell):
             if not (theirs.requires_grad and decay > 0):
                 form = "copy"
             else:
-                form = "lerp" if math.prod(mine.shape) < LARGE else "add"
+                form = "add" if is_large(mine.shape) else "lerp"
             groups[form][0].append(mine)
             groups[form][1].append(theirs)
         self.small, self.small_live = map(ms.ParameterTuple, groups["lerp"])

@@ -167,14 +167,15 @@ def compiled(function, fuse: bool = False):
     if not (fuse and fusion_available()):
         return graph
 
-    first = [True]
+    first = True
 
     @functools.wraps(function)
     def fused(*args):
+        nonlocal first
         with _fusing():  # every call: a call with new shapes compiles again
             outputs = graph(*args)
-        if first[0]:  # OpenMP starts its team at the first fused kernel that runs
-            first[0] = False
+        if first:  # OpenMP starts its team at the first fused kernel that runs
+            first = False
             bind_kernel_threads()
         return outputs
     return fused

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -529,6 +530,12 @@ def _mlp(tokens, gain, shift, mlp, gate, form):
 # (`expansion._EMAUpdate`). Below it (the demo's width 64, bound by kernel launches)
 # MindSpore's forms.
 LARGE = 1 << 16
+
+
+def is_large(shape) -> bool:
+    """Whether a tensor of `shape` has `LARGE` elements or more: the rule, for the choices
+    made outside a graph (AdamW's kernel per tensor, the EMA update's form per tensor)."""
+    return math.prod(shape) >= LARGE
 
 
 def large_tokens(config: ViTConfig) -> bool:

@@ -18,7 +18,7 @@ from mindspore import nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 from .errors import ConfigError
-from .model import LARGE
+from .model import is_large
 from .expansion import GATES, GROWTHS, MODES, STAGE_UNITS, ExpansionSchedule, Shape, parse_shapes, parse_starts, shaped
 from .width import SPLITS, WIDTH_LR
 from .ranges import AREA_SHARE, Range, problems as out_of_range
@@ -219,7 +219,7 @@ class AdamW(nn.AdamWeightDecay):
         super().__init__(param_groups, learning_rate=schedule, beta1=beta1, beta2=beta2, eps=eps)
         self.bias_correction = bool(bias_correction)
         self.adam = ops.Adam()
-        self.large = tuple(math.prod(p.shape) >= LARGE for p in self.parameters)  # by the Adam kernel
+        self.large = tuple(is_large(p.shape) for p in self.parameters)  # by the Adam kernel
         self.born = tuple(int(b) for b in born)
         if len(self.born) != len(self.parameters):
             raise ConfigError(f"{len(self.born)} birth steps for {len(self.parameters)} parameters")
