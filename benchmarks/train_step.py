@@ -246,6 +246,22 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def paired(rows: list) -> str:
+    """Each job against the baseline's, round by round (the same round shares the machine's
+    speed): the median difference and its quartiles, in ms per step."""
+    lines = ["| scale | job | package - baseline, paired (median) | quartiles | rounds faster |",
+             "|---|---|---:|---:|---:|"]
+    for row in rows:
+        base = next((r for r in rows if r["scale"] == row["scale"] and r["run"] == f"package (baseline) {row['run'].split()[-1]}"), None)
+        if base is None or row["run"].startswith(("timm", "package (baseline)")):
+            continue
+        differences = [a - b for a, b in zip(row["all_ms"], base["all_ms"])]
+        low, _, high = statistics.quantiles(differences, n=4) if len(differences) > 1 else differences * 3
+        lines.append(f"| {row['scale']} | {row['run'].split()[-1]} | {statistics.median(differences):+.1f} | "
+                     f"{low:+.1f} to {high:+.1f} | {sum(d < 0 for d in differences)} of {len(differences)} |")
+    return "\n".join(lines)
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         return serve_side(*sys.argv[2:6])
@@ -271,6 +287,8 @@ def main():
         print(table(rows), flush=True)
     steps = {scale: 2 if scale == "vit-b" else 20 for scale in args.scales}
     print(f"\nmedian of {args.rounds} rounds of {steps} steps per worker, workers taking turns")
+    if args.baseline:
+        print(paired(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
