@@ -251,13 +251,15 @@ def paired(rows: list) -> str:
     speed): the median difference and its quartiles, in ms per step."""
     lines = ["| scale | job | package - baseline, paired (median) | quartiles | rounds faster |",
              "|---|---|---:|---:|---:|"]
+    by_run = {(r["scale"], r["run"]): r for r in rows}
     for row in rows:
-        base = next((r for r in rows if r["scale"] == row["scale"] and r["run"] == f"package (baseline) {row['run'].split()[-1]}"), None)
-        if base is None or row["run"].startswith(("timm", "package (baseline)")):
+        job = row["run"].split()[-1]
+        base = by_run.get((row["scale"], f"package (baseline) {job}"))
+        if base is None or row["run"] != f"package {job}":
             continue
         differences = [a - b for a, b in zip(row["all_ms"], base["all_ms"])]
         low, _, high = statistics.quantiles(differences, n=4) if len(differences) > 1 else differences * 3
-        lines.append(f"| {row['scale']} | {row['run'].split()[-1]} | {statistics.median(differences):+.1f} | "
+        lines.append(f"| {row['scale']} | {job} | {statistics.median(differences):+.1f} | "
                      f"{low:+.1f} to {high:+.1f} | {sum(d < 0 for d in differences)} of {len(differences)} |")
     return "\n".join(lines)
 
