@@ -9,8 +9,16 @@ slower when its second operand is stored (K, N) with a wide N (3072) than stored
 the MLP's second layer's backward (`dy @ W`, `dy^T @ x` at 3072 -> 768). The fourth form,
 `(x^T @ dy)^T`, is the weight gradient the package computes for that layer
 (`model._Affine`): the same matrix from the fast layout and one transpose.
+
+    .venv/bin/python benchmarks/matmul_forms.py --weight-gradient
+
+races the weight gradient's forms (the package's `dy^T @ x`, as one `BatchMatMul`, in two
+halves of the tokens, its transpose `x^T @ dy`) compiled as ViT-B's graphs are, against
+NumPy's BLAS computing the same product in a worker process (docs/performance.md, "The gap's
+last account").
 """
 import statistics
+import sys
 import time
 
 import mindspore as ms
@@ -18,6 +26,7 @@ import numpy as np
 from mindspore import ops
 
 from network_expansion.graphs import compiled  # as the package compiles: without the queue thread
+from turns import Worker, serve  # benchmarks/turns.py
 
 FORWARD, PLAIN, FIRST_TRANSPOSED = ops.MatMul(transpose_b=True), ops.MatMul(), ops.MatMul(transpose_a=True)
 
@@ -38,11 +47,78 @@ def weight_gradient_transposed(dy, x):
     return FIRST_TRANSPOSED(x, dy).T
 
 
+def weight_gradient_batched(dy, x):
+    return BATCHED_FIRST_TRANSPOSED(dy.reshape((1,) + dy.shape), x.reshape((1,) + x.shape))[0]
+
+
+def weight_gradient_halves(dy, x):
+    half = dy.shape[0] // 2
+    return FIRST_TRANSPOSED(dy[:half], x[:half]) + FIRST_TRANSPOSED(dy[half:], x[half:])
+
+
+def weight_gradient_other_way(dy, x):
+    return FIRST_TRANSPOSED(x, dy)  # x^T dy: the weight gradient's transpose
+
+
+BATCHED_FIRST_TRANSPOSED = ops.BatchMatMul(transpose_a=True)
 FORMS = {"x @ W^T (forward)": forward, "dy @ W (grad of x)": input_gradient, "dy^T @ x (grad of W)": weight_gradient,
          "(x^T @ dy)^T (grad of W)": weight_gradient_transposed}
+# --weight-gradient: the weight gradient's other forms, and NumPy's BLAS on the same product
+WEIGHT_FORMS = {"dy^T @ x (grad of W)": weight_gradient, "as a BatchMatMul": weight_gradient_batched,
+                "in two halves of the tokens": weight_gradient_halves, "x^T @ dy (its transpose)": weight_gradient_other_way}
+
+
+def weight_gradient_operands():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((1576, 3072), np.float32), rng.standard_normal((1576, 768), np.float32)
+
+
+def numpy_worker() -> None:
+    """NumPy's BLAS on the same product, in a process of its own (its threads would
+    otherwise compete with MindSpore's between calls)."""
+    dy, x = weight_gradient_operands()
+    dy.T @ x
+
+    def answer(command):
+        start = time.perf_counter()
+        dy.T @ x
+        return {"seconds": time.perf_counter() - start}
+    serve(answer)
+
+
+def weight_gradient_race(rounds: int) -> None:
+    """The weight gradient of ViT-B's MLP layer (1576 tokens, 768 -> 3072) in MindSpore's forms,
+    compiled as the package compiles ViT-B's graphs (fused, threads bound), and NumPy's BLAS
+    on the same product in a worker process, taking turns."""
+    dy, x = weight_gradient_operands()
+    runs = {}
+    for name, function in WEIGHT_FORMS.items():
+        graph, operands = compiled(function, fuse=True), (ms.Tensor(dy), ms.Tensor(x))
+        graph(*operands).asnumpy()  # compile
+
+        def run(graph=graph, operands=operands):
+            start = time.perf_counter()
+            graph(*operands).asnumpy()
+            return time.perf_counter() - start
+        runs[name] = run
+    peer = Worker([sys.executable, __file__, "--numpy-worker"], "numpy")
+    runs["NumPy dy.T @ x (another process)"] = lambda: peer.ask({"do": "product"})["seconds"]
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name].append(run())
+    peer.close()
+    gflop = 2 * 1576 * 768 * 3072 / 1e9
+    print(f"weight gradient, 1576 tokens, 768 -> 3072, median of {rounds}, taking turns:")
+    for name, t in times.items():
+        print(f"  {name}: {1e3 * statistics.median(t):.1f} ms ({gflop / statistics.median(t):.0f} GFLOP/s)")
 
 
 def main():
+    if "--numpy-worker" in sys.argv:
+        return numpy_worker()
+    if "--weight-gradient" in sys.argv:
+        return weight_gradient_race(rounds=30)
     graphs = {name: compiled(function) for name, function in FORMS.items()}
     rng = np.random.default_rng(0)
     for tokens, width_in, width_out in [(1576, 768, 768), (1576, 768, 3072), (1576, 3072, 768)]:
