@@ -53,7 +53,7 @@ def test_version_and_python_dash_m():
     ("train", ["default 300", "default 6,12", "default 0.0005", "default 64", "default insert"]),
     ("finetune", ["default 10", "default 0.0001", "default: the released one"]),
     ("export", ["default 1", "default mindir"]),
-    ("demo", ["about 8 minutes", "default 32", "default 6,12"]),
+    ("demo", ["about 3 minutes", "default 32", "default 6,12"]),
 ])
 def test_help_shows_the_defaults(capsys, command, defaults):
     code, out, _ = run_command([command, "--help"], capsys)

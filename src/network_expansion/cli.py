@@ -241,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     from .demo import DemoSettings
 
     demo_settings = DemoSettings()
-    about = ("expansion against full depth on scikit-learn's digits: table and plot (about 8 minutes on two "
+    about = ("expansion against full depth on scikit-learn's digits: table and plot (about 3 minutes on two "
              "CPU cores; needs the demo extra: pip install -e '.[demo]')")
     demo = commands.add_parser("demo", help=about, description=about)
     demo.add_argument("--epochs", type=_accepting(RECIPE["epochs"]),
