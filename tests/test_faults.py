@@ -146,7 +146,7 @@ def test_metadata_of_the_wrong_kind_is_refused(tmp_path, tiny_state):
 
 
 @pytest.mark.parametrize("name,content,message", [
-    ("w.ckpt", b"\x00garbage" * 10, "cannot be read as .ckpt"),
+    ("w.ckpt", b"\x00garbage" * 10, "not a well-formed MindSpore checkpoint"),
     ("w.safetensors", b"\xff" * 64, "cannot be read as .safetensors"),
     ("w.bin", b"anything", "unknown format '.bin'"),
 ])

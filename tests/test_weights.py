@@ -108,8 +108,8 @@ def test_a_larger_image_size_resamples_the_position_embedding(tmp_path):
 
 
 @pytest.mark.parametrize("content,problem", [
-    (b"", "cannot be read as .ckpt"),
-    (b"not a checkpoint" * 100, "cannot be read as .ckpt"),
+    (b"", "the file is empty"),
+    (b"not a checkpoint" * 100, "not a well-formed MindSpore checkpoint"),
 ])
 def test_a_damaged_checkpoint_file_raises_checkpoint_error(tmp_path, content, problem):
     (tmp_path / "x.ckpt").write_bytes(content)
@@ -308,3 +308,45 @@ def test_class_names_that_do_not_fit_the_head_are_refused(tmp_path):
     path = save_weights(network, tmp_path / "w.safetensors")
     with pytest.raises(CheckpointError, match="names 2 classes, its head has 3 outputs"):
         read_weights(path)
+
+
+def test_a_checkpoint_larger_than_the_memory_mindspore_counts_as_free_loads(tmp_path, monkeypatch):
+    """MindSpore 2.10's `load_checkpoint` refuses a file larger than `SC_AVPHYS_PAGES` (free
+    memory without the page cache: a good 346 MB file was refused on a machine with gigabytes
+    available). The package reads checkpoints itself, so the same file loads, from a path and
+    through a download, where MindSpore's check fails."""
+    import os
+
+    path = write_ckpt(tmp_path / "t.ckpt", random_state(tiny_shapes()))
+    real_sysconf = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else real_sysconf(name))
+    with pytest.raises(ValueError, match="exceeds current available memory"):
+        ms.load_checkpoint(str(path))  # MindSpore's own reader: refused
+    network = create_network("NetworkExpansion", pretrained=str(path), **TIMM_TINY)
+    assert np.array_equal(network.cls.asnumpy(), random_state(tiny_shapes())["cls"])
+    with FileServer() as server:
+        server.files["/w/t.ckpt"] = path.read_bytes()
+        fetched = create_network("NetworkExpansion", pretrained=server.url("/w/t.ckpt"), **TIMM_TINY)
+    assert np.array_equal(fetched.cls.asnumpy(), network.cls.asnumpy())
+
+
+def test_a_download_that_cannot_be_checked_here_is_kept_not_deleted(tmp_path, monkeypatch):
+    """A download is deleted only for what its content is: a check that fails for a reason of
+    this machine's (no memory, an I/O error) keeps the complete file, unused, and says so."""
+    from network_expansion import formats
+    from network_expansion.errors import DownloadError
+
+    body = write_ckpt(tmp_path / "t.ckpt", random_state(tiny_shapes())).read_bytes()
+    cache = tmp_path / "cache"
+
+    def out_of_memory(path):
+        raise MemoryError()
+
+    monkeypatch.setitem(formats.FORMATS, ".ckpt", formats.WeightFormat(read=out_of_memory, write=None))
+    with FileServer() as server:
+        server.files["/w/t.ckpt"] = body
+        with pytest.raises(DownloadError, match=r"cannot be checked here, so it was kept there unused") as caught:
+            read_weights(server.url("/w/t.ckpt"), cache_dir=cache, progress=False)
+    kept = [p for p in cache.iterdir() if p.name.endswith(".part")]
+    assert len(kept) == 1 and kept[0].read_bytes() == body and str(kept[0]) in str(caught.value)
+    assert "MemoryError" in str(caught.value)

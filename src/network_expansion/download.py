@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from .atomic import write_text
-from .errors import DownloadError
+from .errors import DownloadError, NetworkExpansionError
 
 logger = logging.getLogger(__name__)
 
@@ -142,14 +142,14 @@ def _download_verified(url: str, target: Path, record: Path, expected, progress:
                 raise _unreachable(url, target, error) from None
             time.sleep(0.2 * attempt)
             continue
-        problem = _check(check, part)
+        problem = _check(check, url, part)
         if problem is None:
             break
         part.unlink()  # garbage: what the server sent, or a stale partial file it was appended to
         if resumed and attempt < ATTEMPTS:
             continue  # the old .part may have been the garbage: once more from the start
-        raise DownloadError(f"{url} sent something that is not what was asked for: {problem}; nothing was "
-                            f"kept. Check the link (a login or error page?), or download the file by hand.")
+        raise DownloadError(f"{url} sent something that is not what was asked for; nothing was kept. Check the "
+                            f"link (a login or error page?), or download the file by hand. What it sent: {problem}")
     else:
         raise DownloadError(f"{url}: the download failed {ATTEMPTS} times; try again later")
     found = sha256_of(part)
@@ -163,16 +163,22 @@ def _download_verified(url: str, target: Path, record: Path, expected, progress:
     return target
 
 
-def _check(check, path: Path):
-    """None if `check(path)` passes, else what it said (with the first bytes of the file)."""
+def _check(check, url: str, path: Path):
+    """None if `check(path)` passes, else what it said of the content (with the file's first
+    bytes). A check that could not read the file at all (an error whose `readable` is False:
+    no memory, an I/O error) says nothing about the content: the download is kept where it
+    is, unused, and `DownloadError` says why."""
     if check is None:
         return None
     try:
         check(path)
-    except Exception as error:  # the checker raises what the reader raises
+    except NetworkExpansionError as error:  # the checker raises what the reader raises
+        if not getattr(error, "readable", True):
+            raise DownloadError(f"{url} was downloaded to {path}, but it cannot be checked here, so it was "
+                                f"kept there unused (run again to check it and use it): {error}") from None
         with open(path, "rb") as f:
             head = f.read(40)
-        return f"{str(error).splitlines()[0]} (it begins {head!r})"
+        return f"{error} (it begins {head!r})"
     return None
 
 

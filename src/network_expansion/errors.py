@@ -75,12 +75,15 @@ class CheckpointError(NetworkExpansionError, ValueError):
     """A checkpoint that cannot be read, or does not fit the network.
 
     `problems` holds every problem found (missing, unexpected, misshaped, non-finite
-    parameters), not just the first.
+    parameters), not just the first. `readable` is False when the file could not be read
+    here at all (no permission, an I/O error, no memory): nothing is known about its content,
+    so it may well be good.
     """
 
-    def __init__(self, source, problems, advice: str = ""):
+    def __init__(self, source, problems, advice: str = "", *, readable: bool = True):
         self.source = str(source)
         self.problems = list(problems)
+        self.readable = readable
         listing = "\n".join(f"  - {problem}" for problem in self.problems)
         advice = f"\n{advice}" if advice else ""
         super().__init__(f"checkpoint {self.source}: {len(self.problems)} problem(s):\n"

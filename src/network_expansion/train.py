@@ -36,6 +36,7 @@ from mindspore import ops
 
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from .formats import read_ckpt
 from .ahead import Prepared, warm
 from .expansion import EMA, Ramp, grow, set_gates, shaped
 from .graphs import SharedForward, compiled_for, pad_batch
@@ -543,12 +544,12 @@ class Trainer:
         if state.get("class_names") is not None:
             model.class_names = tuple(state["class_names"])
         for parameter in model.get_parameters():
-            parameter.set_data(loaded[parameter.name].value())
+            parameter.set_data(ms.Tensor(loaded[parameter.name]))
         ema = EMA(model, config.ema_decay)
-        ema.load_state({name: loaded[name].asnumpy() for name in loaded if name.startswith("ema.")})
+        ema.load_state({name: loaded[name] for name in loaded if name.startswith("ema.")})
         trainer._rebuild(ema=ema, born=state.get("moments_born"))
         for moment in list(trainer.optimizer.moments1) + list(trainer.optimizer.moments2):
-            moment.set_data(loaded[moment.name].value())
+            moment.set_data(ms.Tensor(loaded[moment.name]))
         return trainer
 
 
@@ -601,19 +602,19 @@ def read_training_state(path) -> dict:
 
 
 def read_training_checkpoint(path, state_only: bool = False):
-    """`(MindSpore's {name: Parameter}, trainer state)` of a `checkpoint.ckpt` a run wrote."""
+    """`({name: array}, trainer state)` of a `checkpoint.ckpt` a run wrote."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, ["no such file"], advice="Pass the checkpoint.ckpt a training run wrote.")
-    try:
-        loaded = ms.load_checkpoint(str(path), choice_func=(lambda name: name == STATE_KEY) if state_only else None)
-    except Exception as error:  # MindSpore raises ValueError/RuntimeError for a damaged file
-        raise CheckpointError(path, [f"cannot be read: {str(error).strip().splitlines()[0]}"],
-                              advice="Resume from another checkpoint, or start a new run.") from None
-    if STATE_KEY not in loaded:
+    arrays, texts = read_ckpt(path, only=set() if state_only else None)
+    if STATE_KEY not in texts:
         raise CheckpointError(path, ["not a training checkpoint (no trainer state)"],
                               advice="To start from weights, use create_network(pretrained=...) instead.")
-    return loaded, json.loads(loaded.pop(STATE_KEY))
+    try:
+        return arrays, json.loads(texts[STATE_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(path, [f"its trainer state is not JSON ({error})"],
+                              advice="Resume from another checkpoint, or start a new run.") from None
 
 
 def _save_atomically(entries, path: Path, append: dict):

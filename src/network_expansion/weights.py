@@ -17,11 +17,8 @@ assigned, so a network is never left half-loaded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +27,10 @@ import numpy as np
 from .atomic import atomic_write
 from .download import fetch, file_name_of
 from .errors import CheckpointError, ConfigError, DownloadError
+from .formats import FORMATS
 from .model import ViTConfig, is_classifier_name
 
 NAMING_SCHEMES = ("mindspore", "timm")
-METADATA_KEY = "network_expansion_metadata"
 
 # Entries a training checkpoint holds beside the model (optimizer, loss scale, counters).
 OPTIMIZER_ENTRY = re.compile(
@@ -184,72 +181,16 @@ def _read_file(path: Path, suffix: str | None = None):
         raise CheckpointError(path, [f"unknown format {suffix or '(no suffix)'!r}"],
                               advice=f"Expected one of {', '.join(FORMATS)}.")
     try:
-        with _named(path, suffix) as named:  # MindSpore reads only files named *.ckpt
-            return FORMATS[suffix].read(named)
+        return FORMATS[suffix].read(path)
     except CheckpointError:
         raise
+    except (OSError, MemoryError) as error:  # about this machine, not the file: it may be good
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        raise CheckpointError(path, [f"cannot be read here ({reason})"], readable=False,
+                              advice="Check that the file can be read (permissions, disk, free memory).") from None
     except Exception as error:  # each reader raises its own types for a damaged file
         raise CheckpointError(path, [f"cannot be read as {suffix}: {error}"],
                               advice="The file is damaged or not what its name says: download it again.") from error
-
-
-@contextlib.contextmanager
-def _named(path: Path, suffix: str):
-    """`path`, or a link to it that ends in `suffix` (e.g. a download's `.part` file)."""
-    if path.suffix.lower() == suffix:
-        yield path
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        link = Path(folder) / f"download{suffix}"
-        link.symlink_to(Path(path).resolve())
-        yield link
-
-
-def _read_ckpt(path: Path):
-    import mindspore as ms
-
-    loaded = ms.load_checkpoint(str(path))
-    metadata = loaded.pop(METADATA_KEY, None)
-    state = {}
-    for name in list(loaded):
-        value = loaded.pop(name)  # release MindSpore's copy as we go: halves peak memory
-        if isinstance(value, str):
-            continue
-        array = value.asnumpy()
-        state[name] = array if array.dtype != np.float16 else array.astype(np.float32)
-    return state, json.loads(metadata) if isinstance(metadata, str) else {}
-
-
-def _read_npz(path: Path):
-    with np.load(path, allow_pickle=False) as archive:  # no pickles: a file may not run code
-        state = {name: archive[name] for name in archive.files}
-    metadata = state.pop(METADATA_KEY, None)
-    return state, json.loads(str(metadata)) if metadata is not None else {}
-
-
-def _read_safetensors(path: Path):
-    from safetensors import safe_open
-
-    state = {}
-    with safe_open(str(path), framework="np") as f:  # validates the header
-        metadata = f.metadata() or {}
-        for name in f.keys():
-            try:
-                state[name] = f.get_tensor(name)
-            except TypeError:  # bfloat16: NumPy has no such type
-                state[name] = _bfloat16_tensor(path, name)
-    return state, json.loads(metadata.get(METADATA_KEY, "{}"))
-
-
-def _bfloat16_tensor(path: Path, name: str) -> np.ndarray:
-    with open(path, "rb") as f:
-        (header_length,) = struct.unpack("<Q", f.read(8))
-        entry = json.loads(f.read(header_length))[name]
-        start, end = entry["data_offsets"]
-        f.seek(8 + header_length + start)
-        raw = np.frombuffer(f.read(end - start), dtype="<u2")
-    # bfloat16 is the upper half of a float32.
-    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
 
 
 def _architecture_from(metadata, path) -> dict:
@@ -480,39 +421,6 @@ def save_weights(network_or_weights, path, *, names: str = "mindspore") -> Path:
 
 def _write_file(state: dict, path: Path, metadata: str) -> None:
     FORMATS[path.suffix.lower()].write({n: np.ascontiguousarray(v) for n, v in state.items()}, path, metadata)
-
-
-def _write_ckpt(state: dict, path: Path, metadata: str) -> None:
-    import mindspore as ms
-
-    ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in state.items()], str(path),
-                       append_dict={METADATA_KEY: metadata})
-
-
-def _write_safetensors(state: dict, path: Path, metadata: str) -> None:
-    from safetensors.numpy import save_file
-
-    save_file(state, str(path), metadata={"format": "pt", METADATA_KEY: metadata})
-
-
-def _write_npz(state: dict, path: Path, metadata: str) -> None:
-    np.savez(path, **state, **{METADATA_KEY: np.array(metadata)})
-
-
-@dataclass(frozen=True)
-class WeightFormat:
-    """How one file format is read and written (`(state, metadata)`; metadata is JSON text)."""
-
-    read: object
-    write: object
-
-
-# The formats, by suffix: one place to add one.
-FORMATS = {
-    ".ckpt": WeightFormat(read=_read_ckpt, write=_write_ckpt),
-    ".safetensors": WeightFormat(read=_read_safetensors, write=_write_safetensors),
-    ".npz": WeightFormat(read=_read_npz, write=_write_npz),
-}
 
 
 def convert(source, destination, *, names: str | None = None) -> Path:
