@@ -117,3 +117,27 @@ def test_the_growth_flags_reach_the_training_recipe():
     config = _train_config(args)
     assert (config.growth, config.growth_gate, config.growth_ramp) == ("exact", "learned", 30)
     assert _train_config(_parser().parse_args(["train", "--data", "d"])).growth == "reference"
+
+
+def test_predict_json_prints_only_json_on_stdout(tmp_path):
+    """Machine-readable output is clean: MindSpore's kernel compiler (AKG, which fuses this
+    network's kernels: its tokens are ViT-B-sized) prints to file descriptor 1 from processes
+    of its own, and the package's story goes to stderr under --json."""
+    from PIL import Image
+    from skimage import data
+
+    import network_expansion as ne
+
+    network = ne.create_network("NetworkExpansion", depth=1, width=384, num_heads=6, mlp_width=768, num_classes=3)
+    assert network.fuses_kernels
+    weights = ne.save_weights(network, tmp_path / "wide.ckpt")
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.jpg")
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
+    env = dict(__import__("os").environ, NETWORK_EXPANSION_CACHE=str(tmp_path / "cache"))  # AKG compiles afresh
+    result = subprocess.run([sys.executable, "-m", "network_expansion", "predict", "cat.jpg", "coffee.png", "--json",
+                             "--weights", str(weights), "--topk", "2"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [json.loads(line)["source"] for line in lines] == ["cat.jpg", "coffee.png"], result.stdout[-2000:]
+    assert list((tmp_path / "cache").rglob("Fused_*.so")), "nothing was fused: the test would prove nothing"

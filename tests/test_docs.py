@@ -37,7 +37,7 @@ def test_setup_cfg_declares_the_mindspore_range_and_numpy_the_readme_promises():
     assert "mindspore>=2.7.0,<2.11" in requires and "numpy>=1.26,<2" in requires
     assert "MindSpore 2.7.0 to 2.10.0" in _readme() and "NumPy is held below 2" in _readme()
     assert "bash .ci/oldest-mindspore" in _readme() and (REPO / ".ci" / "oldest-mindspore").is_file()
-    assert "network-expansion = network_expansion.cli:main" in config["options.entry_points"]["console_scripts"]
+    assert "network-expansion = network_expansion.cli:run" in config["options.entry_points"]["console_scripts"]
 
 
 # -- every README block runs as written --------------------------------------------------

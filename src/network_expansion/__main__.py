@@ -1,7 +1,5 @@
 """`python -m network_expansion`: the `network-expansion` command."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

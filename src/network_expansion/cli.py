@@ -9,6 +9,7 @@ and module constants they belong to, never typed here a second time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,17 +29,18 @@ def main(argv=None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    handler = _StoryHandler()
+    global _output
+    _output = sys.stdout  # the command's own output; anything else printed goes to stderr
+    handler = _StoryHandler(sys.stderr if getattr(args, "json", False) else _output)
     package_logger = logging.getLogger("network_expansion")
     package_logger.addHandler(handler)
     levels = {package_logger: package_logger.level}
     package_logger.setLevel(logging.INFO)
     if not args.verbose:  # MindSpore's own warnings ('... has been compiled again') stay out
-        mindspore_logger = _mindspore_logger()
-        levels[mindspore_logger] = mindspore_logger.level
-        mindspore_logger.setLevel(logging.ERROR)
+        levels.update(_quiet_mindspore())
     try:
-        return args.run(args) or 0
+        with contextlib.redirect_stdout(sys.stderr):
+            return args.run(args) or 0
     except DownloadError as error:
         return _fail(error.advise("--weights /path/to/{name}"))
     except NetworkExpansionError as error:
@@ -50,6 +52,27 @@ def main(argv=None) -> int:
         package_logger.removeHandler(handler)
         for logger, level in levels.items():
             logger.setLevel(level)
+
+
+def run() -> None:
+    """The console script (and `python -m network_expansion`): `main`, with this process's
+    standard output kept for the command's own output. Whatever else writes to file
+    descriptor 1 (MindSpore's kernel compiler runs in processes of its own that print
+    there, native libraries) goes to stderr, so that `predict --json` prints JSON only."""
+    sys.stdout.flush()
+    kept = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = open(kept, "w", encoding=sys.stdout.encoding or "utf-8", errors="backslashreplace",
+                      buffering=1, closefd=True)
+    sys.exit(main())
+
+
+_output = sys.stdout
+
+
+def _say(*parts) -> None:
+    """Print a line of the command's own output (results, the story of a run)."""
+    print(*parts, file=_output, flush=True)
 
 
 def _fail(error) -> int:
@@ -65,22 +88,34 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _StoryHandler(logging.Handler):
-    """The package's log as the console's story of a run: information on stdout,
-    warnings on stderr."""
+    """The package's log as the console's story of a run: information on `stream` (the
+    command's output, or stderr when that is JSON), warnings on stderr."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
 
     def emit(self, record):
         if record.levelno >= logging.WARNING:
             print(f"{PROG}: warning: {record.getMessage()}", file=sys.stderr, flush=True)
         else:
-            print(record.getMessage(), flush=True)
+            print(record.getMessage(), file=self.stream, flush=True)
 
 
-def _mindspore_logger() -> logging.Logger:
-    """MindSpore's Python logger (set up on first use, from $GLOG_v)."""
+def _quiet_mindspore() -> dict:
+    """MindSpore's own warnings off for this command: before MindSpore is imported, through
+    its log level variable (its C++ and Python logs both read it; a level the user set is
+    kept); after, by its Python logger's level. Returns {logger: level to restore}."""
+    if "mindspore" not in sys.modules:
+        os.environ.setdefault("GLOG_v", "3")  # errors only; the command is the whole process
+        return {}
     import mindspore as ms
 
-    ms.get_level()  # sets it up if nothing has logged yet
-    return logging.getLogger(f"ME.mindspore.log.{os.getpid()}")
+    ms.get_level()  # sets MindSpore's logger up if nothing has logged yet
+    logger = logging.getLogger(f"ME.mindspore.log.{os.getpid()}")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    return {logger: level}
 
 
 # -- values a flag accepts -----------------------------------------------------------
@@ -366,7 +401,7 @@ def _run_training(args, model_factory, config) -> int:
     if history.interrupted:
         return 143 if history.stopped_by == "terminated" else 130
     final = history.final
-    print(f"done: depth {trainer.model.depth}, loss {final.get('loss') or float('nan'):.4f}, "
+    _say(f"done: depth {trainer.model.depth}, loss {final.get('loss') or float('nan'):.4f}, "
           f"train top-1 {final.get('train_top1', 0):.2%}"
           + (f", val top-1 {final['val_top1']:.2%} (EMA {final['ema_val_top1']:.2%})" if "val_top1" in final else "")
           + f"; weights in {args.output}/model.ckpt")
@@ -452,11 +487,11 @@ def _demo(args) -> int:
     from .demo import DemoSettings, compare
 
     settings = DemoSettings().changed(epochs=args.epochs, schedule=args.schedule, width=args.width)
-    print(f"training the same ViT twice on scikit-learn's digits ({settings.recipe.epochs} epochs each): "
+    _say(f"training the same ViT twice on scikit-learn's digits ({settings.recipe.epochs} epochs each): "
           f"full depth {settings.model.depth}, then expansion {settings.schedule_text}")
     result = compare(settings, args.output)
-    print(result["table"])
-    print(f"plot: {result['plot']}; logs in {args.output}/")
+    _say(result["table"])
+    _say(f"plot: {result['plot']}; logs in {args.output}/")
     return 0
 
 
@@ -468,7 +503,7 @@ def _export(args) -> int:
     network = create_network("NetworkExpansion", pretrained=args.weights or True)
     path = export(network, args.output, file_format=args.format, batch=args.batch, overwrite=args.overwrite,
                   with_preprocess=args.with_preprocess, input_size=tuple(args.input_size) if args.input_size else None)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    _say(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -515,11 +550,11 @@ def _predict(args) -> int:
     for result in classifier.predict_stream(inputs, topk=args.topk, progress=len(inputs) > classifier.batch_size):
         failed += not result.ok
         if args.json:
-            print(json.dumps(result.to_dict()), flush=True)
+            _say(json.dumps(result.to_dict()))
         elif result.ok:
-            print(result.source)
+            _say(result.source)
             for label, index, probability in zip(result.labels, result.indices, result.probabilities):
-                print(f"  {probability:7.2%}  {label} ({index})")
+                _say(f"  {probability:7.2%}  {label} ({index})")
         else:
             print(f"{PROG}: error: {result.error}", file=sys.stderr)
     return 1 if failed else 0
@@ -529,9 +564,9 @@ def _evaluate(args) -> int:
     from .evaluate import evaluate
 
     result = evaluate(_classifier(args), args.root, workers=args.workers, label_map=args.label_map)
-    print(result)
+    _say(result)
     if args.csv:
-        print(f"per-class accuracy written to {result.write_csv(args.csv)}")
+        _say(f"per-class accuracy written to {result.write_csv(args.csv)}")
     return 0
 
 
@@ -545,23 +580,23 @@ def _info(args) -> int:
     count = network.num_parameters()
     if args.json:
         card_fields = {k: v for k, v in dataclasses.asdict(card).items() if k != "body"}
-        print(json.dumps({"card": card_fields, "uid": card.uid, "architecture": config,
+        _say(json.dumps({"card": card_fields, "uid": card.uid, "architecture": config,
                           "parameters": count}, indent=2))
         return 0
-    print(f"{card.model_name} {card.model_version}: {card.summary}")
-    print(f"  hub uid       {card.uid}  (short alias {card.short_alias})")
-    print(f"  card          {card.path}")
-    print(f"  author        {card.author}, updated {card.update_time}, license {card.license}")
-    print(f"  trained on    {card.train_dataset} ({card.extra.get('train-dataset-version', '')}) "
+    _say(f"{card.model_name} {card.model_version}: {card.summary}")
+    _say(f"  hub uid       {card.uid}  (short alias {card.short_alias})")
+    _say(f"  card          {card.path}")
+    _say(f"  author        {card.author}, updated {card.update_time}, license {card.license}")
+    _say(f"  trained on    {card.train_dataset} ({card.extra.get('train-dataset-version', '')}) "
           f"with MindSpore {card.mindspore_version} on {card.train_backend}")
-    print(f"  accuracy      {card.accuracy} top-1 ({card.extra.get('accuracy-backbone', '')})")
-    print(f"  input         {list(card.input_shape)} (height, width, channels)")
-    print(f"  checkpoint    {card.checkpoint.link}")
-    print(f"  sha256        {card.checkpoint.sha256 or 'not published'}")
-    print("architecture")
+    _say(f"  accuracy      {card.accuracy} top-1 ({card.extra.get('accuracy-backbone', '')})")
+    _say(f"  input         {list(card.input_shape)} (height, width, channels)")
+    _say(f"  checkpoint    {card.checkpoint.link}")
+    _say(f"  sha256        {card.checkpoint.sha256 or 'not published'}")
+    _say("architecture")
     for name, value in config.items():
-        print(f"  {name:<18}{value}")
-    print(f"parameters      {count:,}")
+        _say(f"  {name:<18}{value}")
+    _say(f"parameters      {count:,}")
     return 0
 
 
@@ -571,9 +606,9 @@ def _check_card(args) -> int:
     failed = 0
     for path in args.cards:
         problems = validate_card(path)
-        print(f"{path}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
+        _say(f"{path}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
         for problem in problems:
-            print(f"  - {problem}")
+            _say(f"  - {problem}")
         failed += bool(problems)
     return 1 if failed else 0
 
@@ -589,10 +624,10 @@ def _convert(args) -> int:
         raise OutputError(f"{args.destination} exists; pass --overwrite to replace it, or give another name")
     weights = read_weights(args.source)
     path = convert(weights, args.destination, names=args.names)
-    print(f"wrote {path}: {len(weights.state)} tensors from {weights.source} ({weights.scheme} names), "
+    _say(f"wrote {path}: {len(weights.state)} tensors from {weights.source} ({weights.scheme} names), "
           f"architecture {weights.architecture or weights.assumed}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -45,6 +45,9 @@ FUSION_FLAGS = "MS_DEV_GRAPH_KERNEL_FLAGS"  # read by MindSpore at every compile
 KERNEL_CACHE = "MS_COMPILER_CACHE_PATH"  # where AKG's compiled kernels go (else the working folder)
 OPENMP_WAIT = "OMP_WAIT_POLICY"  # read by OpenMP once, when MindSpore loads it
 BIND_THREADS = "NETWORK_EXPANSION_BIND_THREADS"  # "0": leave MindSpore's threads to the scheduler
+# the folder AKG reads its tuned tilings from (else the working folder: it prints "Please set tiling
+# repo path ..." to stdout for each kernel and compiles without them)
+AKG_TRUSTED = "AKG_WHITE_LIST_PATH"
 # the logs MindSpore 2.10's AKG writes into the working folder at each kernel it compiles
 AKG_LOGS = ("dsa_transfrom.log", "scalar_transform.log")
 
@@ -113,6 +116,13 @@ def kernel_cache() -> Path:
     return cache_dir() / "kernels" / f"mindspore-{ms.__version__}"
 
 
+def akg_folder() -> str:
+    """The folder of AKG's own configuration (its tuned tilings), inside MindSpore's wheel."""
+    import mindspore as ms
+
+    return str(Path(ms.__file__).resolve().parent / "_akg" / "akg" / "config")
+
+
 @contextlib.contextmanager
 def _fusing():
     """Graph kernel fusion for what compiles inside (MindSpore reads the flags at each
@@ -123,16 +133,14 @@ def _fusing():
         yield
         return
     strays = [name for name in AKG_LOGS if not os.path.exists(name)]
-    cache_set = KERNEL_CACHE not in os.environ
-    os.environ[FUSION_FLAGS] = "--opt_level=1"
-    if cache_set:
-        os.environ[KERNEL_CACHE] = str(kernel_cache())
+    settings = {FUSION_FLAGS: "--opt_level=1", KERNEL_CACHE: str(kernel_cache()), AKG_TRUSTED: akg_folder()}
+    added = [name for name in settings if name not in os.environ]
+    os.environ.update({name: settings[name] for name in added})
     try:
         yield
     finally:
-        del os.environ[FUSION_FLAGS]
-        if cache_set:
-            del os.environ[KERNEL_CACHE]
+        for name in added:
+            del os.environ[name]
         for name in strays:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(name)
