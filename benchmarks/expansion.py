@@ -47,7 +47,7 @@ import tempfile
 from pathlib import Path
 
 from network_expansion.demo import DemoSettings, race
-from network_expansion.expansion import ExpansionSchedule
+from network_expansion.schedule import ExpansionSchedule
 from network_expansion.ranges import AREA_SHARE
 
 

@@ -28,7 +28,7 @@ import time
 import mindspore as ms
 
 from network_expansion.demo import DemoSettings, digits
-from network_expansion.expansion import Shape, block_flops, shaped
+from network_expansion.schedule import Shape, block_flops, shaped
 from network_expansion.model import ViTConfig, VisionTransformer
 from network_expansion import ArrayData, Trainer, TrainConfig
 

@@ -7,9 +7,11 @@ from pathlib import Path
 # the suite's cache (fused kernels, downloads) is its own, not the user's ~/.cache
 os.environ.setdefault("NETWORK_EXPANSION_CACHE", tempfile.mkdtemp(prefix="network-expansion-tests-"))
 
-# first, as users should: OpenMP's idle threads passive, so that graphs can fuse kernels
-# (graphs.quiet_openmp; MindSpore loads OpenMP when it is imported)
-import network_expansion  # noqa: F401, I001
+# first: OpenMP's idle threads passive, so that graphs can fuse kernels (graphs.quiet_openmp;
+# MindSpore loads OpenMP when it is imported)
+from network_expansion.graphs import quiet_openmp  # noqa: I001
+
+quiet_openmp()
 
 import mindspore as ms
 import numpy as np

@@ -6,7 +6,8 @@ import pytest
 from conftest import parameters_of, tiny_config
 
 from network_expansion import ConfigError, VisionTransformer, create_network, save_weights
-from network_expansion.expansion import EMA, ExpansionSchedule, expand
+from network_expansion.expansion import EMA, expand
+from network_expansion.schedule import ExpansionSchedule
 
 
 def test_even_schedule_splits_the_epochs_like_the_reference_code():

@@ -3,36 +3,46 @@ Training Acceleration" (Ding et al., CVPR 2023), with the released checkpoint's 
 
     >>> import network_expansion as ne
     >>> net = ne.create_network("NetworkExpansion", num_classes=10)
+
+Importing the package is quick and changes nothing in the process: each name below is
+imported from its module when first used (MindSpore with it).
 """
 
-from .graphs import quiet_openmp
-
-quiet_openmp()  # before anything imports MindSpore: OpenMP reads it once (graphs.py)
-
-from .card import HubCard, load_card, model_card, validate_card
-from .errors import (CardError, CheckpointError, ConfigError, DataError, DownloadError, ExportError,
-                     ImageError, NetworkExpansionError, OutputError, PrecisionError, TrainingDiverged,
-                     UnknownModelError)
-from .datasets import ArrayData, FolderData
-from .evaluate import evaluate
-from .expansion import EMA, ExpansionSchedule, Growth, Ramp, Shape, Stage, expand, grow, set_gates
-from .hub import create_network, load, load_pretrained
-from .model import ViTConfig, VisionTransformer
-from .predict import Classifier, Prediction, predict, use_cores
-from .preprocess import DataConfig, Preprocess, data_config
-from .recipe import TrainConfig
-from .train import Trainer, folder_trainer
-from .weights import convert, save_weights
+import importlib
 
 __version__ = "1.0.0"
 
-__all__ = [
-    "create_network", "load", "VisionTransformer", "ViTConfig",
-    "load_pretrained", "save_weights", "convert",
-    "Classifier", "Prediction", "predict", "use_cores", "evaluate", "Preprocess", "DataConfig", "data_config",
-    "model_card", "load_card", "validate_card", "HubCard",
-    "Trainer", "TrainConfig", "ExpansionSchedule", "Shape", "Stage", "EMA", "grow", "Growth", "expand", "Ramp", "set_gates",
-    "ArrayData", "FolderData", "folder_trainer",
-    "NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
-    "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError", "OutputError",
-]
+# What a user types in a notebook, and the module each comes from.
+_EXPORTS = {
+    "hub": ("create_network", "load", "load_pretrained"),
+    "config": ("ViTConfig", "TrainConfig"),
+    "model": ("VisionTransformer",),
+    "weights": ("save_weights", "convert"),
+    "predict": ("Classifier", "Prediction", "predict", "use_cores"),
+    "evaluate": ("evaluate",),
+    "preprocess": ("Preprocess", "DataConfig", "data_config"),
+    "card": ("model_card", "load_card", "validate_card", "HubCard"),
+    "train": ("Trainer", "folder_trainer"),
+    "schedule": ("ExpansionSchedule", "Shape", "Stage"),
+    "expansion": ("EMA", "grow", "Growth", "expand", "Ramp", "set_gates"),
+    "datasets": ("ArrayData", "FolderData"),
+    "errors": ("NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
+               "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError",
+               "OutputError"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [name for names in _EXPORTS.values() for name in names]
+
+
+def __getattr__(name):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'network_expansion' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     package_logger.setLevel(logging.INFO)
     if not args.verbose:  # MindSpore's own warnings ('... has been compiled again') stay out
         levels.update(_quiet_mindspore())
+    from .graphs import quiet_openmp
+
+    quiet_openmp()  # before MindSpore loads OpenMP: the command is the whole process
     try:
         with contextlib.redirect_stdout(sys.stderr):
             return args.run(args) or 0
@@ -131,7 +134,7 @@ def _accepting(accepted):
 
 
 def _schedule(text):
-    from .expansion import ExpansionSchedule, parse_shapes
+    from .schedule import ExpansionSchedule, parse_shapes
 
     try:
         shapes = parse_shapes(text)
@@ -149,7 +152,7 @@ def _schedule_or_none(text):
 
 
 def _starts(text):
-    from .expansion import parse_starts
+    from .schedule import parse_starts
 
     try:
         parse_starts(text)
@@ -188,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("cards", nargs="+", metavar="CARD", help="path of a card (.md)")
     check.set_defaults(run=_check_card)
 
-    from .weights import FORMATS, NAMING_SCHEMES
+    from .formats import FORMATS, NAMING_SCHEMES
 
     convert = commands.add_parser(
         "convert", help="convert weights between .ckpt/.safetensors/.npz and MindSpore/timm names",
@@ -219,10 +222,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", metavar="FILE", help="write per-class accuracy to this CSV file")
     evaluate.set_defaults(run=_evaluate)
 
-    from .expansion import GATES, GROWTHS, MODES, STAGE_UNITS
-    from .width import SPLITS, WIDTH_LR
-    from .model import RANGES as MODEL, ViTConfig
-    from .recipe import RANGES as RECIPE, TrainConfig
+    from .config import GATES, GROWTHS, MODES, SPLITS, WIDTH_LR, TrainConfig, ViTConfig
+    from .config import MODEL_RANGES as MODEL, TRAIN_RANGES as RECIPE
+    from .schedule import STAGE_UNITS
 
     vit = ViTConfig(image_size=224, num_classes=1000)
     train = commands.add_parser("train", help="train a ViT from scratch, with network expansion")
@@ -261,7 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_training_options(train, TrainConfig())
     train.set_defaults(run=_train)
 
-    from .recipe import FINETUNE_DEFAULTS
+    from .config import FINETUNE_DEFAULTS
 
     finetune = commands.add_parser("finetune", help="fine-tune pretrained weights on an ImageFolder tree")
     finetune.add_argument("--data", required=True, metavar="DIR", help="ImageFolder tree of training images")
@@ -307,10 +309,9 @@ def _parser() -> argparse.ArgumentParser:
 def _add_training_options(parser, defaults) -> None:
     """The recipe's flags. Their defaults are `defaults` (a TrainConfig); a flag left out is
     None here, so that a resumed run can tell what the user asked to change."""
-    from .recipe import DEFAULT_BATCH_SIZE
+    from .config import DEFAULT_BATCH_SIZE
 
-    from .model import RANGES as MODEL
-    from .recipe import RANGES as RECIPE
+    from .config import MODEL_RANGES as MODEL, TRAIN_RANGES as RECIPE
 
     def recipe(name):
         return _accepting(RECIPE[name])
@@ -377,7 +378,7 @@ def _train_config(args, **fixed):
 
 
 def _run_training(args, model_factory, config) -> int:
-    from .recipe import DEFAULT_BATCH_SIZE
+    from .config import DEFAULT_BATCH_SIZE
     from .train import folder_trainer, read_training_state
 
     state = read_training_state(args.resume) if args.resume else None
@@ -436,7 +437,7 @@ DEFAULT_SCHEDULE = "6,12"  # the released model's
 def _train(args) -> int:
     from .datasets import ImageFolder
     from .hub import create_network
-    from .model import ViTConfig
+    from .config import ViTConfig
 
     check_writable_folder(args.output, what="--output")
     if args.resume:
@@ -508,7 +509,7 @@ def _export(args) -> int:
 
 
 def _add_inference_options(parser) -> None:
-    from .predict import PRECISIONS
+    from .config import PRECISIONS
 
     parser.add_argument("--weights", metavar="PATH", default=None,
                         help="checkpoint path or URL (default: the released checkpoint, cached)")

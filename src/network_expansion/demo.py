@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import TrainConfig, ViTConfig
 from .errors import ConfigError
-from .expansion import ExpansionSchedule
-from .model import ViTConfig
-from .recipe import TrainConfig
+from .schedule import ExpansionSchedule
 
 
 def _demo_model() -> ViTConfig:

@@ -16,18 +16,20 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import mindspore as ms
 import numpy as np
 
 from .atomic import atomic_write, check_writable_folder
 from .errors import ConfigError, ExportError, OutputError
-from .preprocess import WithPreprocess, data_config
 
 FORMATS = {"mindir": ("MINDIR", ".mindir"), "onnx": ("ONNX", ".onnx")}
 
 
 def example_input(network, *, batch: int | None = 1, with_preprocess: bool = False, input_size=None):
     """The input the exported graph takes (a shape-only Tensor when the batch is dynamic)."""
+    import mindspore as ms
+
+    from .preprocess import data_config
+
     if with_preprocess:
         size = input_size or (data_config(network).resize_size,) * 2
         shape, dtype = [batch, size[0], size[1], 3], ms.uint8
@@ -36,7 +38,7 @@ def example_input(network, *, batch: int | None = 1, with_preprocess: bool = Fal
         shape, dtype = [batch, network.config.in_channels, size, size], ms.float32
     if batch is None:
         return ms.Tensor(shape=shape, dtype=dtype)
-    return ms.Tensor(np.zeros(shape, dtype=ms.dtype_to_nptype(dtype)))
+    return ms.Tensor(np.zeros(shape, np.uint8 if with_preprocess else np.float32))
 
 
 def export(network, path, *, file_format: str = "mindir", batch: int | None = 1, with_preprocess: bool = False,
@@ -44,6 +46,10 @@ def export(network, path, *, file_format: str = "mindir", batch: int | None = 1,
     """Write `network` (eval mode) to `path`; returns the path written.
 
     `overwrite=False` refuses to replace an existing file (the command line's default)."""
+    import mindspore as ms
+
+    from .preprocess import WithPreprocess
+
     if file_format not in FORMATS:
         raise ExportError(f"format {file_format!r}: expected one of {', '.join(FORMATS)}")
     _check_sizes(batch, input_size)
@@ -98,4 +104,6 @@ def _check_sizes(batch, input_size) -> None:
 
 def load_mindir(path):
     """The exported graph as a callable `nn.GraphCell`."""
+    import mindspore as ms
+
     return ms.nn.GraphCell(ms.load(str(path)))

@@ -28,6 +28,7 @@ import numpy as np
 from .errors import CheckpointError
 
 METADATA_KEY = "network_expansion_metadata"
+NAMING_SCHEMES = ("mindspore", "timm")  # the names a weights file may use (weights.py maps them)
 
 # MindSpore's type names in a .ckpt -> NumPy types (BFloat16: the upper half of a float32).
 CKPT_TYPES = {"Float32": np.float32, "Float16": np.float16, "Float64": np.float64, "BFloat16": "bfloat16",

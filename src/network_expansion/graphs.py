@@ -157,7 +157,10 @@ def run_on_calling_thread() -> None:
     if ms.get_context("device_target") != "CPU":
         return
     try:
-        from mindspore.common.api import _pynative_executor
+        try:
+            from mindspore.graph.api import _pynative_executor
+        except ImportError:  # MindSpore before 2.9
+            from mindspore.common.api import _pynative_executor
 
         _pynative_executor.disable_frontend_and_bprop_pipeline()
     except (ImportError, AttributeError):
@@ -171,7 +174,7 @@ def compiled(function, fuse: bool = False):
     import mindspore as ms
 
     run_on_calling_thread()
-    graph = ms.jit(function)
+    graph = ms.jit(_graph_cell()(function).construct)
     if not (fuse and fusion_available()):
         return graph
 
@@ -187,6 +190,24 @@ def compiled(function, fuse: bool = False):
             bind_kernel_threads()
         return outputs
     return fused
+
+
+@functools.lru_cache(maxsize=None)
+def _graph_cell():
+    from mindspore import nn
+
+    class Graph(nn.Cell):
+        """A function as a Cell, so that `ms.jit` compiles it as one: each `compiled` call
+        makes a new function (a network that grew must not run an old graph), and MindSpore
+        warns each time a plain function of the same name compiles again, not a Cell."""
+
+        def __init__(self, function):
+            super().__init__(auto_prefix=False)
+            self.function = function
+
+        def construct(self, *args):
+            return self.function(*args)
+    return Graph
 
 
 def bind_kernel_threads() -> dict | None:

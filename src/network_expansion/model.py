@@ -29,90 +29,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore import no_inline as ms_no_inline
 
-from .card import model_card
+from .config import ViTConfig
 from .errors import ConfigError
-from .ranges import Range, problems as out_of_range
-
-
-# What each numeric field of ViTConfig accepts (the command line's flags say the same).
-RANGES = {
-    **{name: Range(int, 1) for name in ("image_size", "patch_size", "in_channels", "width", "depth", "num_heads",
-                                        "mlp_width")},
-    "num_classes": Range(int, 0, note="(0: no head)"),
-    **{name: Range(float, 0, 1) for name in ("dropout", "attention_dropout", "drop_path_rate")},
-}
-
-
-@dataclass(frozen=True)
-class ViTConfig:
-    """Every hyper-parameter of the network. The defaults are the released ViT-B/16."""
-
-    image_size: int = field(default_factory=lambda: model_card().input_size)
-    patch_size: int = 16
-    in_channels: int = 3
-    width: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_width: int = 3072
-    num_classes: int = field(default_factory=lambda: model_card().num_classes)
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    drop_path_rate: float = 0.0
-    # The zoo builds nn.GELU() (tanh approximation) and nn.LayerNorm (epsilon 1e-7);
-    # DeiT/timm weights want exact GELU and 1e-6.
-    gelu_approximate: bool = True
-    layer_norm_eps: float = 1e-7
-
-    def __post_init__(self):
-        problems = out_of_range(self, RANGES)
-        if not problems:
-            if self.image_size % self.patch_size:
-                problems.append(f"image_size {self.image_size} is not a multiple of "
-                                f"patch_size {self.patch_size}")
-            if self.width % self.num_heads:
-                problems.append(f"width {self.width} is not a multiple of num_heads {self.num_heads}")
-        if problems:
-            raise ConfigError("invalid ViTConfig: " + "; ".join(problems))
-
-    @staticmethod
-    def fields_from_shapes(shapes: dict) -> dict:
-        """The fields a checkpoint's `{name: shape}` says: class count (0 without a head),
-        depth, width, MLP width, and patch and image size (RGB input, square images)."""
-        fields = {"num_classes": int(shapes["head.0.weight"][0]) if "head.0.weight" in shapes else 0}
-        depth = len({name.split(".")[2] for name in shapes if name.startswith("body.layers.")})
-        if depth:
-            fields["depth"] = depth
-        if "cls" in shapes:
-            fields["width"] = int(shapes["cls"][-1])
-        if "body.layers.0.1.cell.1.ff1.dense.weight" in shapes:
-            fields["mlp_width"] = int(shapes["body.layers.0.1.cell.1.ff1.dense.weight"][0])
-        stem, positions = shapes.get("stem.patch_to_embedding.dense.weight"), shapes.get("pos_embedding")
-        if stem is not None and positions is not None:
-            patch = int(round((stem[1] / 3) ** 0.5))
-            grid = int(round((positions[1] - 1) ** 0.5))
-            if 3 * patch * patch == stem[1] and grid * grid == positions[1] - 1:
-                fields["patch_size"], fields["image_size"] = patch, grid * patch
-        return fields
-
-    @property
-    def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.num_heads
-
-    def drop_path_rates(self) -> list[float]:
-        """Stochastic depth rising linearly from 0 to `drop_path_rate` over the blocks."""
-        if self.depth == 1:
-            return [0.0]
-        return [self.drop_path_rate * i / (self.depth - 1) for i in range(self.depth)]
 
 
 def is_classifier_name(name: str) -> bool:

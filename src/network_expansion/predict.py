@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .card import asset_path
+from .config import PRECISIONS
 from .errors import ConfigError, DownloadError, ImageError, PrecisionError
 from .images import load_image, source_name
 from .graphs import compiled_forward, pad_batch
@@ -31,7 +32,6 @@ from .preprocess import data_config, preprocess_image
 from .ranges import POSITIVE
 
 IMAGENET_CLASSES = 1000
-PRECISIONS = ("float32", "float16", "bfloat16")
 
 
 @functools.lru_cache(maxsize=None)

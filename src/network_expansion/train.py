@@ -38,7 +38,8 @@ from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .formats import read_ckpt
 from .ahead import Prepared, warm
-from .expansion import EMA, Ramp, grow, set_gates, shaped
+from .expansion import EMA, Ramp, grow, set_gates
+from .schedule import shaped
 from .graphs import SharedForward, compiled_for, pad_batch
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer

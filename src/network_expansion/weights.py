@@ -27,10 +27,8 @@ import numpy as np
 from .atomic import atomic_write
 from .download import fetch, file_name_of
 from .errors import CheckpointError, ConfigError, DownloadError
-from .formats import FORMATS
+from .formats import FORMATS, NAMING_SCHEMES
 from .model import ViTConfig, is_classifier_name
-
-NAMING_SCHEMES = ("mindspore", "timm")
 
 # Entries a training checkpoint holds beside the model (optimizer, loss scale, counters).
 OPTIMIZER_ENTRY = re.compile(
@@ -355,7 +353,8 @@ def assign(parameter, value) -> None:
     import mindspore as ms
     from mindspore import ops
 
-    ops.assign(parameter, ms.Tensor(np.asarray(value, dtype=ms.dtype_to_nptype(parameter.dtype))))
+    tensor = ms.Tensor(np.asarray(value))
+    ops.assign(parameter, tensor if tensor.dtype == parameter.dtype else tensor.astype(parameter.dtype))
 
 
 def resample_positions(positions: np.ndarray, wanted: tuple):

@@ -31,11 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import SPLITS, ViTConfig
 from .errors import ConfigError
-from .model import ViTConfig
 
-SPLITS = ("random", "ema", "equal")
-WIDTH_LR = ("same", "scaled")  # the learning rate of grown matrices: unchanged, or * old / new input width
 COPIED = ("heads", "hidden")                      # rows copied whole
 SPLIT = {"read": "residual", "heads_in": "heads", "hidden_in": "hidden"}
 STREAM = ("write", "gain", "shift")               # rows on the residual stream
