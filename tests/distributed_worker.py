@@ -40,7 +40,8 @@ def main(out):
     steady = [r["train_seconds"] / len(train) for r in history.epochs[1:] if r["depth"] == history.epochs[-1]["depth"]]
     (out / f"rank_{job.rank}.json").write_text(json.dumps({
         "rank": job.rank, "size": job.size, "steps_per_epoch": len(train), "seconds": seconds,
-        "seconds_per_step": min(steady) if steady else None, "depth": model.depth}))
+        "seconds_per_step": min(steady) if steady else None, "depth": model.depth,
+        "epochs": [{k: r[k] for k in ("loss", "train_top1")} for r in history.epochs]}))
 
 
 if __name__ == "__main__":

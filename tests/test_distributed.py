@@ -53,4 +53,13 @@ def test_each_rank_trained_on_half_the_data_and_only_rank_0_wrote_checkpoints(tw
           f"{infos[0]['seconds']:.1f} s for 4 epochs")
     run = two_workers / "run"
     assert (run / "checkpoint.ckpt").is_file() and (run / "model.ckpt").is_file()
-    assert len((run / "log.jsonl").read_text().splitlines()) == 5  # 4 epochs + 1 growth, written once
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records] == ["compile_ahead", "epoch", "epoch", "grow", "epoch", "epoch"]  # once
+    assert next(r for r in records if r["event"] == "grow")["compiled_ahead"]  # the growth did not stop to compile
+
+
+def test_every_rank_reports_the_jobs_loss_and_accuracy_not_its_shards(two_workers):
+    """The epoch records (and the command's one `done:` line, from rank 0) hold the job's
+    numbers: the loss and accuracy summed over both ranks' shards."""
+    infos = [json.loads((two_workers / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    assert infos[0]["epochs"] == infos[1]["epochs"] and len(infos[0]["epochs"]) == 4

@@ -51,9 +51,19 @@ def test_positional_arguments_are_rejected_with_advice():
         create_network("NetworkExpansion", 10)
 
 
-def test_load_accepts_the_short_alias():
-    network = network_expansion.load("noahsark/NetworkExpansion", **TINY)
-    assert isinstance(network, network_expansion.VisionTransformer)
+def test_load_gives_the_released_weights_by_default_as_the_hub_client_does(released_like_checkpoint, monkeypatch):
+    """`mindspore_hub.load` defaults to the trained weights; so does the package's `load`
+    (here the released file's names and shapes, placed in the cache as a download would be),
+    which also accepts the short alias. `pretrained=False` is random weights."""
+    from network_expansion.formats import read_ckpt
+
+    monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(released_like_checkpoint.parent))
+    network = network_expansion.load("noahsark/NetworkExpansion")
+    released, _ = read_ckpt(released_like_checkpoint, only={"cls", "head.0.bias"})
+    assert np.array_equal(network.cls.asnumpy(), released["cls"])
+    assert np.array_equal(network.head[0].bias.asnumpy(), released["head.0.bias"])
+    random = network_expansion.load("noahsark/NetworkExpansion", pretrained=False, **TINY)
+    assert isinstance(random, network_expansion.VisionTransformer) and random.config.width == TINY["width"]
 
 
 def test_hub_conf_and_its_alias_export_the_same_create_network():

@@ -402,7 +402,10 @@ def _run_training(args, model_factory, config) -> int:
     if history.interrupted:
         return 143 if history.stopped_by == "terminated" else 130
     final = history.final
-    _say(f"done: depth {trainer.model.depth}, loss {final.get('loss') or float('nan'):.4f}, "
+    if not trainer.is_main:  # one summary for a data-parallel job: its numbers are the job's
+        return 0
+    loss = final.get("loss")
+    _say(f"done: depth {trainer.model.depth}, loss {'-' if loss is None else f'{loss:.4f}'}, "
           f"train top-1 {final.get('train_top1', 0):.2%}"
           + (f", val top-1 {final['val_top1']:.2%} (EMA {final['ema_val_top1']:.2%})" if "val_top1" in final else "")
           + f"; weights in {args.output}/model.ckpt")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mindspore as ms
+import numpy as np
 from mindspore import nn
 
 
@@ -35,6 +36,13 @@ class DataParallel:
     def shard(self, data):
         """`data` (ArrayData or FolderData) restricted to this rank's share (a copy)."""
         return data.shard(self.size, self.rank)
+
+    def sum(self, values) -> list:
+        """`values` (a few numbers) summed over every process of the job; every process must
+        call it, in the same order (an all-reduce)."""
+        from mindspore import ops
+
+        return ops.AllReduce()(ms.Tensor(np.asarray(values, np.float32))).asnumpy().tolist()
 
 
 def init_data_parallel() -> DataParallel:

@@ -111,3 +111,13 @@ class EpochMeter:
     @property
     def images_per_second(self) -> float:
         return self.seen / max(self.seconds, 1e-9)
+
+    def summary(self, total=None) -> dict:
+        """The epoch's loss, training top-1 and images/s for its record. `total`: sums a
+        vector over every process of a data-parallel job (`DataParallel.sum`), so that the
+        record is the job's, not this process's shard's (images/s: the job's images in this
+        process's time)."""
+        counts = [float(np.sum(self.losses)), len(self.losses), self.hits, self.seen]
+        loss_sum, steps, hits, seen = total(counts) if total is not None else counts
+        return {"loss": float(loss_sum / steps) if steps else None, "train_top1": float(hits / max(seen, 1)),
+                "images_per_s": float(seen / max(self.seconds, 1e-9))}

@@ -81,11 +81,12 @@ def load_pretrained(network, source=True, **options):
     return weight_files.load_pretrained(network, source, **options)
 
 
-def load(name: str = "noahsark/NetworkExpansion", *, pretrained=False, **overrides) -> VisionTransformer:
-    """`mindspore_hub.load` for this model, accepting the short alias as well as the uid.
-
-    The hub client itself wants the full uid (`noahsark/gpu/1.8/networkexpansion_v1.0_imagenet2012`);
-    this function needs no hub client and no network access for `pretrained=False`.
+def load(name: str = "noahsark/NetworkExpansion", *, pretrained=True, **overrides) -> VisionTransformer:
+    """`mindspore_hub.load` for this model: the released weights by default, as the hub
+    client's own `pretrained=True` (`pretrained=False`: random weights, nothing downloaded;
+    a path or URL: those weights). It also accepts the short alias, where the hub client
+    wants the full uid (`noahsark/gpu/1.8/networkexpansion_v1.0_imagenet2012`), and needs no
+    hub client.
     """
     return create_network(name, pretrained=pretrained, **overrides)
 

@@ -195,8 +195,8 @@ class Trainer:
         if self._prepared is not None:
             return
         self._prepared = {}
-        if not self.config.compile_ahead or self.distributed is not None:
-            return  # data parallel: every rank would have to run the same dummy steps
+        if not self.config.compile_ahead:
+            return
         started = time.perf_counter()
         model, ema, optimizer = self.model, self.ema, self.optimizer
         current = self.schedule.stage_at(self._clock)
@@ -247,7 +247,7 @@ class Trainer:
                 bar = tqdm(total=len(self.train_data), initial=self.batch_in_epoch, leave=False,
                            desc=f"{self.name + ': ' if self.name else ''}epoch {self.epoch + 1}/{self.config.epochs}",
                            unit="batch",
-                           disable=not self.progress or not self._is_main, file=sys.stderr)
+                           disable=not self.progress or not self.is_main, file=sys.stderr)
                 meter = EpochMeter(bar)
                 for images, labels in self._epoch_batches(meter):
                     start = time.perf_counter()
@@ -288,7 +288,7 @@ class Trainer:
             if meter is not None:
                 self._read_back(meter)  # a NaN raises here: nothing diverged is saved
             path = self.save_checkpoint()
-            if self._is_main:
+            if self.is_main:
                 where = f"saved {path}" if path else "nothing saved (no output_dir)"
                 logger.warning("%s: %s at epoch %d, batch %d; resume with Trainer.resume or --resume",
                                self._stop.name, where, self.epoch + 1, self.batch_in_epoch)
@@ -353,7 +353,9 @@ class Trainer:
         meter.show(self.model.depth)
 
     @property
-    def _is_main(self) -> bool:
+    def is_main(self) -> bool:
+        """Whether this process speaks for the run (writes its files and its story): rank 0 of a
+        data-parallel job, or the only process."""
         return self.distributed is None or self.distributed.rank == 0
 
     @property
@@ -448,8 +450,8 @@ class Trainer:
 
     def _record_epoch(self, meter: EpochMeter):
         record = {"event": "epoch", "epoch": self.epoch, "depth": self.model.depth,
-                  "stage": self.schedule.stage_at(self._clock - 1), "loss": meter.mean_loss,
-                  "train_top1": meter.top1, "images_per_s": meter.images_per_second,
+                  "stage": self.schedule.stage_at(self._clock - 1),
+                  **meter.summary(self.distributed.sum if self.distributed is not None else None),
                   "lr": self.lr_schedule.value(self.step - 1),
                   "train_seconds": meter.seconds}
         record.update(self.validate())
@@ -458,9 +460,9 @@ class Trainer:
 
     def _log(self, record: dict):
         self.history.records.append(record)
-        if self._is_main:
+        if self.is_main:
             logger.info("%s%s", f"{self.name}: " if self.name else "", describe_record(record, self.config.epochs))
-        if self.output_dir and self._is_main:
+        if self.output_dir and self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.output_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -473,7 +475,7 @@ class Trainer:
     def save_checkpoint(self, path=None):
         """Model, EMA, optimizer and position, written to a temporary file, then renamed."""
         path = Path(path) if path else self._checkpoint_path()
-        if path is None or not self._is_main:
+        if path is None or not self.is_main:
             return path
         state = {"epoch": self.epoch, "position": self.batch_in_epoch, "step": self.step,
                  "depth": self.model.depth, "model_config": dataclasses.asdict(self.model.config),
@@ -490,7 +492,7 @@ class Trainer:
         return path
 
     def _save_final(self):
-        if not self.output_dir or not self._is_main:
+        if not self.output_dir or not self.is_main:
             return
         from .weights import save_weights
 
