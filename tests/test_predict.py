@@ -217,3 +217,14 @@ def test_class_names_and_label_map_from_the_command_line(tmp_path, capsys):
     assert main(["evaluate", str(root), "--weights", str(weights)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("network-expansion: error: 2 class folders") and "--label-map" in err
+
+
+def test_a_classifier_says_it_is_compiling_before_its_first_prediction(caplog):
+    import logging
+
+    classifier = Classifier(color_rigged_network(), batch_size=2)
+    with caplog.at_level(logging.INFO, logger="network_expansion"):
+        classifier.predict([color_image(0), color_image(1)])
+        classifier.predict(color_image(2))
+    assert [m for m in caplog.messages if "compiling" in m] == [
+        "compiling the network for batches of 2 (the first prediction waits for it) ..."]

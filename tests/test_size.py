@@ -124,7 +124,7 @@ def sized_run(tmp_path_factory):
 def test_the_trainer_grows_depth_and_image_size_and_switches_the_data(sized_run):
     trainer, history, _ = sized_run
     grow = next(r for r in history.records if r["event"] == "grow")
-    assert (grow["epoch"], grow["size_from"], grow["size_to"], grow["to"]) == (2, 8, 16, 4)
+    assert (grow["epoch"], grow["size_from"], grow["size_to"], grow["to"]) == (3, 8, 16, 4)
     started = grow["wall_seconds"] - grow["seconds"]  # the clock at the growth's start
     assert 0 < grow["pause_seconds"] < history.epochs[-1]["wall_seconds"] - started
     assert trainer.model.config.image_size == 16 and trainer.ema.network.config.image_size == 16

@@ -230,7 +230,7 @@ def test_a_schedule_in_steps_grows_in_the_middle_of_an_epoch():
     trainer = _trainer(epochs=3, stage_starts="0,5", stage_unit="step")
     history = trainer.fit()
     grow = [r for r in history.records if r["event"] == "grow"]
-    assert [(g["step"], g["epoch"], g["from"], g["to"]) for g in grow] == [(5, 1, 2, 4)]
+    assert [(g["step"], g["epoch"], g["from"], g["to"]) for g in grow] == [(5, 2, 2, 4)]
     assert [r["depth"] for r in history.epochs] == [2, 4, 4]  # epoch 2 ended grown
 
 
@@ -290,14 +290,36 @@ def test_the_console_tells_each_epoch_and_growth_in_one_line(uninterrupted):
     assert "took " in lines[3] and "(training paused " in lines[3] and lines[3].endswith(" s)")
 
 
-def test_the_trainer_logs_its_story(caplog):
+def test_the_trainer_logs_its_story_and_says_compiling_before_it_compiles(caplog):
+    """Graphs compile for seconds (minutes at ViT-B's size): the story says so before, then
+    tells each epoch and growth."""
     import logging
 
-    trainer = _trainer(epochs=1, schedule=None)
+    trainer = _trainer(epochs=2, schedule="2,4")
     trainer.name = "mine"
     with caplog.at_level(logging.INFO, logger="network_expansion"):
         trainer.fit()
-    assert [m for m in caplog.messages if m.startswith("mine: epoch 1/1  depth 2  loss ")]
+    story = [m for m in caplog.messages if m.startswith("mine: ")]
+    starts = [next(i for i, m in enumerate(story) if m.startswith(f"mine: {text}")) for text in (
+        "compiling the graphs of stage 2 ahead", "compiled the graphs of stage 2 ahead in",
+        "compiling the training step for depth 2, width 16, 16 px", "epoch 1/2  depth 2  loss ",
+        "grew 2 -> 4 blocks at epoch 2", "epoch 2/2  depth 4  loss ")]
+    assert starts == sorted(starts), story
+
+
+def test_a_resumed_run_that_ends_sooner_compiles_no_stage_it_cannot_reach(tmp_path, caplog):
+    """Four epochs planned with a growth at epoch 3, resumed after the first to end after two:
+    the growth's stage never comes, so nothing is compiled for it."""
+    import logging
+
+    first = _trainer(tmp_path / "first", compile_ahead=False)
+    first.fit(until=1)
+    with caplog.at_level(logging.INFO, logger="network_expansion"):
+        resumed = Trainer.resume(tmp_path / "first" / "checkpoint.ckpt", first.train_data, first.val_data,
+                                 progress=False, output_dir=tmp_path / "shorter", changes={"epochs": 2})
+        history = resumed.fit()
+    assert [r["event"] for r in history.records] == ["epoch", "epoch"] and resumed.model.depth == 2
+    assert not any("ahead" in m for m in caplog.messages)
 
 
 def test_class_names_of_the_data_are_saved_with_the_trained_weights(tmp_path):

@@ -216,7 +216,7 @@ def test_the_trainer_grows_width_and_depth_at_the_stage_start_with_the_function_
     trainer, history, _ = wide_run
     grow = next(r for r in history.records if r["event"] == "grow")
     before = history.records[history.records.index(grow) - 1]
-    assert (grow["epoch"], grow["width_from"], grow["width_to"], grow["heads_to"], grow["to"]) == (2, 16, 32, 4, 4)
+    assert (grow["epoch"], grow["width_from"], grow["width_to"], grow["heads_to"], grow["to"]) == (3, 16, 32, 4, 4)
     assert (trainer.model.config.width, trainer.model.config.mlp_width, trainer.model.depth) == (32, 64, 4)
     # exact: the evaluation at the growth scores what the epoch before did, model and EMA
     assert (grow["val_top1"], grow["ema_val_top1"]) == (before["val_top1"], before["ema_val_top1"])

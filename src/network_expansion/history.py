@@ -14,7 +14,9 @@ import numpy as np
 @dataclass
 class History:
     """What happened: one record per epoch, per growth, per fold of an exact growth's gates
-    and one for the graphs compiled ahead (also written to log.jsonl)."""
+    and one for the graphs compiled ahead (also written to log.jsonl). Every record's
+    `epoch` is the number (from 1) of the epoch it belongs to, as the console says it: a
+    growth at the start of the third epoch and that epoch's own record both say 3."""
 
     records: list = field(default_factory=list)
     interrupted: bool = False
@@ -51,9 +53,9 @@ def describe_record(record: dict, epochs: int) -> str:
         if "pause_seconds" in record:
             took += f" (training paused {record['pause_seconds']:.1f} s)"
         if not copied:
-            return f"grew {width} at epoch {record['epoch'] + 1}{took}"
+            return f"grew {width} at epoch {record['epoch']}{took}"
         return (f"grew {width + ' and ' if width else ''}{record['from']} -> {record['to']} blocks at epoch "
-                f"{record['epoch'] + 1}: EMA copies of block{'s' if len(copied) > 1 else ''} {', '.join(copied)}, "
+                f"{record['epoch']}: EMA copies of block{'s' if len(copied) > 1 else ''} {', '.join(copied)}, "
                 f"{record.get('mode', 'insert')}ed ({' '.join(order)}){gated}{took}")
     if record["event"] == "compile_ahead":
         stages = record["stages"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,8 @@ from .images import load_image, source_name
 from .graphs import compiled_forward, pad_batch
 from .preprocess import data_config, preprocess_image
 from .ranges import POSITIVE
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_CLASSES = 1000
 
@@ -122,6 +125,7 @@ class Classifier:
         self.num_outputs = network.config.num_classes
         self.class_names = self._check_names(class_names) if class_names is not None else self._default_names()
         self._forward = compiled_forward(self.network)
+        self._compiled = False
         self._lock = threading.Lock()
 
     @property
@@ -165,6 +169,10 @@ class Classifier:
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start:start + self.batch_size]
             with self._lock:
+                if not self._compiled:  # the first forward compiles the graph: say so before it
+                    logger.info("compiling the network for batches of %d (the first prediction waits for it) ...",
+                                self.batch_size)
+                    self._compiled = True
                 logits = self._forward(ms.Tensor(pad_batch(chunk, self.batch_size))).asnumpy()
             logits = logits.astype(np.float32)[:len(chunk)]
             outputs.append(logits)

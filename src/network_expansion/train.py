@@ -136,7 +136,9 @@ class Trainer:
                         train_step=self._make_train_step(model, optimization.optimizer),
                         evaluation=SharedForward(model), born=dict(born or {}))
 
-    def _take(self, graphs: Prepared) -> None:
+    def _take(self, graphs: Prepared, compiled: bool = False) -> None:
+        """Train with `graphs` from now on (`compiled`: they have run, as graphs compiled ahead)."""
+        self._compiling = not compiled  # the next step compiles them: say so before
         self.ema = graphs.ema
         self.optimizer, self.lr_schedule = graphs.optimization.optimizer, graphs.optimization.lr_schedule
         self._train_step, self._evaluation = graphs.train_step, graphs.evaluation
@@ -200,11 +202,19 @@ class Trainer:
         started = time.perf_counter()
         model, ema, optimizer = self.model, self.ema, self.optimizer
         current = self.schedule.stage_at(self._clock)
+        length = self.config.epochs * (len(self.train_data) if self.schedule.unit == "step" else 1)
+        later = [index for index in range(current + 1, len(self.schedule.stages))
+                 if self.schedule.stages[index].start < length]  # a stage the run still reaches
+        if not later:
+            return
+        logger.info("%scompiling the graphs of stage%s %s ahead, so that the growths do not stop training ...",
+                    f"{self.name}: " if self.name else "", "s" if len(later) > 1 else "",
+                    ", ".join(str(i + 1) for i in later))
         eval_batch = None
         if self.val_data is not None:
             eval_batch = len(next(iter(self.val_data.evaluation_batches()))[1])
             self._stop.rearm()
-        for index in range(current + 1, len(self.schedule.stages)):
+        for index in later:
             shape = model.structural_copy()
             copy = EMA(shape, ema.decay)
             copied = build_optimizer(shape, self.config, len(self.train_data), self.final_depth,
@@ -217,7 +227,7 @@ class Trainer:
             self._prepared[index] = prepared
             model, ema, optimizer = shape, growth.ema, prepared.optimization.optimizer
         if self._prepared:
-            self._log({"event": "compile_ahead", "epoch": self.epoch, "step": self.step,
+            self._log({"event": "compile_ahead", "epoch": self.epoch + 1, "step": self.step,
                        "stages": sorted(self._prepared), "seconds": time.perf_counter() - started,
                        "wall_seconds": self.wall_seconds})
 
@@ -250,6 +260,11 @@ class Trainer:
                            disable=not self.progress or not self.is_main, file=sys.stderr)
                 meter = EpochMeter(bar)
                 for images, labels in self._epoch_batches(meter):
+                    if self._compiling:  # the step waits for its graphs: say why before, not after
+                        logger.info("%scompiling the training step for %s (the first step waits for it) ...",
+                                    f"{self.name}: " if self.name else "", _shape_text(self.model.config))
+                        bar.set_postfix_str("compiling the training step ...")
+                        self._compiling = False
                     start = time.perf_counter()
                     rng = np.random.default_rng([rng_seed, self.epoch, self.batch_in_epoch, 2])
                     inputs, targets = soft_targets(labels, self.model.config.num_classes, self.config, rng, images)
@@ -373,7 +388,7 @@ class Trainer:
         self.model.fold_gates()
         self.ema.network.fold_gates()
         self._ramp = None
-        self._log({"event": "fold", "epoch": self.epoch, "step": self.step + 1, "wall_seconds": self.wall_seconds})
+        self._log({"event": "fold", "epoch": self.epoch + 1, "step": self.step + 1, "wall_seconds": self.wall_seconds})
 
     def _grow_if_due(self, meter: EpochMeter | None = None) -> None:
         stage = self.schedule.stage(self._clock)
@@ -393,10 +408,10 @@ class Trainer:
         if ahead:  # compiled at the start: hand the values over, take the prepared layers
             prepared.hand_over(self.model, growth.ema, growth, self.step)
             self.model.adopt(prepared.model)
-            self._take(prepared)
+            self._take(prepared, compiled=True)
         else:
             self._rebuild(ema=growth.ema, growth=growth)
-        record = {"event": "grow", "epoch": self.epoch, "step": self.step, "from": before.depth, "to": stage.depth,
+        record = {"event": "grow", "epoch": self.epoch + 1, "step": self.step, "from": before.depth, "to": stage.depth,
                   "order": growth.order, "mode": self.config.expansion_mode, "growth": self.config.growth,
                   "compiled_ahead": ahead}
         if grew["width"]:
@@ -585,6 +600,11 @@ def folder_trainer(model, train_dir, val_dir=None, config: TrainConfig | None = 
                               progress=progress)
     return Trainer(model, train, val, config or TrainConfig(), output_dir=output_dir, distributed=distributed,
                    progress=progress)
+
+
+def _shape_text(config) -> str:
+    """`depth 12, width 768, 224 px`: what a stage trains, in a line of the story."""
+    return f"depth {config.depth}, width {config.width}, {config.image_size} px"
 
 
 def _what_grows(stage, model) -> dict:
