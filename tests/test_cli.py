@@ -151,3 +151,90 @@ def test_predict_json_prints_only_json_on_stdout(tmp_path):
     lines = result.stdout.splitlines()
     assert [json.loads(line)["source"] for line in lines] == ["cat.jpg", "coffee.png"], result.stdout[-2000:]
     assert list((tmp_path / "cache").rglob("Fused_*.so")), "nothing was fused: the test would prove nothing"
+
+
+# -- what a new user hit: small wrong results (issue 34) -------------------------------------
+
+SMALL_TRAIN = ["--image-size", "16", "--patch-size", "8", "--width", "16", "--num-heads", "2", "--mlp-width", "32",
+               "--batch-size", "4"]
+
+
+def _one_line(code, err, *needles):
+    assert code == 2, err
+    assert len([line for line in err.splitlines() if line.startswith("network-expansion: error: ")]) == 1, err
+    assert "Traceback" not in err and all(needle in err for needle in needles), err
+
+
+def test_a_one_class_tree_is_refused_before_training(tmp_path, capsys):
+    noise_folder(tmp_path / "data", classes=("ant",))
+    code, _, err = run_command(["train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run"),
+                                *SMALL_TRAIN], capsys)
+    _one_line(code, err, "has one class folder ('ant')", "needs two or more")
+    assert not (tmp_path / "run" / "checkpoint.ckpt").exists()
+
+
+def test_predict_refuses_an_empty_folder_and_a_missing_image_before_reading_weights(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    missing_weights = str(tmp_path / "no-such-weights.ckpt")  # never read: the inputs are checked first
+    code, _, err = run_command(["predict", str(tmp_path / "empty"), "--weights", missing_weights], capsys)
+    _one_line(code, err, "no image files in this folder")
+    code, _, err = run_command(["predict", str(tmp_path / "missing.jpg"), "--weights", missing_weights], capsys)
+    _one_line(code, err, "missing.jpg: no such file or folder")
+
+
+def test_evaluate_leaves_out_top_5_for_a_network_of_five_classes_or_fewer(tmp_path, capsys):
+    from PIL import Image
+
+    from conftest import color_image, color_rigged_network
+    import network_expansion as ne
+
+    for c, name in enumerate(("0-red", "1-green", "2-blue")):  # sorted as the rig's outputs
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        Image.fromarray(color_image(c)).save(tmp_path / "tree" / name / "0.png")
+    weights = ne.save_weights(color_rigged_network(), tmp_path / "rig.ckpt")
+    code, out, err = run_command(["evaluate", str(tmp_path / "tree"), "--weights", str(weights)], capsys)
+    assert code == 0, err
+    assert "top-1 100.00%  on 3 images, 3 classes" in out and "top-5" not in out
+
+
+def test_convert_counts_the_tensors_it_wrote(tmp_path, capsys):
+    from conftest import tiny_config
+    import network_expansion as ne
+
+    source = ne.save_weights(ne.VisionTransformer(tiny_config(depth=2)), tmp_path / "tiny.ckpt")  # 40 tensors
+    code, out, err = run_command(["convert", str(source), str(tmp_path / "tiny.safetensors")], capsys)
+    assert code == 0, err
+    assert "32 tensors with timm names, from 40 tensors with mindspore names" in out  # q, k, v fused: 8 fewer
+
+
+def test_a_resumed_run_names_the_flags_it_refuses(tmp_path, capsys):
+    noise_folder(tmp_path / "data")
+    common = ["train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run"), *SMALL_TRAIN]
+    assert run_command([*common, "--schedule", "1,2", "--epochs", "2"], capsys)[0] == 0
+    checkpoint = str(tmp_path / "run" / "checkpoint.ckpt")
+    code, _, err = run_command(["train", "--data", str(tmp_path / "data"), "--resume", checkpoint, "--lr", "0.1",
+                                "--schedule", "2,4", "--epochs", "3"], capsys)
+    _one_line(code, err, "--lr 0.1 (saved 0.0005)", "--schedule 2,4 (saved 1,2)",
+              "Only --epochs, --log-every and --output can change")
+    assert "compile_ahead" not in err
+
+
+def test_a_done_line_says_a_loss_of_zero_as_zero():
+    from network_expansion.history import describe_record
+
+    record = {"event": "epoch", "epoch": 1, "depth": 2, "loss": 0.0, "images_per_s": 10.0, "lr": 1e-3}
+    assert "loss 0.0000" in describe_record(record, 1)
+
+
+def test_weights_without_their_head_count_say_how_to_give_it(tmp_path):
+    """A checkpoint written by MindSpore's own save_checkpoint (or ModelCheckpoint) holds no
+    head count; where the released model's 12 cannot divide the width, the error says what
+    to pass."""
+    from conftest import random_state, tiny_shapes, write_ckpt
+    import network_expansion as ne
+    from network_expansion.errors import ConfigError
+
+    path = write_ckpt(tmp_path / "plain.ckpt", random_state(tiny_shapes()))  # width 32: 12 heads cannot divide it
+    with pytest.raises(ConfigError, match=r"do not record their number of attention heads.*num_heads=2.*--num-heads"):
+        ne.create_network("NetworkExpansion", pretrained=str(path))
+    assert ne.create_network("NetworkExpansion", pretrained=str(path), num_heads=4).config.num_heads == 4

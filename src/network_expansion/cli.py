@@ -413,8 +413,11 @@ def _run_training(args, model_factory, config) -> int:
 
 
 def _refuse_changed(args, state: dict, batch_size: int) -> None:
-    """A resumed run is the same run: architecture and batch size stay (the recipe is
-    checked by `Trainer.resume`)."""
+    """A resumed run is the same run: its architecture, batch size and recipe stay; only
+    --epochs, --log-every and --output may change. Said in flags, before anything is read."""
+    from .config import TrainConfig
+    from .train import RESUMABLE
+
     saved = dict(state["model_config"])
     differing = [f"--{flag.replace('_', '-')} {value} (saved {saved[field]})"
                  for flag, field in _MODEL_FLAGS.items()
@@ -422,9 +425,26 @@ def _refuse_changed(args, state: dict, batch_size: int) -> None:
                  and value != saved[field] and field != "depth"]
     if state.get("batch_size") not in (None, batch_size):
         differing.append(f"--batch-size {batch_size} (saved {state['batch_size']})")
+    recipe = TrainConfig(**state["train_config"])
+    given = {field: value for field, value in _given(args, _RECIPE_FLAGS).items() if field not in RESUMABLE}
+    proposed = dataclasses.replace(recipe, **given)  # normalised as the saved recipe was
+    flag_of = {field: flag for flag, field in _RECIPE_FLAGS.items()}
+    differing += [f"--{flag_of[field].replace('_', '-')} {_flag_value(getattr(proposed, field))} "
+                  f"(saved {_flag_value(getattr(recipe, field))})"
+                  for field in given if getattr(proposed, field) != getattr(recipe, field)]
     if differing:
-        raise ConfigError("a resumed run keeps its architecture and batch size; these differ from the "
-                          "checkpoint's: " + ", ".join(differing) + ". Drop them, or start a new run")
+        allowed = ", ".join(f"--{flag_of[field].replace('_', '-')}" for field in RESUMABLE if field in flag_of)
+        raise ConfigError("a resumed run is the same run; these differ from the checkpoint's: " + ", ".join(differing)
+                          + f". Only {allowed} and --output can change: drop the others, or start a new run")
+
+
+def _flag_value(value) -> str:
+    """A setting as it is typed on the command line (`6,12` for a schedule, `none` for none)."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def _model_overrides(args) -> dict:
@@ -448,7 +468,7 @@ def _train(args) -> int:
     # --schedule, else the released 6,12 (with --depth alone: that depth throughout)
     schedule = args.schedule or (None if args.depth else DEFAULT_SCHEDULE)
     config = _train_config(args, schedule=None if schedule == NO_SCHEDULE else schedule)
-    num_classes = args.num_classes or len(ImageFolder.scan(args.data).classes)
+    num_classes = args.num_classes or _class_count(ImageFolder.scan(args.data))
     overrides = _model_overrides(args)
     width = config.final_width(overrides.get("width", ViTConfig.width))
     if overrides.get("width", width) != width:
@@ -467,6 +487,16 @@ def _train(args) -> int:
                                                       seed=config.seed, **overrides), config)
 
 
+def _class_count(folder) -> int:
+    """The classes a training tree gives the classifier: two or more."""
+    from .errors import DataError
+
+    if len(folder.classes) < 2:
+        raise DataError(f"{folder.root} has one class folder ({folder.classes[0]!r}): a classifier learns to tell "
+                        f"classes apart and needs two or more; put each class's images in a folder of its own")
+    return len(folder.classes)
+
+
 def _finetune(args) -> int:
     from .datasets import ImageFolder
     from .hub import create_network
@@ -475,7 +505,7 @@ def _finetune(args) -> int:
     if args.resume:
         return _run_training(args, None, None)
     config = _train_config(args)
-    num_classes = len(ImageFolder.scan(args.data).classes)
+    num_classes = _class_count(ImageFolder.scan(args.data))
 
     def model():
         try:
@@ -542,11 +572,19 @@ def _predict(args) -> int:
 
     from .datasets import image_files
 
+    from .errors import DataError, ImageError
+
     inputs = []
-    for item in args.images:
+    for item in args.images:  # every path checked before the weights are read
         path = Path(item)
         if path.is_dir():
-            inputs += [str(p) for p in image_files(path)]
+            found = [str(p) for p in image_files(path)]
+            if not found:
+                raise DataError(f"{item}: no image files in this folder (looked for the suffixes of JPEG, PNG, WebP, "
+                                f"BMP, GIF and TIFF files, in its sub-folders too)")
+            inputs += found
+        elif not path.exists():
+            raise ImageError(f"{item}: no such file or folder")
         else:
             inputs.append(item)
     classifier = _classifier(args)
@@ -618,18 +656,20 @@ def _check_card(args) -> int:
 
 
 def _convert(args) -> int:
-    from .weights import convert, read_weights
-
     from pathlib import Path
+
+    from .weights import convert, default_names, in_scheme, read_weights
 
     from .errors import OutputError
 
     if Path(args.destination).exists() and not args.overwrite:
         raise OutputError(f"{args.destination} exists; pass --overwrite to replace it, or give another name")
     weights = read_weights(args.source)
-    path = convert(weights, args.destination, names=args.names)
-    _say(f"wrote {path}: {len(weights.state)} tensors from {weights.source} ({weights.scheme} names), "
-          f"architecture {weights.architecture or weights.assumed}")
+    names = args.names or default_names(args.destination)
+    path = convert(weights, args.destination, names=names)
+    _say(f"wrote {path}: {len(in_scheme(weights.state, names))} tensors with {names} names, from "
+          f"{weights.file_tensors} tensors with {weights.scheme} names in {weights.source}; architecture "
+          f"{weights.architecture or weights.assumed}")
     return 0
 
 

@@ -24,14 +24,15 @@ class Evaluation:
     """Accuracy over the images that could be read; `errors` lists the others by file."""
 
     top1: float
-    top5: float
+    top5: float | None  # None for a network of 5 classes or fewer, where every label is in its top 5
     count: int
     classes: list
     per_class: list = field(default_factory=list)  # (class, images, top-1 accuracy)
     errors: list = field(default_factory=list)     # (path, message)
 
     def __str__(self):
-        text = f"top-1 {self.top1:.2%}  top-5 {self.top5:.2%}  on {self.count} images, {len(self.classes)} classes"
+        top5 = f"  top-5 {self.top5:.2%}" if self.top5 is not None else ""
+        text = f"top-1 {self.top1:.2%}{top5}  on {self.count} images, {len(self.classes)} classes"
         if self.errors:
             text += f"; {len(self.errors)} unreadable file(s) left out"
         return text
@@ -89,7 +90,8 @@ def evaluate(classifier, root, *, label_map=None, workers: int = 2, progress: bo
     for path, message in errors:
         logger.warning("skipped unreadable image: %s", message)
     count = len(seen)
-    return Evaluation(top1=float(hits1.mean()) if count else 0.0, top5=float(np.mean(hits5)) if count else 0.0,
+    top5 = (float(np.mean(hits5)) if count else 0.0) if classifier.num_labels > 5 else None
+    return Evaluation(top1=float(hits1.mean()) if count else 0.0, top5=top5,
                       count=count, classes=folder.classes, per_class=per_class, errors=errors)
 
 

@@ -58,7 +58,15 @@ def create_network(name: str = "NetworkExpansion", *args, pretrained=False, seed
     # caller's keywords win. A class count of the caller's own asks for a new head.
     # Nothing is drawn for the weights the file overwrites (1.5 s of random numbers for
     # ViT-B): only a new head is initialised, from `seed`.
-    config = ViTConfig(**{**weights.config_fields(), **overrides})
+    try:
+        config = ViTConfig(**{**weights.config_fields(), **overrides})
+    except ConfigError as error:
+        if "num_heads" in weights.architecture or "num_heads" in overrides:
+            raise
+        raise ConfigError(f"{error}. The weights do not record their number of attention heads (a file written by "
+                          f"MindSpore's save_checkpoint or ModelCheckpoint holds tensors only), so the released "
+                          f"model's {ViTConfig.num_heads} were assumed: pass the network's own, e.g. "
+                          f"create_network(..., num_heads=2), or --num-heads on the command line") from None
     network = VisionTransformer(config, seed=seed, initialize=False)
     new_head = config.num_classes != weights.num_classes
     if new_head:

@@ -66,6 +66,9 @@ class Trainer:
         self.output_dir = Path(output_dir) if output_dir else None
         self.progress = progress
         self.distributed = distributed  # set by distributed.py: gradient reducer and rank
+        if model.config.num_classes < 2:
+            raise ConfigError(f"a classifier of {model.config.num_classes} output(s) cannot be trained: it learns to "
+                              f"tell classes apart and needs two or more (num_classes)")
         if len(train_data) == 0:
             raise DataError(
                 f"the training data has {train_data.num_samples} sample(s) per process, fewer than one batch of "

@@ -83,6 +83,7 @@ class Weights:
     # build the network and are written on conversion, but loading does not insist on them.
     assumed: dict = field(default_factory=dict)
     class_names: tuple | None = None                  # labels of the head's outputs, if recorded
+    file_tensors: int = 0                             # the model's tensors as the file holds them (timm: fused qkv)
 
     @property
     def shape_fields(self) -> dict:
@@ -143,7 +144,7 @@ def read_weights(source, *, cache_dir=None, sha256=None, progress=True) -> Weigh
     architecture.update(recorded)
     assumed = {k: v for k, v in assumed.items() if k not in recorded}
     weights = Weights(state=state, source=str(path), scheme=scheme, architecture=architecture, ignored=ignored,
-                      assumed=assumed, class_names=_class_names_from(metadata, path))
+                      assumed=assumed, class_names=_class_names_from(metadata, path), file_tensors=len(model))
     if weights.class_names is not None and len(weights.class_names) != weights.num_classes:
         raise CheckpointError(path, [f"its metadata names {len(weights.class_names)} classes, its head has "
                                      f"{weights.num_classes} outputs"],
@@ -407,8 +408,7 @@ def save_weights(network_or_weights, path, *, names: str = "mindspore") -> Path:
         state = network_state(network_or_weights)
         architecture = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
         class_names = getattr(network_or_weights, "class_names", None)
-    if names == "timm":
-        state = mindspore_to_timm(state)
+    state = in_scheme(state, names)
     fields = {"names": names, "architecture": architecture}
     if class_names is not None:
         fields["class_names"] = list(class_names)
@@ -422,13 +422,23 @@ def _write_file(state: dict, path: Path, metadata: str) -> None:
     FORMATS[path.suffix.lower()].write({n: np.ascontiguousarray(v) for n, v in state.items()}, path, metadata)
 
 
+def in_scheme(state: dict, names: str) -> dict:
+    """`state` (MindSpore names) with the names of `names` ('mindspore' or 'timm')."""
+    return mindspore_to_timm(state) if names == "timm" else state
+
+
+def default_names(destination) -> str:
+    """The naming scheme `convert` writes by default: MindSpore names for `.ckpt`, timm names
+    for `.safetensors` and `.npz` (the formats the PyTorch world reads)."""
+    return "mindspore" if Path(destination).suffix.lower() == ".ckpt" else "timm"
+
+
 def convert(source, destination, *, names: str | None = None) -> Path:
     """Convert a checkpoint (path, URL or `Weights`) between formats and naming schemes.
 
-    `names`: 'mindspore' or 'timm'; by default MindSpore names for `.ckpt` and timm
-    names for `.safetensors` and `.npz` (the formats the PyTorch world reads).
+    `names`: 'mindspore' or 'timm'; by default `default_names(destination)`.
     """
     destination = Path(destination)
-    names = names or ("mindspore" if destination.suffix.lower() == ".ckpt" else "timm")
+    names = names or default_names(destination)
     weights = source if isinstance(source, Weights) else read_weights(source)
     return save_weights(weights, destination, names=names)
