@@ -188,7 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
 
     check = commands.add_parser("check-card", help="check hub cards against the hub's validator rules")
-    check.add_argument("cards", nargs="+", metavar="CARD", help="path of a card (.md)")
+    check.add_argument("cards", nargs="*", metavar="CARD",
+                       help="path of a card (.md); default: the card shipped with this package")
     check.set_defaults(run=_check_card)
 
     from .formats import FORMATS, NAMING_SCHEMES
@@ -279,15 +280,15 @@ def _parser() -> argparse.ArgumentParser:
 
     demo_settings = DemoSettings()
     about = ("expansion against full depth on scikit-learn's digits: table and plot (about 3 minutes on two "
-             "CPU cores; needs the demo extra: pip install -e '.[demo]')")
+             "idle CPU cores, longer on a busy machine; needs the demo extra: pip install -e '.[demo]')")
     demo = commands.add_parser("demo", help=about, description=about)
     demo.add_argument("--epochs", type=_accepting(RECIPE["epochs"]),
                       help=f"epochs of each run (default {demo_settings.recipe.epochs})")
     demo.add_argument("--schedule", type=_schedule, help=f"expansion schedule (default {demo_settings.schedule_text})")
     demo.add_argument("--width", type=_accepting(MODEL["width"]),
                       help=f"token width of the small ViT (default {demo_settings.model.width})")
-    demo.add_argument("--output", default="expansion-demo", help="folder for logs, plot and summary "
-                                                                 "(default expansion-demo)")
+    demo.add_argument("--output", default="runs/expansion-demo", help="folder for logs, plot and summary "
+                                                                      "(default runs/expansion-demo)")
     demo.set_defaults(run=_demo)
 
     from .export import FORMATS as EXPORT_FORMATS
@@ -642,11 +643,17 @@ def _info(args) -> int:
     return 0
 
 
+def _shipped_card() -> str:
+    from .card import CARD_UID, asset_path
+
+    return str(asset_path(f"{CARD_UID}.md"))
+
+
 def _check_card(args) -> int:
     from .card import validate_card
 
     failed = 0
-    for path in args.cards:
+    for path in args.cards or [_shipped_card()]:
         problems = validate_card(path)
         _say(f"{path}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
         for problem in problems:

@@ -181,7 +181,7 @@ def _by_stage(epochs) -> list:
     return list(by_stage.values())
 
 
-def compare(settings: DemoSettings = DemoSettings(), output_dir="expansion-demo", progress: bool = True) -> dict:
+def compare(settings: DemoSettings = DemoSettings(), output_dir="runs/expansion-demo", progress: bool = True) -> dict:
     """Both runs (taking turns every epoch), the table and the plot.
     Returns {'full': ..., 'expansion': ..., 'table': str}."""
     output_dir = Path(output_dir)
