@@ -112,7 +112,8 @@ def test_offline_advice_fits_the_door_the_user_came_through(tmp_path, capsys, mo
     monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(tmp_path))
     url = f"http://127.0.0.1:{_closed_port()}/{NAME}"
     if door == "command":
-        assert main(["predict", "cat.jpg", "--weights", url]) == 2
+        (tmp_path / "cat.jpg").write_bytes(b"not read: the weights fail first")
+        assert main(["predict", str(tmp_path / "cat.jpg"), "--weights", url]) == 2
         message = capsys.readouterr().err
         assert message.startswith("network-expansion: error: cannot download") and "Traceback" not in message
     else:

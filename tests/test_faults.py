@@ -236,7 +236,9 @@ def test_a_cache_folder_that_is_a_file_says_so(server, tmp_path, capsys, monkeyp
     with pytest.raises(DownloadError, match="cannot use the cache folder"):
         fetch(server.url("/w/tiny.ckpt"), folder=tmp_path / "cache", progress=False)
     monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(tmp_path / "cache"))
-    code, _, err = run_command(["predict", "cat.jpg", "--weights", server.url("/w/tiny.ckpt")], capsys)
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat.jpg")
+    code, _, err = run_command(["predict", str(tmp_path / "cat.jpg"), "--weights", server.url("/w/tiny.ckpt")],
+                               capsys)
     _one_line_error(code, err, "cannot use the cache folder", "NETWORK_EXPANSION_CACHE")
 
 
