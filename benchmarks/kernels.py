@@ -6,8 +6,8 @@ use, forward and forward + backward, at the shapes of a ViT-B/16 training step a
 This is how the package chose its forms (the GELU, the LayerNorm, the Dense layers' bias
 add); rows are medians of `--repeats` calls after a warm-up, the forms of one layer timed
 in turns, so that the machine's drift falls on all of them. Each is compiled as the
-package compiles (`graphs.compiled`: without MindSpore's queue thread on the CPU; before
-2026-12-04 this benchmark used `ms.jit`, with it).
+package's graphs run in a tuned process (`tune_cpu`: without MindSpore's queue thread on the
+CPU; before 2026-12-04 this benchmark used `ms.jit`, with it).
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ import argparse
 import statistics
 import time
 
-import mindspore as ms
-import numpy as np
-from mindspore import mint, nn, ops
+from network_expansion.tuning import tune_cpu
 
-from network_expansion.graphs import compiled as jit
-from network_expansion.model import _TanhGELU, _layer_norm
+tune_cpu(kernel_fusion=False)  # the program: MindSpore's queue thread off, as the package's timings were taken
+
+import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
+from mindspore import mint, nn, ops  # noqa: E402
+
+from network_expansion.cpu_forms import LARGE, _TanhGELU, _layer_norm  # noqa: E402
+from network_expansion.graphs import compiled as jit  # noqa: E402
 
 TOKENS = (8, 197)  # batch 8, 196 patches + cls
 
@@ -56,10 +60,10 @@ class MintLayerNorm(ManualLayerNorm):
 
 class WrittenOutLayerNorm(ManualLayerNorm):
     """MindSpore's fused LayerNorm forward with the package's written-out backward
-    (`model._layer_norm` while training, on tokens x width)."""
+    (`cpu_forms._layer_norm` while training, on tokens x width)."""
 
     def construct(self, x):
-        flat = _layer_norm(x.reshape(-1, x.shape[-1]), self.gamma, self.beta, 1e-6, True)
+        flat = _layer_norm(x.reshape(-1, x.shape[-1]), self.gamma, self.beta, 1e-6, True, LARGE, False)
         return flat.reshape(x.shape)
 
 
@@ -100,11 +104,11 @@ def forms():
         ("LayerNorm 768", "nn.LayerNorm", nn.LayerNorm((768,), epsilon=1e-6), TOKENS + (768,)),
         ("LayerNorm 768", "mint layer_norm", MintLayerNorm(768), TOKENS + (768,)),
         ("LayerNorm 768", "reductions + elementwise", ManualLayerNorm(768), TOKENS + (768,)),
-        ("LayerNorm 768", "fused, backward written out (model._layer_norm)", WrittenOutLayerNorm(768),
+        ("LayerNorm 768", "fused, backward written out (cpu_forms._layer_norm)", WrittenOutLayerNorm(768),
          TOKENS + (768,)),
         ("GELU (tanh) 3072", "ops.gelu(approximate='tanh')", Function(tanh_gelu), TOKENS + (3072,)),
         ("GELU (tanh) 3072", "x * sigmoid(...), autodiff", Function(sigmoid_gelu), TOKENS + (3072,)),
-        ("GELU (tanh) 3072", "x * sigmoid(...), written-out backward (model._TanhGELU)", _TanhGELU(),
+        ("GELU (tanh) 3072", "x * sigmoid(...), written-out backward (cpu_forms._TanhGELU)", _TanhGELU(),
          TOKENS + (3072,)),
         ("softmax 12 x 197 x 197", "ops.softmax", Function(softmax), (8, 12, 197, 197)),
         ("softmax 12 x 197 x 197", "mint softmax", Function(mint_softmax), (8, 12, 197, 197)),

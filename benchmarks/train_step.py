@@ -70,13 +70,12 @@ def compile_as_package(network, function):
 
 
 def package_worker(scale: str, job: str, drop_path: float = 0.0):
-    # the package before MindSpore, as its users import it: OpenMP's idle threads passive, so
-    # that it fuses kernels (graphs.fusion_available)
+    architecture, batch = SCALES[scale]
+    tune_for_this_cpu(architecture)
     from network_expansion import ArrayData, TrainConfig, Trainer, ViTConfig, VisionTransformer
 
     import mindspore as ms
 
-    architecture, batch = SCALES[scale]
     config = ViTConfig(**architecture, drop_path_rate=drop_path)
     rng = np.random.default_rng(0)
     model = VisionTransformer(config, seed=0)
@@ -132,6 +131,22 @@ def package_worker(scale: str, job: str, drop_path: float = 0.0):
         trainer = state["trainer"]
         trainer.fit(until=trainer.epoch + 1)
     return run
+
+
+def tune_for_this_cpu(architecture: dict) -> None:
+    """The benchmark is the program: it tunes the process as the command line does
+    (`tune_cpu`, kernel fusion where it pays), before MindSpore is imported. Versions of
+    the package before 2026-12-06 have no `tune_cpu`: importing them tuned the process."""
+    try:
+        from network_expansion.tuning import tune_cpu
+    except ImportError:
+        import network_expansion  # noqa: F401  (it set OpenMP's wait policy on import)
+        return
+    tune_cpu(kernel_fusion=False)  # first: before MindSpore is imported
+    from network_expansion.config import ViTConfig
+    from network_expansion.cpu_forms import fusion_pays
+
+    tune_cpu(kernel_fusion=fusion_pays(ViTConfig(**architecture)))
 
 
 def timm_worker(scale: str, job: str, drop_path: float = 0.0):

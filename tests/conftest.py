@@ -7,11 +7,9 @@ from pathlib import Path
 # the suite's cache (fused kernels, downloads) is its own, not the user's ~/.cache
 os.environ.setdefault("NETWORK_EXPANSION_CACHE", tempfile.mkdtemp(prefix="network-expansion-tests-"))
 
-# first: OpenMP's idle threads passive, so that graphs can fuse kernels (graphs.quiet_openmp;
-# MindSpore loads OpenMP when it is imported)
-from network_expansion.graphs import quiet_openmp  # noqa: I001
-
-quiet_openmp()
+# the suite is the program: OpenMP's idle threads passive (as tune_cpu() sets them), before MindSpore
+# loads OpenMP, so that the tests that fuse kernels can (test_cpu_forms.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import mindspore as ms
 import numpy as np
@@ -221,16 +219,13 @@ def small_trainer(output_dir=None, depth=2, epochs=4, image_size=16, **config):
 
 def stop_at_step(trainer, at):
     """Ctrl-C (KeyboardInterrupt) just before the trainer's `at`-th step, whatever the depth."""
-    make = trainer._make_train_step
-
-    def make_interruptible(*args):
-        step = make(*args)
-
+    def interruptible(step):
         def run(*args):
             if trainer.step == at:
                 raise KeyboardInterrupt
             return step(*args)
         return run
 
-    trainer._make_train_step = make_interruptible
-    trainer._train_step = make_interruptible()
+    make = trainer._stages.train_step
+    trainer._stages.train_step = lambda *args: interruptible(make(*args))  # the graphs of later stages
+    trainer._graphs.train_step = trainer._train_step = interruptible(trainer._train_step)

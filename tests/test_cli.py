@@ -139,7 +139,9 @@ def test_predict_json_prints_only_json_on_stdout(tmp_path):
     import network_expansion as ne
 
     network = ne.create_network("NetworkExpansion", depth=1, width=384, num_heads=6, mlp_width=768, num_classes=3)
-    assert network.fuses_kernels
+    from network_expansion.cpu_forms import fusion_pays
+
+    assert fusion_pays(network.config)
     weights = ne.save_weights(network, tmp_path / "wide.ckpt")
     Image.fromarray(data.chelsea()).save(tmp_path / "cat.jpg")
     Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
@@ -151,6 +153,7 @@ def test_predict_json_prints_only_json_on_stdout(tmp_path):
     lines = result.stdout.splitlines()
     assert [json.loads(line)["source"] for line in lines] == ["cat.jpg", "coffee.png"], result.stdout[-2000:]
     assert list((tmp_path / "cache").rglob("Fused_*.so")), "nothing was fused: the test would prove nothing"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "cat.jpg", "coffee.png", "wide.ckpt"]  # no AKG log
 
 
 # -- what a new user hit: small wrong results (issue 34) -------------------------------------

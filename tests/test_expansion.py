@@ -6,7 +6,8 @@ import pytest
 from conftest import parameters_of, tiny_config
 
 from network_expansion import ConfigError, VisionTransformer, create_network, save_weights
-from network_expansion.expansion import EMA, expand
+from network_expansion.ema import EMA
+from network_expansion.expansion import expand
 from network_expansion.schedule import ExpansionSchedule
 
 
@@ -135,13 +136,14 @@ def test_the_ema_moves_towards_the_live_weights_by_one_minus_decay():
 
 
 def test_every_average_moves_by_one_minus_decay_in_both_of_the_updates_forms():
-    # tensors of LARGE elements or more are updated in place (assign_add), smaller by lerp
-    from network_expansion.model import LARGE
+    # in the CPU's forms, tensors of `large_from` elements or more are updated in place
+    # (assign_add), smaller ones by lerp
+    from network_expansion.cpu_forms import CPUForms
 
-    model = VisionTransformer(tiny_config(depth=1, width=128, num_heads=2, mlp_width=LARGE // 128), seed=1)
-    ema = EMA(model, decay=0.75)
+    model = VisionTransformer(tiny_config(depth=1, width=128, num_heads=2, mlp_width=256), seed=1)
+    ema = EMA(model, decay=0.75, forms=CPUForms(large_from=128 * 256))
     sizes = [p.size for p in model.trainable_params()]
-    assert max(sizes) >= LARGE > min(sizes)
+    assert max(sizes) >= 128 * 256 > min(sizes) and len(ema._step.large) and len(ema._step.small)
     before = [p.asnumpy().copy() for p in ema.network.get_parameters()]
     rng = np.random.default_rng(0)
     for parameter in model.trainable_params():

@@ -24,7 +24,7 @@ from PIL import Image
 import network_expansion as ne
 from network_expansion.download import fetch
 from network_expansion import TrainConfig
-from network_expansion.train import read_training_state
+from network_expansion.training_checkpoint import read_training_state
 from network_expansion.errors import (CardError, CheckpointError, ConfigError, DownloadError, ImageError,
                                       OutputError)
 

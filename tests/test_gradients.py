@@ -11,8 +11,10 @@ import pytest
 
 import numpy_vit
 from conftest import parameters_of, tiny_config
-from network_expansion import model
-from network_expansion.model import TokenDense, VisionTransformer
+from network_expansion import cpu_forms
+from network_expansion.cpu_forms import CPUForms
+from network_expansion.graphs import compiled_for
+from network_expansion.model import VisionTransformer
 from network_expansion.recipe import soft_cross_entropy
 
 
@@ -32,15 +34,15 @@ def _numpy_loss(params, images, targets, **reference):
     return float(-(targets * log_probabilities).sum(-1).mean())
 
 
-@pytest.mark.parametrize("gelu_approximate,layer_norm_eps,written_out", [
-    (True, 1e-7, False), (False, 1e-6, False), (True, 1e-7, True)])
+@pytest.mark.parametrize("gelu_approximate,layer_norm_eps,forms", [
+    (True, 1e-7, None), (False, 1e-6, None), (True, 1e-7, CPUForms()), (False, 1e-6, CPUForms()),
+    (True, 1e-7, CPUForms(large_from=0))])
 def test_compiled_gradients_match_central_differences_of_the_numpy_reference(gelu_approximate, layer_norm_eps,
-                                                                              written_out, monkeypatch):
-    """`written_out`: the backward's forms for large tensors, which ViT-B's shapes take and
-    this tiny one's would not (`model.LARGE`: the blocks' LayerNorms through
-    `model._LayerNormBackward`, the Dense layers' input gradients against the transposed weight)."""
-    if written_out:
-        monkeypatch.setattr(model, "LARGE", 0)
+                                                                              forms):
+    """In MindSpore's own forms (`forms` None: what GPU and Ascend run) and in the CPU's
+    (`cpu_forms.CPUForms`; with `large_from=0`, the large-tensor forms ViT-B's shapes take
+    and this tiny one's would not: the blocks' LayerNorms through `_LayerNormBackward`, the
+    Dense layers' input gradients against the transposed weight)."""
     network = VisionTransformer(tiny_config(gelu_approximate=gelu_approximate, layer_norm_eps=layer_norm_eps), seed=3)
     _off_the_defaults(network, seed=4)
     network.set_train(True)  # the trainer's mode (dropout and drop-path are 0)
@@ -58,7 +60,7 @@ def test_compiled_gradients_match_central_differences_of_the_numpy_reference(gel
     def step(x, t):
         return gradients(x, t)
 
-    loss, grads = ms.jit(step)(ms.Tensor(images), ms.Tensor(targets))
+    loss, grads = compiled_for(network, step, forms)(ms.Tensor(images), ms.Tensor(targets))
     params = {k: v.astype(np.float64) for k, v in parameters_of(network).items()}
     reference = dict(num_heads=4, gelu_approximate=gelu_approximate, layer_norm_eps=layer_norm_eps)
     images64, targets64 = images.astype(np.float64), targets.astype(np.float64)
@@ -82,51 +84,47 @@ def test_compiled_gradients_match_central_differences_of_the_numpy_reference(gel
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
 @pytest.mark.parametrize("in_width,out_width", [(48, 16), (16, 48)])
 @pytest.mark.parametrize("large", [False, True])
-def test_a_token_dense_trains_with_the_gradients_of_its_dense(mode, in_width, out_width, large, monkeypatch):
-    """TokenDense writes its backward out (`model._Affine`; a narrowing layer takes another
-    form of the weight gradient, a large weight another form of the input gradient):
-    input and parameter gradients equal autodiff's of the same `nn.Dense`, compiled and in
-    PyNative mode; evaluation runs the `nn.Dense` itself."""
-    if large:
-        monkeypatch.setattr(model, "LARGE", 0)
+def test_the_cpus_dense_form_trains_with_the_gradients_of_a_dense(mode, in_width, out_width, large):
+    """The CPU's form of a Dense layer writes its backward out (`cpu_forms._Affine`; a
+    narrowing layer takes another form of the weight gradient, a large weight another form
+    of the input gradient): input and parameter gradients equal autodiff's of the same
+    `nn.Dense`, compiled and in PyNative mode; evaluation runs MindSpore's ops."""
     rng = np.random.default_rng(6)
-    layer = TokenDense(in_width, out_width, rng)
-    assert layer.narrows == (in_width > out_width)
-    layer.set_train(True)
-    tokens = ms.Tensor(rng.standard_normal((2, 5, in_width)).astype(np.float32))
-    upstream = ms.Tensor(rng.standard_normal((2, 5, out_width)).astype(np.float32))
+    dense = ms.nn.Dense(in_width, out_width)
+    tokens = ms.Tensor(rng.standard_normal((10, in_width)).astype(np.float32))
+    upstream = ms.Tensor(rng.standard_normal((10, out_width)).astype(np.float32))
+    large_from = 0 if large else 10**9
 
-    def through_layer(x):
-        return (layer(x) * upstream).sum()
+    def through_form(x):
+        return (cpu_forms._affine(x, dense.weight, dense.bias, in_width > out_width, large_from, True) * upstream).sum()
 
     def through_dense(x):
-        return (layer.dense(x) * upstream).sum()
+        return (dense(x) * upstream).sum()
 
     results = []
-    for function in (through_layer, through_dense):
-        gradient = ms.value_and_grad(function, 0, layer.trainable_params())
+    for function in (through_form, through_dense):
+        gradient = ms.value_and_grad(function, 0, dense.trainable_params())
 
         def run(x):
             return gradient(x)
 
         loss, (input_gradient, weight_gradients) = (ms.jit(run) if mode == "graph" else run)(tokens)
         results.append([loss.asnumpy(), input_gradient.asnumpy(), *(g.asnumpy() for g in weight_gradients)])
-    assert [p.name for p in layer.trainable_params()] == ["dense.weight", "dense.bias"]
     for ours, autodiff in zip(*results):
         np.testing.assert_allclose(ours, autodiff, rtol=1e-5, atol=1e-5)
-    layer.set_train(False)
-    np.testing.assert_array_equal(layer(tokens).asnumpy(), layer.dense(tokens).asnumpy())
+    evaluated = cpu_forms._affine(tokens, dense.weight, dense.bias, in_width > out_width, large_from, False)
+    np.testing.assert_allclose(evaluated.asnumpy(), dense(tokens).asnumpy(), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
 def test_the_written_out_layer_norm_backward_is_the_layer_norms_gradient(mode):
-    """From `model.LARGE` elements on a training LayerNorm differentiates through
-    `model._LayerNormBackward`: its output and its gradients for x, the gain and the shift
+    """From `CPUForms.large_from` elements on, a training LayerNorm in the CPU's forms
+    differentiates through `cpu_forms._LayerNormBackward`: its output and its gradients for x, the gain and the shift
     equal autodiff's of MindSpore's LayerNorm, on tokens whose mean is far from 0 (the
     residual stream's), compiled and in PyNative mode."""
     rng = np.random.default_rng(7)
     tokens, width = 1100, 64
-    assert tokens * width >= model.LARGE
+    assert tokens * width >= cpu_forms.LARGE
     x = ms.Tensor((rng.standard_normal((tokens, width)) * rng.uniform(0.1, 3, (tokens, 1))
                    + rng.uniform(-4, 4, (tokens, 1))).astype(np.float32))
     gain = ms.Tensor((1 + 0.5 * rng.standard_normal(width)).astype(np.float32))
@@ -134,7 +132,7 @@ def test_the_written_out_layer_norm_backward_is_the_layer_norms_gradient(mode):
     upstream = ms.Tensor(rng.standard_normal((tokens, width)).astype(np.float32))
 
     def written_out(x, gain, shift):
-        return (model._layer_norm(x, gain, shift, 1e-6, True) * upstream).sum()
+        return (cpu_forms._layer_norm(x, gain, shift, 1e-6, True, cpu_forms.LARGE, False) * upstream).sum()
 
     def fused(x, gain, shift):
         return (ms.ops.LayerNorm(-1, -1, 1e-6)(x, gain, shift)[0] * upstream).sum()

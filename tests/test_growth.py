@@ -9,9 +9,10 @@ from conftest import SMALL, learnable_data, off_defaults, parameters_of, small_t
 
 import network_expansion as ne
 from network_expansion import ConfigError, TrainConfig, Trainer, VisionTransformer, ViTConfig
-from network_expansion.expansion import EMA, Ramp
+from network_expansion.ema import EMA
+from network_expansion.expansion import Ramp
 from network_expansion.graphs import compiled_forward
-from network_expansion.train import read_training_state
+from network_expansion.training_checkpoint import read_training_state
 
 
 

@@ -353,17 +353,19 @@ def test_adamw_is_pytorchs_with_bias_correction_per_cohort_of_moments(large, mon
     """Two cohorts: `a`'s moments carried from step 0 (as `carry_moments` keeps them), `b`'s
     started at step 3, the first step this optimizer takes; against PyTorch's AdamW in NumPy.
     `c` decays, `b` does not; `large` says which of them are updated as tensors of
-    `LARGE` elements are (the Adam kernel after the decay), the rest by `AdamWeightDecay`."""
-    from network_expansion import model
+    large tensors are in the CPU's forms (the Adam kernel after the decay), the rest by
+    `AdamWeightDecay` (MindSpore's plain form: "none")."""
+    from network_expansion.cpu_forms import CPUForms
     from network_expansion.recipe import AdamW
 
-    monkeypatch.setattr(model, "LARGE", {"none": 10**9, "decayed": 10, "both": 4}[large])
+    forms = {"none": None, "decayed": CPUForms(large_from=10), "both": CPUForms(large_from=4)}[large]
     rng = np.random.default_rng(0)
     values = {"a": rng.standard_normal((3, 4)), "c": rng.standard_normal((2, 6)), "b": rng.standard_normal(4)}
     params = {k: ms.Parameter(ms.Tensor(v.astype(np.float32)), name=k) for k, v in values.items()}
     schedule = WarmupCosine(1e-2, 1e-4, 2, 10)
     optimizer = AdamW([{"params": [params["a"], params["c"]], "weight_decay": 0.1, "lr": schedule},
-                       {"params": [params["b"]], "weight_decay": 0.0, "lr": schedule}], schedule, born=[0, 0, 3])
+                       {"params": [params["b"]], "weight_decay": 0.0, "lr": schedule}], schedule, born=[0, 0, 3],
+                      forms=forms)
     assert optimizer.large == {"none": (False,) * 3, "decayed": (True, True, False), "both": (True,) * 3}[large]
     optimizer.global_step.set_data(ms.Tensor(np.array([3], np.int32)))
     m = {"a": rng.standard_normal((3, 4)) * 0.1, "c": rng.standard_normal((2, 6)) * 0.1, "b": np.zeros(4)}

@@ -7,7 +7,7 @@ from conftest import off_defaults, tiny_config
 
 import network_expansion as ne
 from network_expansion import ConfigError, VisionTransformer, create_network, save_weights
-from network_expansion.expansion import EMA
+from network_expansion.ema import EMA
 from network_expansion.graphs import compiled_forward
 from network_expansion.recipe import TrainConfig, build_optimizer, soft_cross_entropy
 from network_expansion.width import WidthMaps
@@ -112,12 +112,10 @@ def test_the_moments_grow_by_the_same_maps():
     network = _network(depth=1)
     optimizer = build_optimizer(network, TrainConfig(epochs=1), 1, 1).optimizer
     rng = np.random.default_rng(0)
-    for m1, m2 in zip(optimizer.moments1, optimizer.moments2):
-        m1.set_data(ms.Tensor(rng.standard_normal(m1.shape).astype(np.float32)))
-        m2.set_data(ms.Tensor(rng.random(m2.shape).astype(np.float32)))
-    old = {p.name: (m1.asnumpy(), m2.asnumpy()) for p, m1, m2 in
-           zip(optimizer.parameters, optimizer.moments1, optimizer.moments2)}
-    growth = ne.grow(network, width=96, num_heads=3, mlp_width=384, optimizer=optimizer)
+    optimizer.take_moments({id(p): (rng.standard_normal(p.shape), rng.random(p.shape)) for p in optimizer.parameters})
+    moments = optimizer.moments()
+    old = {p.name: moments[id(p)][:2] for p in optimizer.parameters}
+    growth = ne.grow(network, width=96, num_heads=3, mlp_width=384, moments=moments)
     grown = {p.name: growth.moments[id(p)] for p in network.get_parameters() if id(p) in growth.moments}
     assert set(grown) == set(old) and all(m.shape == p.shape for p in network.get_parameters()
                                            for m in grown[p.name][:2])

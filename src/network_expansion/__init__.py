@@ -5,7 +5,9 @@ Training Acceleration" (Ding et al., CVPR 2023), with the released checkpoint's 
     >>> net = ne.create_network("NetworkExpansion", num_classes=10)
 
 Importing the package is quick and changes nothing in the process: each name below is
-imported from its module when first used (MindSpore with it).
+imported from its module when first used (MindSpore with it). Nothing the package does
+changes the process (environment, threads, signals outside a training run) unless asked:
+`tune_cpu()` is the one call that tunes a process for MindSpore's CPU kernels.
 """
 
 import importlib
@@ -24,7 +26,9 @@ _EXPORTS = {
     "card": ("model_card", "load_card", "validate_card", "HubCard"),
     "train": ("Trainer", "folder_trainer"),
     "schedule": ("ExpansionSchedule", "Shape", "Stage"),
-    "expansion": ("EMA", "grow", "Growth", "expand", "Ramp", "set_gates"),
+    "expansion": ("grow", "Growth", "expand", "Ramp", "set_gates"),
+    "ema": ("EMA",),
+    "tuning": ("tune_cpu",),
     "datasets": ("ArrayData", "FolderData"),
     "errors": ("NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
                "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError",

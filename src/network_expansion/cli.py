@@ -38,9 +38,9 @@ def main(argv=None) -> int:
     package_logger.setLevel(logging.INFO)
     if not args.verbose:  # MindSpore's own warnings ('... has been compiled again') stay out
         levels.update(_quiet_mindspore())
-    from .graphs import quiet_openmp
-
-    quiet_openmp()  # before MindSpore loads OpenMP: the command is the whole process
+    if getattr(args, "computes", False):
+        _tune_process()
+    strays = [name for name in AKG_LOGS if not os.path.exists(name)]
     try:
         with contextlib.redirect_stdout(sys.stderr):
             return args.run(args) or 0
@@ -55,6 +55,9 @@ def main(argv=None) -> int:
         package_logger.removeHandler(handler)
         for logger, level in levels.items():
             logger.setLevel(level)
+        for name in strays:  # the logs this command's kernel fusion made in the working folder
+            with contextlib.suppress(OSError):
+                os.remove(name)
 
 
 def run() -> None:
@@ -71,6 +74,31 @@ def run() -> None:
 
 
 _output = sys.stdout
+
+
+# the logs MindSpore 2.10's kernel compiler (AKG) writes into the working folder when it fuses
+AKG_LOGS = ("dsa_transfrom.log", "scalar_transform.log")
+# "0": leave MindSpore's kernel threads to the scheduler (for two processes computing at once on the same cores)
+BIND_THREADS = "NETWORK_EXPANSION_BIND_THREADS"
+
+
+def _tune_process() -> None:
+    """A command that computes is the whole process: tune it for MindSpore's CPU kernels
+    (`tuning.tune_cpu`), first, before MindSpore is imported. Kernel fusion follows once
+    the network is known (`_fuse_if_it_pays`)."""
+    from .tuning import tune_cpu
+
+    tune_cpu(kernel_fusion=False, bind_threads=os.environ.get(BIND_THREADS, "1") != "0")
+
+
+def _fuse_if_it_pays(config) -> None:
+    """Kernel fusion for this process where the network is large enough to gain
+    (`cpu_forms.fusion_pays`: from ViT-B's tokens on)."""
+    from .cpu_forms import fusion_pays
+    from .tuning import tune_cpu
+
+    if fusion_pays(config):
+        tune_cpu(kernel_fusion=True, bind_threads=os.environ.get(BIND_THREADS, "1") != "0")
 
 
 def _say(*parts) -> None:
@@ -210,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_inference_options(predict)
     predict.add_argument("--topk", type=_accepting(POSITIVE), default=5, help="classes per image (default 5)")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
-    predict.set_defaults(run=_predict)
+    predict.set_defaults(run=_predict, computes=True)
 
     evaluate = commands.add_parser("evaluate", help="top-1/top-5 accuracy on an ImageFolder tree")
     evaluate.add_argument("root", metavar="DIR", help="one sub-folder of images per class, named by class "
@@ -221,7 +249,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label-map", metavar="FILE", help="folder name -> output index, for folders named "
                                                               "otherwise (JSON object or lines 'folder<TAB>index')")
     evaluate.add_argument("--csv", metavar="FILE", help="write per-class accuracy to this CSV file")
-    evaluate.set_defaults(run=_evaluate)
+    evaluate.set_defaults(run=_evaluate, computes=True)
 
     from .config import GATES, GROWTHS, MODES, SPLITS, WIDTH_LR, TrainConfig, ViTConfig
     from .config import MODEL_RANGES as MODEL, TRAIN_RANGES as RECIPE
@@ -262,7 +290,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=model("patch_size"), help=f"patch size (default {vit.patch_size})")
     train.add_argument("--num-classes", type=_accepting(POSITIVE), help="default: the number of class folders")
     _add_training_options(train, TrainConfig())
-    train.set_defaults(run=_train)
+    train.set_defaults(run=_train, computes=True)
 
     from .config import FINETUNE_DEFAULTS
 
@@ -274,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--layer-decay", type=_accepting(RECIPE["layer_decay"]),
                           help="layer-wise learning-rate decay, e.g. 0.75 (default: none)")
     _add_training_options(finetune, TrainConfig(**FINETUNE_DEFAULTS))
-    finetune.set_defaults(run=_finetune)
+    finetune.set_defaults(run=_finetune, computes=True)
 
     from .demo import DemoSettings
 
@@ -289,7 +317,7 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"token width of the small ViT (default {demo_settings.model.width})")
     demo.add_argument("--output", default="runs/expansion-demo", help="folder for logs, plot and summary "
                                                                       "(default runs/expansion-demo)")
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=_demo, computes=True)
 
     from .export import FORMATS as EXPORT_FORMATS
 
@@ -303,7 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--input-size", type=_accepting(POSITIVE), nargs=2, metavar=("H", "W"),
                         help="picture size with --with-preprocess (default: the resize size, square)")
     export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    export.set_defaults(run=_export)
+    export.set_defaults(run=_export, computes=True)
     return parser
 
 
@@ -379,13 +407,15 @@ def _train_config(args, **fixed):
 
 
 def _run_training(args, model_factory, config) -> int:
-    from .config import DEFAULT_BATCH_SIZE
-    from .train import folder_trainer, read_training_state
+    from .config import DEFAULT_BATCH_SIZE, TrainConfig, ViTConfig
+    from .train import folder_trainer
+    from .training_checkpoint import read_training_state
 
     state = read_training_state(args.resume) if args.resume else None
     batch_size = args.batch_size or (state or {}).get("batch_size") or DEFAULT_BATCH_SIZE
     if state:
         _refuse_changed(args, state, batch_size)
+        _fuse_if_it_pays(TrainConfig(**state["train_config"]).shapes(ViTConfig(**state["model_config"]))[1])
     import mindspore as ms
 
     # The command is the program: seeding MindSpore's own random ops (dropout, drop-path)
@@ -417,7 +447,7 @@ def _refuse_changed(args, state: dict, batch_size: int) -> None:
     """A resumed run is the same run: its architecture, batch size and recipe stay; only
     --epochs, --log-every and --output may change. Said in flags, before anything is read."""
     from .config import TrainConfig
-    from .train import RESUMABLE
+    from .training_checkpoint import RESUMABLE
 
     saved = dict(state["model_config"])
     differing = [f"--{flag.replace('_', '-')} {value} (saved {saved[field]})"
@@ -471,21 +501,18 @@ def _train(args) -> int:
     config = _train_config(args, schedule=None if schedule == NO_SCHEDULE else schedule)
     num_classes = args.num_classes or _class_count(ImageFolder.scan(args.data))
     overrides = _model_overrides(args)
-    width = config.final_width(overrides.get("width", ViTConfig.width))
-    if overrides.get("width", width) != width:
-        raise ConfigError(f"--width {overrides['width']} and --schedule {schedule} end at different widths: "
-                          f"give one of them")
-    size = config.final_size(overrides.get("image_size") or ViTConfig().image_size)
-    if overrides.get("image_size", size) != size:
-        raise ConfigError(f"--image-size {overrides['image_size']} and --schedule {schedule} end at different image "
-                          f"sizes: give one of them")
-    final = ViTConfig(**{**overrides, "width": width, "image_size": size,
-                         "depth": config.final_depth(args.depth or ViTConfig.depth), "num_classes": num_classes})
-    first = config.first_model(final)
-    overrides.update(width=first.width, num_heads=first.num_heads, mlp_width=first.mlp_width,
-                     image_size=first.image_size)
-    return _run_training(args, lambda: create_network("NetworkExpansion", depth=first.depth, num_classes=num_classes,
-                                                      seed=config.seed, **overrides), config)
+    # the flags describe the final network; the schedule's last stage gives its width and size where they do not
+    ends = {"width": config.final_width(overrides.get("width", ViTConfig.width)),
+            "image_size": config.final_size(overrides.get("image_size") or ViTConfig().image_size)}
+    for flag, field in (("--width", "width"), ("--image-size", "image_size")):
+        if overrides.get(field, ends[field]) != ends[field]:
+            raise ConfigError(f"{flag} {overrides[field]} and --schedule {schedule} end at different "
+                              f"{field.replace('_', ' ')}s: give one of them")
+    first, final = config.shapes(ViTConfig(**{**overrides, **ends, "depth": args.depth or ViTConfig.depth,
+                                              "num_classes": num_classes}))
+    _fuse_if_it_pays(final)
+    return _run_training(args, lambda: create_network("NetworkExpansion", seed=config.seed, **dataclasses.asdict(first)),
+                         config)
 
 
 def _class_count(folder) -> int:
@@ -510,10 +537,12 @@ def _finetune(args) -> int:
 
     def model():
         try:
-            return create_network("NetworkExpansion", pretrained=args.weights or True, num_classes=num_classes,
-                                  seed=config.seed, **_model_overrides(args))
+            network = create_network("NetworkExpansion", pretrained=args.weights or True, num_classes=num_classes,
+                                     seed=config.seed, **_model_overrides(args))
         except DownloadError as error:
             raise error.advise("--weights /path/to/{name}") from None
+        _fuse_if_it_pays(network.config)
+        return network
 
     return _run_training(args, model, config)
 
@@ -536,6 +565,7 @@ def _export(args) -> int:
 
     destination(args.output, args.format, args.overwrite)  # before the weights are read
     network = create_network("NetworkExpansion", pretrained=args.weights or True)
+    _fuse_if_it_pays(network.config)
     path = export(network, args.output, file_format=args.format, batch=args.batch, overwrite=args.overwrite,
                   with_preprocess=args.with_preprocess, input_size=tuple(args.input_size) if args.input_size else None)
     _say(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
@@ -559,13 +589,15 @@ def _add_inference_options(parser) -> None:
 
 def _classifier(args):
     from .evaluate import read_class_names
+    from .hub import create_network
     from .predict import Classifier, use_cores
 
     names = read_class_names(args.class_names) if args.class_names else None
     if args.threads:
         use_cores(args.threads)  # the command is the whole process: binding it is its call to make
-    return Classifier(weights=args.weights or True, batch_size=args.batch_size, precision=args.precision,
-                      class_names=names)
+    network = create_network("NetworkExpansion", pretrained=args.weights or True)
+    _fuse_if_it_pays(network.config)
+    return Classifier(network, batch_size=args.batch_size, precision=args.precision, class_names=names)
 
 
 def _predict(args) -> int:

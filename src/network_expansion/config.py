@@ -193,6 +193,16 @@ class TrainConfig:
         sizes = [shape.size for shape in self.schedule or () if shape.size is not None]
         return sizes[-1] if sizes else size
 
+    def shapes(self, model) -> tuple:
+        """`(first, final)`: the `ViTConfig`s a run of this recipe starts and ends at, for a
+        network otherwise as `model`: the final one at the schedule's last depth, width and
+        image size (the model's own where the schedule gives none), the first at its first
+        stage's (heads at the head dimension, the MLP at its ratio). The one place a run's
+        shapes are worked out: the command line, a resume and the demo ask it."""
+        final = shaped(model, self.final_depth(model.depth), self.final_width(model.width),
+                       self.final_size(model.image_size))
+        return self.first_model(final), final
+
     def first_model(self, final):
         """The `ViTConfig` training starts at, for a run that ends at `final`: the first
         stage's depth, width (heads at `final`'s head dimension, the MLP at its ratio) and

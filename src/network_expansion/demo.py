@@ -51,9 +51,8 @@ class DemoSettings:
     batch_size: int = 32
 
     def __post_init__(self):
-        recipe, model = self.recipe, self.model
-        if (recipe.final_depth(model.depth), recipe.final_width(model.width), recipe.final_size(model.image_size)) != \
-                (model.depth, model.width, model.image_size):
+        model = self.model
+        if self.recipe.shapes(model)[1] != model:
             raise ConfigError(f"the demo's schedule {self.schedule_text} must end at the model's depth "
                               f"{model.depth}, width {model.width} and image size {model.image_size}")
 
@@ -103,7 +102,7 @@ def trainer_for(settings: DemoSettings, schedule, output_dir: Path, progress: bo
     train_x, train_y, test_x, test_y = digits(settings.model.image_size, seed)
     config = dataclasses.replace(settings.recipe, schedule=schedule, **(changes or {}))
     ms.set_seed(seed)
-    model = VisionTransformer(config.first_model(settings.model))
+    model = VisionTransformer(config.shapes(settings.model)[0])
     return Trainer(model, ArrayData(train_x, train_y, settings.batch_size, flip=False),
                    ArrayData(test_x, test_y, 256, shuffle=False, drop_remainder=False), config,
                    output_dir=output_dir, progress=progress, name=name)

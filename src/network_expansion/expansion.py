@@ -25,111 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import mindspore as ms
-from mindspore import nn, ops
+from mindspore import ops
 
 from .config import GATES, MODES
+from .ema import EMA
 from .errors import ConfigError
-from .graphs import compiled
-from .model import VisionTransformer, is_large, source_name
+from .model import VisionTransformer
 from .schedule import shaped
 from .width import WidthMaps
-
-class EMA:
-    """An exponential moving average of a network's weights, as a second network.
-
-    `network` holds the averages (its parameters are named `ema.<name>`, so one graph can
-    hold both); `update()` moves them towards the live weights:
-    `ema = decay * ema + (1 - decay) * live`. Evaluate `ema.network` like the model.
-    """
-
-    def __init__(self, live: VisionTransformer, decay: float = 0.99996):
-        if not 0 <= decay < 1:
-            raise ConfigError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = float(decay)
-        self.live = live
-        self.network = VisionTransformer(live.config, initialize=False)  # copied from `live` below
-        gated = live.gated_blocks()
-        if gated:  # the same gates (learned ones averaged, ramped ones copied: see _EMAUpdate)
-            self.network.add_gates(gated, trainable=bool(live.gates[0].requires_grad))
-        self.network.update_parameters_name("ema.")
-        self.network.set_train(False)
-        self.copy_from(live)
-        step = _EMAUpdate(self.network, live, self.decay)
-
-        def update():  # a fresh function: see graphs.compiled_forward
-            return step()
-
-        self._jitted = compiled(update, fuse=live.fuses_kernels)
-
-    def copy_from(self, network) -> None:
-        """Set the averages to `network`'s weights."""
-        for mine, theirs in zip(self.network.get_parameters(), network.get_parameters()):
-            mine.set_data(theirs.value().copy())
-
-    def update(self) -> None:
-        """One step of the average, as its own compiled graph."""
-        self._jitted()
-
-    def block_copy(self, index: int):
-        """A new block holding the averaged weights of block `index`."""
-        block = self.live.new_block()
-        for mine, average in zip(block.get_parameters(), self.network.blocks[index].get_parameters()):
-            mine.set_data(average.value().copy())
-        return block
-
-    def take_grown(self, old: "EMA", order: list) -> None:
-        """Take `old`'s averages, grown in `order` (`'b3'`: old block 3, `'e3'` its copy):
-        the EMA of an exact growth goes on averaging, as its function is unchanged too.
-        Gates keep the values they have (those of the grown network)."""
-        averages = {p.name: p for p in old.network.get_parameters()}
-        gates = {id(gate) for gate in self.network.gates}
-        for parameter in self.network.get_parameters():
-            if id(parameter) not in gates:
-                parameter.set_data(averages[source_name(parameter.name, order)].value().copy())
-
-    def load_state(self, state: dict) -> None:
-        for parameter in self.network.get_parameters():
-            parameter.set_data(ms.Tensor(state[parameter.name]))
-
-
-class _EMAUpdate(nn.Cell):
-    """Averages the trainable parameters; copies the others (a ramping gate is a schedule,
-    not a weight: the EMA's new blocks enter as the live ones do).
-
-    `ema + (1 - decay) (live - ema)`, in the form MindSpore 2.10's CPU kernels run fastest
-    at each tensor's size (`benchmarks/ema_update.py`; the same value up to rounding):
-    below `model.LARGE` elements one `lerp` kernel (two kernels a tensor with the assignment,
-    not four: where launches dominate, as at the demo's width 64, 4.2 against 6.5 ms a step
-    at depth 12), above it the difference's multiple added in place (`assign_add`: the
-    `lerp` kernel runs at half the speed of a multiply and an add on large tensors, and a
-    computed average then assigned is one more pass over the tensor than an in-place add).
-    A `HyperMap` over the tensors compiles in a third of the time but runs slower."""
-
-    def __init__(self, average, live, decay):
-        super().__init__()
-        groups = {form: ([], []) for form in ("lerp", "add", "copy")}  # (averages, live weights)
-        for mine, theirs in zip(average.get_parameters(), live.get_parameters()):
-            if not (theirs.requires_grad and decay > 0):
-                form = "copy"
-            else:
-                form = "add" if is_large(mine.shape) else "lerp"
-            groups[form][0].append(mine)
-            groups[form][1].append(theirs)
-        self.small, self.small_live = map(ms.ParameterTuple, groups["lerp"])
-        self.large, self.large_live = map(ms.ParameterTuple, groups["add"])
-        self.copies, self.copied = map(ms.ParameterTuple, groups["copy"])
-        self.weight, self.decay = 1.0 - decay, float(decay)
-
-    def construct(self):
-        for average, live in zip(self.small, self.small_live):
-            ops.assign(average, ops.lerp(average, live, self.weight))
-        for average, live in zip(self.large, self.large_live):
-            ops.assign_add(average, (live - average) * self.weight)
-        for copy, live in zip(self.copies, self.copied):
-            ops.assign(copy, live)
-        return True
-
 
 @dataclass(frozen=True)
 class Ramp:
@@ -159,31 +62,26 @@ class Ramp:
 @dataclass
 class Growth:
     """What `grow` did: the new block order (labels), the EMA of the grown model, the
-    AdamW moments of the parameters that existed before (empty unless carried), and the
-    gates of the new blocks (empty unless exact; `set_gates` moves ramped ones)."""
+    optimizer's moments of the parameters that existed before, grown with them (empty
+    unless carried; for `AdamW.take_moments`), the gates of the new blocks (empty unless
+    exact; `set_gates` moves ramped ones), and which of depth, width and size grew."""
 
     order: list
     ema: EMA
     moments: dict = field(default_factory=dict)  # id(parameter) -> (m1, m2, the step they started)
     gates: list = field(default_factory=list)
+    grew: dict = field(default_factory=dict)     # {'depth': bool, 'width': bool, 'size': bool}
 
     def born(self, network) -> dict:
         """`{name: step}`: when the carried moments started, for `build_optimizer(born=...)`
         (their bias correction goes on counting)."""
         return {p.name: self.moments[id(p)][2] for p in network.get_parameters() if id(p) in self.moments}
 
-    def hand_over(self, optimizer) -> None:
-        """Give `optimizer` (rebuilt for the grown model) the carried moments."""
-        for parameter, m1, m2 in zip(optimizer.parameters, optimizer.moments1, optimizer.moments2):
-            if id(parameter) in self.moments:
-                m1.set_data(ms.Tensor(self.moments[id(parameter)][0]))
-                m2.set_data(ms.Tensor(self.moments[id(parameter)][1]))
-
 
 def grow(network: VisionTransformer, depth: int | None = None, *, width: int | None = None,
          num_heads: int | None = None, mlp_width: int | None = None, image_size: int | None = None,
          split: str = "random", seed: int = 0, ema: EMA | None = None, exact: bool = False, gate: str = "ramp",
-         mode: str = "insert", optimizer=None) -> Growth:
+         mode: str = "insert", moments: dict | None = None) -> Growth:
     """Grow `network` to `depth` blocks, to `width` and/or to `image_size` (with its EMA):
     the one place a growth happens.
 
@@ -191,7 +89,8 @@ def grow(network: VisionTransformer, depth: int | None = None, *, width: int | N
     same head dimension) and MLP (`mlp_width`; default: the same ratio) grow with the
     function unchanged, always; `split` ('random', 'ema', 'equal') says how copied columns
     share their weight, `seed` fixes its draws. The EMA grows with the same maps and draws,
-    and, with an `optimizer`, so do the AdamW moments (for `Growth.hand_over`).
+    and so do the optimizer's `moments` where given (`AdamW.moments()`: {id(parameter):
+    (m, v, born)}; `Growth.moments` holds them grown, keyed by the grown parameters).
 
     Then the image size: the position embeddings of the network and of its EMA are
     resampled bicubically to the new patch grid (not function-preserving: a picture at
@@ -204,11 +103,11 @@ def grow(network: VisionTransformer, depth: int | None = None, *, width: int | N
     (`Ramp`, `set_gates`), `'learned'`: they are trained from 0. Gates left from an earlier
     growth are folded first. The EMA: a fresh one from the grown network (the reference
     code's choice), or, when the function is unchanged (exact, or width only), the old
-    averages grown the same way. With `optimizer`, the AdamW moments of the parameters that
-    existed are kept (the reference code drops them).
+    averages grown the same way. With `moments`, those of the parameters that existed are
+    kept (the reference code drops them).
 
-    >>> growth = grow(network, 12, ema=ema, exact=True)                    # doctest: +SKIP
-    >>> growth = grow(network, width=768, ema=ema, optimizer=optimizer)    # doctest: +SKIP
+    >>> growth = grow(network, 12, ema=ema, exact=True)                               # doctest: +SKIP
+    >>> growth = grow(network, width=768, ema=ema, moments=optimizer.moments())       # doctest: +SKIP
     """
     if gate not in GATES:
         raise ConfigError(f"gate {gate!r}: expected one of {', '.join(GATES)}")
@@ -222,11 +121,8 @@ def grow(network: VisionTransformer, depth: int | None = None, *, width: int | N
         ema = EMA(network, 0.0)
     else:
         ema.network.fold_gates()
-    moments = {}
-    if optimizer is not None:
-        born = getattr(optimizer, "born", (0,) * len(optimizer.parameters))
-        moments = {id(p): (m1.asnumpy(), m2.asnumpy(), b)
-                   for p, m1, m2, b in zip(optimizer.parameters, optimizer.moments1, optimizer.moments2, born)}
+    before = network.config
+    moments = dict(moments or {})
     if maps is not None and maps.new != maps.old:
         moments = _widen(network, ema, maps, split, seed, moments)
     if image_size is not None and image_size != network.config.image_size:
@@ -239,7 +135,10 @@ def grow(network: VisionTransformer, depth: int | None = None, *, width: int | N
     grown = EMA(network, ema.decay)
     if exact or not new_blocks:
         grown.take_grown(ema, order)
-    return Growth(order=order, ema=grown, moments=moments, gates=gates)
+    after = network.config
+    grew = {"depth": after.depth > before.depth, "width": after.width > before.width,
+            "size": after.image_size > before.image_size}
+    return Growth(order=order, ema=grown, moments=moments, gates=gates, grew=grew)
 
 
 def _widen(network, ema, maps, split, seed, moments) -> dict:

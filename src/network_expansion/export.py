@@ -48,6 +48,7 @@ def export(network, path, *, file_format: str = "mindir", batch: int | None = 1,
     `overwrite=False` refuses to replace an existing file (the command line's default)."""
     import mindspore as ms
 
+    from . import cpu_forms
     from .preprocess import WithPreprocess
 
     if file_format not in FORMATS:
@@ -63,7 +64,7 @@ def export(network, path, *, file_format: str = "mindir", batch: int | None = 1,
     folder = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
     try:
         try:
-            with network.blocks_inlined():  # a graph of plain ops, as the ONNX converter needs
+            with cpu_forms.applied(network, _export_forms()):
                 ms.export(cell, inputs, file_name=str(folder / "model"), file_format=ms_format)
         except Exception as error:  # MindSpore raises RuntimeError/TypeError/ValueError by converter
             raise ExportError(f"MindSpore {ms.__version__} cannot export this network as {ms_format}"
@@ -77,6 +78,19 @@ def export(network, path, *, file_format: str = "mindir", batch: int | None = 1,
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return path
+
+
+def _export_forms():
+    """The forms an exported graph computes in: what `cpu_forms.choose()` gives here, with
+    every block inlined (MindSpore's ONNX converter fails on a block compiled once: "The
+    pointer[prim] is null"). The same function in every form: a file exported here runs
+    anywhere."""
+    import dataclasses
+
+    from . import cpu_forms
+
+    forms = cpu_forms.choose()
+    return dataclasses.replace(forms, compiled_once=False) if forms is not None else None
 
 
 def destination(path, file_format: str = "mindir", overwrite: bool = True) -> Path:

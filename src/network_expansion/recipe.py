@@ -17,9 +17,12 @@ import numpy as np
 from mindspore import nn, ops
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
+from . import cpu_forms
 from .config import TrainConfig
 from .errors import ConfigError
-from .model import is_large
+from .graphs import assign
+
+_CHOOSE = object()  # the forms `cpu_forms.choose()` gives (the default)
 
 
 
@@ -90,22 +93,24 @@ class AdamW(nn.AdamWeightDecay):
     thousand steps to settle; so does every restart of the moments at a growth, at the peak
     learning rate. Here the `AdamWeightDecay` kernel is given `lr * c` with
     `c = sqrt(1 - b2^t) / (1 - b1^t)`, `eps * sqrt(1 - b2^t)` and `weight_decay / c`, which is
-    PyTorch's update exactly. Tensors of `model.LARGE` elements or more take MindSpore's
-    `Adam` kernel instead (given `b1^t`, `b2^t` and the same epsilon, it corrects the bias
-    itself), after the decay as its own multiply (`w (1 - lr wd)`, PyTorch's order): on the
-    CPU the `Adam` kernel runs at 2.5x the speed of `AdamWeightDecay` (a 3072 x 768 weight:
-    2.5 against 6.5 ms; with the decay 3.6 fused, 4.6 not), and small tensors keep the one
-    kernel, where launches cost more than the arithmetic. `t` counts the steps of each
+    PyTorch's update exactly. With the CPU's forms (`forms`, `cpu_forms.choose()` by
+    default), a large tensor (`CPUForms.large`) takes MindSpore's `Adam` kernel instead (given
+    `b1^t`, `b2^t` and the same epsilon, it corrects the bias itself), after the decay as its
+    own multiply (`w (1 - lr wd)`, PyTorch's order): on the CPU the `Adam` kernel runs at
+    2.5x the speed of `AdamWeightDecay` (a 3072 x 768 weight: 2.5 against 6.5 ms), and small
+    tensors keep the one kernel, where launches cost more than the arithmetic. `t` counts the steps of each
     parameter's own moments: `born[i]` is the global step at which those of parameter `i`
     started (a growth that carries moments has two cohorts). `bias_correction=False` is
     MindSpore's optimizer as it is.
     """
 
-    def __init__(self, param_groups, schedule, born, beta1=0.9, beta2=0.999, eps=1e-8, bias_correction=True):
+    def __init__(self, param_groups, schedule, born, beta1=0.9, beta2=0.999, eps=1e-8, bias_correction=True,
+                 forms=_CHOOSE):
         super().__init__(param_groups, learning_rate=schedule, beta1=beta1, beta2=beta2, eps=eps)
         self.bias_correction = bool(bias_correction)
         self.adam = ops.Adam()
-        self.large = tuple(is_large(p.shape) for p in self.parameters)  # by the Adam kernel
+        forms = cpu_forms.choose() if forms is _CHOOSE else forms
+        self.large = tuple(forms is not None and forms.large(p.shape) for p in self.parameters)  # by the Adam kernel
         self.born = tuple(int(b) for b in born)
         if len(self.born) != len(self.parameters):
             raise ConfigError(f"{len(self.born)} birth steps for {len(self.parameters)} parameters")
@@ -167,6 +172,38 @@ class AdamW(nn.AdamWeightDecay):
         """`{parameter name: the step its moments started}` (for a checkpoint)."""
         return {p.name: b for p, b in zip(self.parameters, self.born)}
 
+    # -- the moments: the only code that reads or writes them ------------------------------
+
+    def moments(self) -> dict:
+        """`{id(parameter): (m, v, the step they started)}` as arrays: what a growth carries
+        (`expansion.grow(moments=...)`)."""
+        return {id(p): (m.asnumpy(), v.asnumpy(), b)
+                for p, m, v, b in zip(self.parameters, self.moments1, self.moments2, self.born)}
+
+    def take_moments(self, moments: dict, step: int | None = None, rest_zero: bool = False) -> None:
+        """Write `moments` (`{id(parameter): (m, v, ...)}` of this optimizer's parameters) in
+        place, where the compiled graphs read them; `rest_zero`: the others' moments to zero
+        (a prepared optimizer whose graphs ran on zeros); `step`: the step count too."""
+        for parameter, m1, m2 in zip(self.parameters, self.moments1, self.moments2):
+            carried = moments.get(id(parameter))
+            if carried is not None:
+                assign(m1, carried[0])
+                assign(m2, carried[1])
+            elif rest_zero:
+                assign(m1, np.zeros(m1.shape, np.float32))
+                assign(m2, np.zeros(m2.shape, np.float32))
+        if step is not None:
+            assign(self.global_step, np.array([step], np.int32))
+
+    def state(self) -> list:
+        """The moments as checkpoint entries (`{"name", "data"}`)."""
+        return [{"name": m.name, "data": m.value()} for m in list(self.moments1) + list(self.moments2)]
+
+    def load_state(self, arrays: dict) -> None:
+        """The moments from a checkpoint's `{name: array}` (`state`'s names)."""
+        for moment in list(self.moments1) + list(self.moments2):
+            assign(moment, arrays[moment.name])
+
 
 _fused_update = ops.MultitypeFuncGraph("fused_update")
 
@@ -198,7 +235,7 @@ class Optimization:
 
 
 def build_optimizer(model, config: TrainConfig, steps_per_epoch: int, final_depth: int,
-                    offset: int = 0, born: dict | None = None, first=None) -> Optimization:
+                    offset: int = 0, born: dict | None = None, first=None, forms=_CHOOSE) -> Optimization:
     """AdamW with parameter groups by weight decay and (optionally) layer-wise lr scale; the
     model says which parameters are exempt from decay and which layer each belongs to.
     `born`: `{parameter name: the step its moments started}` for moments carried over
@@ -237,6 +274,6 @@ def build_optimizer(model, config: TrainConfig, steps_per_epoch: int, final_dept
                     for (exempt, scale, _), params in ordered]
     births = [born_at for (_, _, born_at), params in ordered for _ in params]
     schedule = WarmupCosine(config.lr, config.min_lr, warmup, length, 1.0, offset_for_lr)
-    optimizer = AdamW(param_groups, schedule, births, bias_correction=config.bias_correction)
+    optimizer = AdamW(param_groups, schedule, births, bias_correction=config.bias_correction, forms=forms)
     return Optimization(optimizer=optimizer, lr_schedule=schedule,
                         lr_scales={p.name: scale for (_, scale, _), params in groups.items() for p in params})

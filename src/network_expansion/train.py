@@ -1,24 +1,16 @@
-"""Training and fine-tuning, with or without network expansion.
+"""Training and fine-tuning, with or without network expansion: the `Trainer`'s loop.
 
     >>> trainer = Trainer(model, ArrayData(x, y, batch_size=64), val_data=..., config=TrainConfig(
     ...     epochs=20, schedule="6,12", ema_decay=0.99), output_dir="runs/digits")
     >>> history = trainer.fit()
 
-The recipe (`recipe.py`) follows DeiT and the authors' code; the data follow the batch
-protocol of `datasets.py` (`ArrayData`, `FolderData`). With a `schedule` such as "6,12" the model starts shallow and grows at the first
-epoch of each stage (`expansion.expand`); then a fresh EMA is started, the optimizer is
-rebuilt for the new parameters (optionally carrying the AdamW moments of the blocks that
-already existed, which the reference code drops), the learning rate continues (or
-restarts without warm-up), weight decay is optionally scaled by depth, and the grown model
-is evaluated at once. Stages may grow the width and the image size too (`DEPTHxWIDTH@SIZE`;
-the data switch to the stage's size). The graphs of every later stage are compiled before
-the first epoch (`ahead.py`), so a growth pauses training for about a second, not for a
-compilation; each growth record says how long (`pause_seconds`).
-
-Every epoch a checkpoint (model, EMA, optimizer, position, stage) is written atomically to
-`output_dir/checkpoint.ckpt`; `Trainer.resume(path, ...)` continues exactly, also across a
-growth and from the middle of an epoch (Ctrl-C saves there). Bit-exact resumption holds
-when dropout and drop-path are 0: MindSpore's random state is not part of a checkpoint.
+The recipe is `recipe.py`'s (DeiT's and the authors'); the data follow the batch protocol of
+`datasets.py`. At each stage of `config.schedule` the run grows (`stages.Stages`: the model,
+its EMA and the moments, into graphs compiled before the first epoch), and the grown model
+is evaluated at once. Every epoch `output_dir/checkpoint.ckpt` is written whole
+(`training_checkpoint.py`); `Trainer.resume(path, ...)` goes on exactly, across a growth and
+from the middle of an epoch (Ctrl-C and SIGTERM save there). Bit-exact when dropout and
+drop-path are 0: MindSpore's random state is not part of a checkpoint.
 """
 
 from __future__ import annotations
@@ -32,21 +24,19 @@ from pathlib import Path
 
 import mindspore as ms
 import numpy as np
-from mindspore import ops
 
-from .atomic import atomic_write
-from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from .formats import read_ckpt
-from .ahead import Prepared, warm
-from .expansion import EMA, Ramp, grow, set_gates
-from .schedule import shaped
-from .graphs import SharedForward, compiled_for, pad_batch
+from .errors import ConfigError, DataError, TrainingDiverged
+from .ema import EMA
+from .expansion import Ramp
+from .graphs import pad_batch
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
-from .recipe import TrainConfig, build_optimizer, soft_cross_entropy, soft_targets
+from .recipe import TrainConfig, soft_targets
+from .stages import StageGraphs, Stages
 from .stopping import StopNow, StopOnSignal
+from .training_checkpoint import (read_training_checkpoint, read_training_state, resumed_config,
+                                  write_training_checkpoint)
 
-STATE_KEY = "network_expansion_trainer_state"
 logger = logging.getLogger(__name__)
 
 
@@ -84,23 +74,14 @@ class Trainer:
         self._started = None        # the clock runs only inside fit()
         self._stop = StopOnSignal()
         self._elapsed_before = 0.0
-        self._first = model.config  # the shape training starts at (a width growth's lr rule reads it)
-        first = self.schedule.stage(0)
-        if model.depth != first.depth:
-            raise ConfigError(f"the schedule {self.schedule} starts at depth {first.depth}, the model has "
-                              f"{model.depth}: build it with depth={first.depth}")
-        if first.width not in (None, model.config.width):
-            raise ConfigError(f"the schedule {self.schedule} starts at width {first.width}, the model has "
-                              f"{model.config.width}: build it with width={first.width}")
-        if first.size not in (None, model.config.image_size):
-            raise ConfigError(f"the schedule {self.schedule} starts at image size {first.size}, the model has "
-                              f"{model.config.image_size}: build it with image_size={first.size}")
+        self._stages = Stages(config, self.schedule, len(train_data), self.final_depth, model.config, distributed)
         self._sources = (train_data, val_data)  # as given; a schedule over image sizes resizes them
         self._pending = None  # a growth's record, until its pause is known (two steps later)
-        self._prepared = None  # {stage index: ahead.Prepared}, built when fit() first starts
+        self._prepared = None  # {stage index: StageGraphs} compiled ahead, when fit() first starts
         if any(stage.size is not None for stage in self.schedule.stages):
             self._use_size(model.config.image_size)
-        self._rebuild(ema=EMA(model, config.ema_decay))
+        self._take(self._stages.build(model, EMA(model, config.ema_decay), self.schedule.stage_at(self._clock),
+                                      step=self.step))
 
     # -- building blocks -------------------------------------------------------------
 
@@ -115,101 +96,24 @@ class Trainer:
         if val is not None and hasattr(val, "at_size"):
             self.val_data = val.at_size(size)
 
-    def _rebuild(self, ema: EMA, growth=None, born=None):
-        """(Re)build EMA, optimizer and the jitted steps for the model's current shape.
-        `born`: when carried moments started (`{name: step}`; the others at the stage's start)."""
-        if growth is not None:
-            born = growth.born(self.model)
-        graphs = self._graphs_for(self.model, ema, born, self._stage_start(self.schedule.stage_at(self._clock)))
-        self._take(graphs)
-        self.optimizer.global_step.set_data(ms.Tensor(np.array([self.step], np.int32)))
-        if growth is not None:
-            growth.hand_over(self.optimizer)
-
-    def _stage_start(self, index: int) -> int:
-        """The step stage `index` starts at."""
-        start = self.schedule.stages[index].start
-        return start if self.schedule.unit == "step" else start * len(self.train_data)
-
-    def _graphs_for(self, model, ema, born, stage_start) -> Prepared:
-        """The optimizer and the graphs (not compiled until first run) for `model` and `ema`."""
-        optimization = build_optimizer(model, self.config, len(self.train_data), self.final_depth,
-                                       offset=stage_start, born=born, first=self._first)
-        return Prepared(model=model, ema=ema, optimization=optimization,
-                        train_step=self._make_train_step(model, optimization.optimizer),
-                        evaluation=SharedForward(model), born=dict(born or {}))
-
-    def _take(self, graphs: Prepared, compiled: bool = False) -> None:
-        """Train with `graphs` from now on (`compiled`: they have run, as graphs compiled ahead)."""
-        self._compiling = not compiled  # the next step compiles them: say so before
+    def _take(self, graphs: StageGraphs) -> None:
+        """Train with `graphs` from now on (a step that first runs them compiles them: said before)."""
+        self._graphs = graphs
+        self._compiling = not graphs.compiled
         self.ema = graphs.ema
-        self.optimizer, self.lr_schedule = graphs.optimization.optimizer, graphs.optimization.lr_schedule
+        self.optimizer, self.lr_schedule = graphs.optimizer, graphs.optimization.lr_schedule
         self._train_step, self._evaluation = graphs.train_step, graphs.evaluation
 
-    def _make_train_step(self, model=None, optimizer=None):
-        model, optimizer, clip = model or self.model, optimizer or self.optimizer, self.config.clip_grad
-        reducer = self.distributed.reducer(optimizer.parameters) if self.distributed else None
-        ramped = [gate for gate in model.gates if not gate.requires_grad]  # set by self._ramp
-
-        def forward(images, targets):
-            logits = model(images)
-            return soft_cross_entropy(logits, targets), logits
-
-        gradients = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
-
-        def learn(images, targets):
-            (loss, logits), grads = gradients(images, targets)
-            if reducer is not None:
-                grads = reducer(grads)
-            if clip:
-                grads = ops.clip_by_global_norm(grads, clip)
-            optimizer(grads)
-            return loss, logits.argmax(-1)
-
-        if not ramped:  # no gate to set: the graph must not take one (graphs.py: an unused input)
-            graph = compiled_for(model, learn)
-
-            def step_without_gates(images, targets, gate):
-                return graph(images, targets)
-            return step_without_gates
-
-        def step(images, targets, gate):
-            set_gates(ramped, gate)  # inside the graph: a host-side set_data would not be seen
-            return learn(images, targets)
-
-        return compiled_for(model, step)
-
-    def _grow_to(self, stage, model, ema, optimizer, step: int):
-        """`grow` `model` (with `ema`, and `optimizer`'s moments where they are kept) to
-        `stage`'s shape, as this run grows: the one call both the growth and the graphs
-        compiled ahead for it make. Returns (growth, what grew: {'depth', 'width', 'size'})."""
-        grew = _what_grows(stage, model)
-        # the moments restart at a depth growth (the reference's rule) unless carry_moments;
-        # a width growth grows them with the weights, an image-size growth keeps them
-        carry = self.config.carry_moments or grew["width"] or not grew["depth"]
-        growth = grow(model, stage.depth if grew["depth"] else None, width=stage.width if grew["width"] else None,
-                      image_size=stage.size if grew["size"] else None,
-                      split=self.config.width_split, seed=self.config.seed * 1_000_003 + step,
-                      ema=ema, exact=self.config.growth == "exact", gate=self.config.growth_gate,
-                      mode=self.config.expansion_mode, optimizer=optimizer if carry else None)
-        return growth, grew
-
     def _compile_ahead(self) -> None:
-        """Build and compile the graphs of every later stage now (ahead.py), so that a
-        growth only hands values over. Logs one record with the seconds it took."""
+        """Compile the graphs of every later stage the run reaches now (`Stages.compile_ahead`),
+        so that a growth only hands values over. Logs one record with the seconds it took."""
         if self._prepared is not None:
             return
         self._prepared = {}
-        if not self.config.compile_ahead:
+        later = self._stages.later(self.schedule.stage_at(self._clock))
+        if not self.config.compile_ahead or not later:
             return
         started = time.perf_counter()
-        model, ema, optimizer = self.model, self.ema, self.optimizer
-        current = self.schedule.stage_at(self._clock)
-        length = self.config.epochs * (len(self.train_data) if self.schedule.unit == "step" else 1)
-        later = [index for index in range(current + 1, len(self.schedule.stages))
-                 if self.schedule.stages[index].start < length]  # a stage the run still reaches
-        if not later:
-            return
         logger.info("%scompiling the graphs of stage%s %s ahead, so that the growths do not stop training ...",
                     f"{self.name}: " if self.name else "", "s" if len(later) > 1 else "",
                     ", ".join(str(i + 1) for i in later))
@@ -217,22 +121,11 @@ class Trainer:
         if self.val_data is not None:
             eval_batch = len(next(iter(self.val_data.evaluation_batches()))[1])
             self._stop.rearm()
-        for index in later:
-            shape = model.structural_copy()
-            copy = EMA(shape, ema.decay)
-            copied = build_optimizer(shape, self.config, len(self.train_data), self.final_depth,
-                                     offset=self._stage_start(index - 1), born=optimizer.born_by_name(),
-                                     first=self._first).optimizer
-            step = self._stage_start(index)
-            growth, _ = self._grow_to(self.schedule.stages[index], shape, copy, copied, step)
-            prepared = self._graphs_for(shape, growth.ema, growth.born(shape), step)
-            warm(prepared, self.train_data.batch_size, self.model.config.num_classes, eval_batch)
-            self._prepared[index] = prepared
-            model, ema, optimizer = shape, growth.ema, prepared.optimization.optimizer
-        if self._prepared:
-            self._log({"event": "compile_ahead", "epoch": self.epoch + 1, "step": self.step,
-                       "stages": sorted(self._prepared), "seconds": time.perf_counter() - started,
-                       "wall_seconds": self.wall_seconds})
+        self._prepared = self._stages.compile_ahead(self._graphs, self.schedule.stage_at(self._clock),
+                                                    self.train_data.batch_size, eval_batch, rearm=self._stop.rearm)
+        self._log({"event": "compile_ahead", "epoch": self.epoch + 1, "step": self.step,
+                   "stages": sorted(self._prepared), "seconds": time.perf_counter() - started,
+                   "wall_seconds": self.wall_seconds})
 
     # -- the loop --------------------------------------------------------------------
 
@@ -394,38 +287,25 @@ class Trainer:
         self._log({"event": "fold", "epoch": self.epoch + 1, "step": self.step + 1, "wall_seconds": self.wall_seconds})
 
     def _grow_if_due(self, meter: EpochMeter | None = None) -> None:
-        stage = self.schedule.stage(self._clock)
-        if not any(_what_grows(stage, self.model).values()):
+        """Grow into the stage the clock is in, if it is deeper, wider or larger: `Stages`
+        grows the model, its EMA and the moments and returns what to train with."""
+        index = self.schedule.stage_at(self._clock)
+        if not self._stages.grows(self.model, index):
             return
         if meter is not None:
             self._read_back(meter)  # mid-epoch: grow from weights known to be finite
         self._log_growth()  # a growth two steps after another: its pause has no second step
-        before, started = self.model.config, time.perf_counter()
-        growth, grew = self._grow_to(stage, self.model, self.ema, self.optimizer, self.step)
-        ramped = self.config.growth == "exact" and self.config.growth_gate == "ramp" and bool(growth.gates)
+        started = time.perf_counter()
+        grown = self._stages.grow_into(self._graphs, index, self.step, (self._prepared or {}).pop(index, None))
+        ramped = self.config.growth == "exact" and self.config.growth_gate == "ramp" and bool(grown.growth.gates)
         self._ramp = Ramp(self.step, self.config.growth_ramp or len(self.train_data)) if ramped else None
-        if grew["size"]:
-            self._use_size(stage.size)
-        prepared = (self._prepared or {}).pop(self.schedule.stage_at(self._clock), None)
-        ahead = prepared is not None and prepared.fits(self.model, growth.ema, growth.born(self.model))
-        if ahead:  # compiled at the start: hand the values over, take the prepared layers
-            prepared.hand_over(self.model, growth.ema, growth, self.step)
-            self.model.adopt(prepared.model)
-            self._take(prepared, compiled=True)
-        else:
-            self._rebuild(ema=growth.ema, growth=growth)
-        record = {"event": "grow", "epoch": self.epoch + 1, "step": self.step, "from": before.depth, "to": stage.depth,
-                  "order": growth.order, "mode": self.config.expansion_mode, "growth": self.config.growth,
-                  "compiled_ahead": ahead}
-        if grew["width"]:
-            record.update(width_from=before.width, width_to=self.model.config.width,
-                          heads_to=self.model.config.num_heads, split=self.config.width_split)
-        if grew["size"]:
-            record.update(size_from=before.image_size, size_to=self.model.config.image_size)
-        if not ahead:
+        if grown.growth.grew["size"]:
+            self._use_size(self.model.config.image_size)
+        self._take(grown.graphs)
+        if not grown.graphs.compiled:
             self._warm_evaluation()
         pause = time.perf_counter() - started
-        record.update(self.validate())
+        record = {**grown.record, "epoch": self.epoch + 1, **self.validate()}
         record["seconds"] = time.perf_counter() - started
         record["wall_seconds"] = self.wall_seconds
         self._pending = {"record": record, "pause": pause, "steps": []}
@@ -504,9 +384,8 @@ class Trainer:
                  "moments_born": self.optimizer.born_by_name()}
         entries = [{"name": p.name, "data": p.value()} for p in self.model.get_parameters()]
         entries += [{"name": p.name, "data": p.value()} for p in self.ema.network.get_parameters()]
-        entries += [{"name": p.name, "data": p.value()} for p in self.optimizer.moments1]
-        entries += [{"name": p.name, "data": p.value()} for p in self.optimizer.moments2]
-        _save_atomically(entries, path, {STATE_KEY: json.dumps(state)})
+        entries += self.optimizer.state()
+        write_training_checkpoint(path, entries, state)
         return path
 
     def _save_final(self):
@@ -525,31 +404,15 @@ class Trainer:
                distributed=None, changes: dict | None = None) -> "Trainer":
         """A trainer in the exact state `path` was saved in (model depth, EMA, optimizer).
 
-        `changes`: `TrainConfig` fields to change on the way, only those of `RESUMABLE`
-        (e.g. `{"epochs": 400}`: the cosine stretches to the new end; the stages start
-        where they were planned). Anything else would not be the same run: `ConfigError`.
+        `changes`: `TrainConfig` fields to change on the way, only those of
+        `training_checkpoint.RESUMABLE` (e.g. `{"epochs": 400}`: the cosine stretches to the
+        new end; the stages start where they were planned). Anything else would not be the
+        same run: `ConfigError`.
         """
         loaded, state = read_training_checkpoint(path)
-        saved = TrainConfig(**state["train_config"])
-        config = saved
-        if changes:
-            proposed = dataclasses.replace(saved, **changes)  # normalised as the saved config was
-            refused = sorted(k for k in changes if k not in RESUMABLE and getattr(proposed, k) != getattr(saved, k))
-            if refused:
-                raise ConfigError(
-                    "a resumed run keeps its recipe; these differ from the checkpoint's: "
-                    + ", ".join(f"{k}={getattr(proposed, k)!r} (saved {getattr(saved, k)!r})" for k in refused)
-                    + f". Only {', '.join(RESUMABLE)} can change; start a new run for the others")
-            config = dataclasses.replace(saved, **{k: v for k, v in changes.items() if k in RESUMABLE})
-            if config.epochs != saved.epochs and saved.schedule and saved.stage_starts is None:
-                planned = saved.expansion_schedule(saved.final_depth(state["depth"]), len(train_data)).starts
-                config = dataclasses.replace(config, stage_starts=planned)
-        if config.epochs < state["epoch"]:
-            raise ConfigError(f"epochs={config.epochs}: the checkpoint is already at epoch {state['epoch']}")
+        config = resumed_config(state, changes, len(train_data))
         grown = ViTConfig(**state["model_config"])
-        final = shaped(grown, config.final_depth(grown.depth), config.final_width(grown.width),
-                       config.final_size(grown.image_size))
-        model = VisionTransformer(config.first_model(final))
+        model = VisionTransformer(config.shapes(grown)[0])
         trainer = cls(model, train_data, val_data, config, output_dir=output_dir or Path(path).parent,
                       progress=progress, distributed=distributed)
         if grown != model.config:  # grown since the start: the checkpoint's shape, its weights loaded below
@@ -568,9 +431,9 @@ class Trainer:
             parameter.set_data(ms.Tensor(loaded[parameter.name]))
         ema = EMA(model, config.ema_decay)
         ema.load_state({name: loaded[name] for name in loaded if name.startswith("ema.")})
-        trainer._rebuild(ema=ema, born=state.get("moments_born"))
-        for moment in list(trainer.optimizer.moments1) + list(trainer.optimizer.moments2):
-            moment.set_data(ms.Tensor(loaded[moment.name]))
+        trainer._take(trainer._stages.build(model, ema, trainer.schedule.stage_at(trainer._clock),
+                                            born=state.get("moments_born"), step=trainer.step))
+        trainer.optimizer.load_state(loaded)
         return trainer
 
 
@@ -608,41 +471,3 @@ def folder_trainer(model, train_dir, val_dir=None, config: TrainConfig | None = 
 def _shape_text(config) -> str:
     """`depth 12, width 768, 224 px`: what a stage trains, in a line of the story."""
     return f"depth {config.depth}, width {config.width}, {config.image_size} px"
-
-
-def _what_grows(stage, model) -> dict:
-    """`{'depth', 'width', 'size'}`: which of them `stage` takes beyond `model`'s."""
-    return {"depth": model.depth < stage.depth,
-            "width": stage.width is not None and model.config.width < stage.width,
-            "size": stage.size is not None and model.config.image_size < stage.size}
-
-
-# What a resumed run may change: how long it goes on, how often it reads results back, and
-# whether later stages' graphs are compiled ahead.
-RESUMABLE = ("epochs", "log_every", "compile_ahead")
-
-
-def read_training_state(path) -> dict:
-    """The trainer state of a `checkpoint.ckpt` (configs, position, batch size), without its tensors."""
-    return read_training_checkpoint(path, state_only=True)[1]
-
-
-def read_training_checkpoint(path, state_only: bool = False):
-    """`({name: array}, trainer state)` of a `checkpoint.ckpt` a run wrote."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, ["no such file"], advice="Pass the checkpoint.ckpt a training run wrote.")
-    arrays, texts = read_ckpt(path, only=set() if state_only else None)
-    if STATE_KEY not in texts:
-        raise CheckpointError(path, ["not a training checkpoint (no trainer state)"],
-                              advice="To start from weights, use create_network(pretrained=...) instead.")
-    try:
-        return arrays, json.loads(texts[STATE_KEY])
-    except json.JSONDecodeError as error:
-        raise CheckpointError(path, [f"its trainer state is not JSON ({error})"],
-                              advice="Resume from another checkpoint, or start a new run.") from None
-
-
-def _save_atomically(entries, path: Path, append: dict):
-    with atomic_write(path, advice="The last checkpoint written is intact") as temporary:
-        ms.save_checkpoint(entries, str(temporary), append_dict=append)

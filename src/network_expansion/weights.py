@@ -28,6 +28,7 @@ from .atomic import atomic_write
 from .download import fetch, file_name_of
 from .errors import CheckpointError, ConfigError, DownloadError
 from .formats import FORMATS, NAMING_SCHEMES
+from .graphs import assign
 from .model import ViTConfig, is_classifier_name
 
 # Entries a training checkpoint holds beside the model (optimizer, loss scale, counters).
@@ -335,27 +336,12 @@ def load_pretrained(network, source, *, head="strict", cache_dir=None, sha256=No
 
     for name, parameter in parameters.items():
         if name not in kept:
-            assign(parameter, state[name])
+            assign(parameter, state[name])  # in place: graphs compiled before see it
     if head == "strict":
         network.class_names = weights.class_names
     return LoadReport(source=weights.source, scheme=weights.scheme,
                       loaded=len(parameters) - len(kept), kept=kept, resized=resized,
                       ignored=weights.ignored)
-
-
-def assign(parameter, value) -> None:
-    """Write `value` into `parameter`'s own memory.
-
-    Not `set_data`: that gives the parameter a new buffer, and every graph that has already
-    run keeps reading the old one (MindSpore 2.10), so a network compiled before loading
-    would go on predicting with its old weights. `ops.assign` writes in place, which every
-    graph sees (tests/test_weights.py).
-    """
-    import mindspore as ms
-    from mindspore import ops
-
-    tensor = ms.Tensor(np.asarray(value))
-    ops.assign(parameter, tensor if tensor.dtype == parameter.dtype else tensor.astype(parameter.dtype))
 
 
 def resample_positions(positions: np.ndarray, wanted: tuple):
