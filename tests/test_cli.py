@@ -93,6 +93,7 @@ def test_a_small_training_folder_trains_with_a_smaller_batch_and_says_so(tmp_pat
                              num_heads=2).class_names == ("ant", "bee")
 
 
+@pytest.mark.slow
 def test_mindspore_warnings_stay_out_of_a_training_run_unless_verbose(tmp_path):
     """A growth compiles the graphs again; MindSpore's own warnings (its C++ and Python logs
     read GLOG_v) are off for the command unless --verbose, and a level the user set is kept."""
@@ -129,6 +130,7 @@ def test_the_growth_flags_reach_the_training_recipe():
     assert _train_config(_parser().parse_args(["train", "--data", "d"])).growth == "reference"
 
 
+@pytest.mark.slow
 def test_predict_json_prints_only_json_on_stdout(tmp_path):
     """Machine-readable output is clean: MindSpore's kernel compiler (AKG, which fuses this
     network's kernels: its tokens are ViT-B-sized) prints to file descriptor 1 from processes

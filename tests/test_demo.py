@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from network_expansion.cli import main
 
 
+@pytest.mark.slow
 def test_demo_trains_both_runs_and_writes_table_plot_and_summary(tmp_path, capsys, monkeypatch):
     import dataclasses
 

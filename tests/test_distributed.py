@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # fresh interpreters or whole jobs: the README's test command runs them
+
 HERE = Path(__file__).resolve().parent
 
 

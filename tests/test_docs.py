@@ -115,6 +115,7 @@ def readme_folder(tmp_path_factory, released_like_checkpoint):
     return folder, released_like_checkpoint.parent
 
 
+@pytest.mark.slow
 def test_every_readme_block_runs_as_written(readme_folder):
     folder, cache = readme_folder
     env = {k: v for k, v in os.environ.items() if not k.startswith("NETWORK_EXPANSION_")}

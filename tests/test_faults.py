@@ -457,6 +457,7 @@ def _same_weights(a, b):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_the_same_command_with_the_same_seed_trains_the_same_weights(folder_data, reference_run):
     out = folder_data / "again"
     result = subprocess.run(_command("train", "--data", str(folder_data / "data"), *TRAIN, "--output", str(out)),
@@ -475,6 +476,7 @@ def _wait_for(stream, text: str) -> str:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number,word", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")])
 def test_a_real_signal_saves_the_run_and_resume_is_exact(folder_data, reference_run, number, word):
     """The signal comes in the middle of epoch 2, as a user's Ctrl-C would. MindSpore turns a
@@ -513,6 +515,7 @@ def test_sigkill_leaves_the_last_checkpoint_intact(folder_data):
     assert state["epoch"] in (1, 2)  # epoch 2's line is printed just before its checkpoint is written
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_training_in_one_line_and_keeps_the_last_checkpoint(folder_data, reference_run):
     """The depth-2 checkpoint after the growth no longer fits; the depth-1 one stays."""
     out = folder_data / "full"

@@ -224,6 +224,7 @@ def test_learned_gates_train_from_zero_and_are_folded_into_the_saved_weights(lea
     assert _relative(loaded(images).asnumpy(), trainer.model(images).asnumpy()) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gate,at", [("ramp", 8), ("ramp", 10), ("learned", 8)])  # the ramp: steps 6 to 10
 def test_resume_with_gates_reproduces_the_uninterrupted_run(exact_run, learned_run, tmp_path, gate, at):
     uninterrupted = exact_run if gate == "ramp" else learned_run

@@ -96,6 +96,7 @@ def _run_hub_client(folder, *extra):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_hub_client_imports_the_downloaded_folder_and_runs_the_full_network(tmp_path):
     folder = _downloaded_package(tmp_path)
     result = _run_hub_client(folder)
@@ -105,6 +106,7 @@ def test_hub_client_imports_the_downloaded_folder_and_runs_the_full_network(tmp_
     assert result["network_file"].startswith(str(folder))
 
 
+@pytest.mark.slow
 def test_hub_client_non_strict_load_fills_every_parameter_of_a_reference_named_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     checkpoint = tmp_path / "released.ckpt"

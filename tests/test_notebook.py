@@ -4,9 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 from network_expansion import VisionTransformer, ViTConfig, save_weights
+
+pytestmark = pytest.mark.slow  # fresh interpreters or whole jobs: the README's test command runs them
 
 
 def test_the_finetune_notebook_runs_end_to_end(tmp_path):

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import tiny_shapes, random_state, write_ckpt
 
+pytestmark = pytest.mark.slow  # fresh interpreters or whole jobs: the README's test command runs them
+
 # A notebook's first cells: weights loaded three ways, predictions at two batch sizes, a
 # training run with a growth (which compiles its graphs again), and the evaluation.
 USER_SESSION = """
@@ -62,6 +64,7 @@ import numpy as np
 import network_expansion as ne
 import mindspore as ms
 from mindspore import ops
+
 network = ne.create_network(depth=1, width=384, num_heads=6, mlp_width=768, num_classes=3)
 print(ne.Classifier(network, batch_size=2).predict(np.zeros((60, 80, 3), np.uint8), topk=1))
 x = np.random.default_rng(0).standard_normal((4, 3, 224, 224)).astype(np.float32)

@@ -151,6 +151,7 @@ def test_every_growth_record_says_how_long_training_stood_still(sized_run):
     assert describe_record(logged[0], 4).startswith("compiled the graphs of stage 2 ahead in ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule,growth", [("1x16@8,2x16@12,4x32@16", "exact"), ("2,4", "reference")])
 def test_graphs_compiled_ahead_train_exactly_what_compiling_at_the_growth_trains(schedule, growth, tmp_path):
     image_size = 8 if "@" in schedule else 16
@@ -172,6 +173,7 @@ def test_graphs_compiled_ahead_train_exactly_what_compiling_at_the_growth_trains
     assert [r["loss"] for r in history.epochs] == pytest.approx([r["loss"] for r in history_off.epochs], rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [8, 4])  # inside the first grown epoch; inside the cropped stage's second epoch
 def test_resume_across_an_image_size_growth_reproduces_the_uninterrupted_run(sized_run, tmp_path, stop):
     uninterrupted = sized_run[0]

@@ -63,6 +63,7 @@ def test_evaluation_pads_the_last_batch_and_scores_model_and_ema_on_every_image(
         assert got[key] == pytest.approx(float((predictions == labels).mean()))
 
 
+@pytest.mark.slow
 def test_reading_results_back_late_changes_no_weight_and_no_logged_number():
     runs = {}
     for every in (1, 100):
@@ -132,6 +133,7 @@ def _assert_same(got, expected, where):
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=f"{where}: {name}")
 
 
+@pytest.mark.slow
 def test_resume_mid_stage_mid_epoch_reproduces_the_uninterrupted_run(uninterrupted, tmp_path):
     trainer = _trainer(tmp_path)
     _stop_at_step(trainer, 4)  # epoch 1 (0-based), batch 1 of 3
@@ -141,6 +143,7 @@ def test_resume_mid_stage_mid_epoch_reproduces_the_uninterrupted_run(uninterrupt
     _assert_same(got, _weights(uninterrupted[0].model), "mid-stage")
 
 
+@pytest.mark.slow
 def test_resume_from_just_before_a_growth_grows_and_reproduces_the_run(uninterrupted, tmp_path):
     trainer = _trainer(tmp_path)
     _stop_before_growth(trainer)
@@ -150,6 +153,7 @@ def test_resume_from_just_before_a_growth_grows_and_reproduces_the_run(uninterru
     _assert_same(got, _weights(uninterrupted[0].model), "across the growth")
 
 
+@pytest.mark.slow
 def test_resume_after_a_growth_restores_the_grown_model(uninterrupted, tmp_path):
     trainer = _trainer(tmp_path)
     _stop_at_step(trainer, 8)  # inside epoch 2, after the growth
@@ -307,6 +311,7 @@ def test_the_trainer_logs_its_story_and_says_compiling_before_it_compiles(caplog
     assert starts == sorted(starts), story
 
 
+@pytest.mark.slow
 def test_a_resumed_run_that_ends_sooner_compiles_no_stage_it_cannot_reach(tmp_path, caplog):
     """Four epochs planned with a growth at epoch 3, resumed after the first to end after two:
     the growth's stage never comes, so nothing is compiled for it."""

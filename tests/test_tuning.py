@@ -10,6 +10,8 @@ import pytest
 
 from network_expansion import tuning
 
+pytestmark = pytest.mark.slow  # fresh interpreters or whole jobs: the README's test command runs them
+
 # After tune_cpu(): the environment it set, whether a fused graph of a ViT-B-sized block
 # fused, and each of MindSpore's kernel threads' cores after that graph's first call.
 TUNED = """
@@ -23,6 +25,7 @@ network.set_train(False)
 from network_expansion.graphs import compiled_forward
 compiled_forward(network)(ms.Tensor(np.zeros((1, 3, 224, 224), np.float32))).asnumpy()
 from network_expansion.tuning import _threads, kernel_cache
+
 threads = [(t, name) for t, name in _threads() if name.startswith(("ActorThread_", "KernelThread_"))]
 print(json.dumps({{"set": {{k: v for k, v in os.environ.items() if before.get(k) != v}},
                   "tuning": tuning.environment, "notes": tuning.notes,

@@ -176,6 +176,7 @@ def test_a_width_that_cannot_grow_says_why(change, message):
         ne.grow(_network(depth=1), width=128, split="half")
 
 
+@pytest.mark.slow
 def test_the_full_vit_b_grown_to_width_1024_keeps_its_predictions_on_real_photos(vit_b):
     from skimage import data
 
@@ -223,6 +224,7 @@ def test_the_trainer_grows_width_and_depth_at_the_stage_start_with_the_function_
     assert trainer.ema.network.config.width == 32
 
 
+@pytest.mark.slow
 def test_resume_across_a_width_growth_reproduces_the_uninterrupted_run(wide_run, tmp_path):
     from conftest import parameters_of, small_trainer, stop_at_step
 
