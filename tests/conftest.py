@@ -122,6 +122,26 @@ def released_like_checkpoint(tmp_path_factory):
     return write_ckpt(path, random_state(reference_names(), seed=7))
 
 
+def place_released(cache, checkpoint) -> Path:
+    """Put `checkpoint` where the released checkpoint's download lies in the cache `cache`
+    (as a user places a copy by hand, offline); returns that path."""
+    from network_expansion import model_card
+    from network_expansion.download import cache_path
+
+    target = cache_path(model_card().checkpoint.link, cache)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(checkpoint)
+    return target
+
+
+@pytest.fixture(scope="session")
+def released_in_cache(tmp_path_factory, released_like_checkpoint):
+    """A cache folder holding `released_like_checkpoint` where the released download goes."""
+    cache = tmp_path_factory.mktemp("cache")
+    place_released(cache, released_like_checkpoint)
+    return cache
+
+
 def tiny_shapes(depth=2, num_classes=10):
     """Checkpoint (name, shape) pairs of `tiny_config`, by building it."""
     return list(VisionTransformer(tiny_config(depth=depth, num_classes=num_classes)).parameter_shapes().items())

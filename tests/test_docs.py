@@ -78,7 +78,7 @@ def _picture_folders(root, classes, per_class, size=40, seed=0):
 
 
 @pytest.fixture(scope="module")
-def readme_folder(tmp_path_factory, released_like_checkpoint):
+def readme_folder(tmp_path_factory, released_like_checkpoint, released_in_cache):
     """A folder like a user's: this clone's .venv and assets, real photos (scikit-image),
     an ImageFolder tree, ImageNet's flat val layout, and the released checkpoint's names and
     shapes in the cache where the download would put it."""
@@ -112,7 +112,7 @@ def readme_folder(tmp_path_factory, released_like_checkpoint):
         Image.fromarray(np.ascontiguousarray(picture)).save(flat / f"ILSVRC2012_val_{i:08d}.JPEG", format="JPEG")
         rows.append(f"ILSVRC2012_val_{i:08d},{wnid} 10 10 100 100")
     (folder / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
-    return folder, released_like_checkpoint.parent
+    return folder, released_in_cache
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import socket
 import pytest
 from http_server import FileServer
 
-from network_expansion.download import fetch
+from network_expansion.download import cache_path, fetch
 from network_expansion.errors import DownloadError
 
 NAME = "depth_expansion_vit_base_gpu_v180_imagenet2012_research_cv_top1acc81.5.ckpt"
@@ -23,9 +23,10 @@ def server():
 
 def test_download_shows_progress_and_records_the_digest(server, tmp_path, capsys):
     path = fetch(server.url(f"/models/{NAME}"), folder=tmp_path)
-    assert path == tmp_path / NAME and path.read_bytes() == BODY
-    assert (tmp_path / f"{NAME}.sha256").read_text().strip() == DIGEST
-    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME, f"{NAME}.lock", f"{NAME}.sha256"]  # no .part
+    assert path == cache_path(server.url(f"/models/{NAME}"), tmp_path) and path.read_bytes() == BODY
+    assert path.parent.parent == tmp_path / "downloads" and path.name == NAME  # a folder of its own for the URL
+    assert path.with_name(f"{NAME}.sha256").read_text().strip() == DIGEST
+    assert sorted(p.name for p in path.parent.iterdir()) == [NAME, f"{NAME}.lock", f"{NAME}.sha256"]  # no .part
     progress = capsys.readouterr().err
     assert NAME in progress and "3.00M" in progress and "B/s" in progress
 
@@ -43,17 +44,36 @@ def test_a_cut_connection_is_resumed_where_it_stopped(server, tmp_path):
     assert [r[1] for r in server.requests] == [None, "bytes=1000000-"]
 
 
-def test_a_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
-    (tmp_path / f"{NAME}.part").write_bytes(BODY[:123])
-    assert fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False).read_bytes() == BODY
-    assert server.requests == [(f"/models/{NAME}", "bytes=123-")]
+def test_a_partial_file_from_an_earlier_run_is_resumed_only_with_its_validator(server, tmp_path):
+    """A partial file whose start was recorded with the server's ETag asks for the rest of
+    that very file (Range with If-Range); one with no record of what it was is started over."""
+    url = server.url(f"/models/{NAME}")
+    server.cut_next[f"/models/{NAME}"] = 123
+    server.requests.clear()
+    with pytest.raises(DownloadError):  # cut every time: the partial file and its validator stay
+        import network_expansion.download as download
+        attempts, download.ATTEMPTS = download.ATTEMPTS, 1
+        try:
+            fetch(url, folder=tmp_path, progress=False)
+        finally:
+            download.ATTEMPTS = attempts
+    part = cache_path(url, tmp_path).with_name(f"{NAME}.part")
+    assert part.read_bytes() == BODY[:123]
+    assert fetch(url, folder=tmp_path, progress=False).read_bytes() == BODY
+    assert server.requests[-1] == (f"/models/{NAME}", "bytes=123-")
+    part.write_bytes(BODY[:77])  # left by something else, nothing recorded about it
+    part.with_name(f"{NAME}.part.json").unlink(missing_ok=True)
+    cache_path(url, tmp_path).unlink()
+    assert fetch(url, folder=tmp_path, progress=False).read_bytes() == BODY
+    assert server.requests[-1] == (f"/models/{NAME}", None)
 
 
 def test_a_digest_mismatch_raises_and_leaves_no_file(server, tmp_path):
     wrong = "0" * 64
     with pytest.raises(DownloadError, match=f"sha256 is {DIGEST}, not the expected {wrong}; the download was deleted"):
         fetch(server.url(f"/models/{NAME}"), folder=tmp_path, sha256=wrong, progress=False)
-    assert [p.name for p in tmp_path.iterdir()] == [f"{NAME}.lock"]  # the empty lock only
+    left = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert [p.name for p in left] == [f"{NAME}.lock"] and left[0].stat().st_size == 0  # the empty lock only
 
 
 def test_the_digest_variable_is_checked(server, tmp_path, monkeypatch):
@@ -72,16 +92,18 @@ def test_a_corrupted_cache_file_is_detected_moved_aside_and_fetched_again(server
     assert fetch(server.url(f"/models/{NAME}"), folder=tmp_path, progress=False).read_bytes() == BODY
     assert len(server.requests) == 2
     assert "fetching it again" in caplog.text and "moved aside" in caplog.text
-    aside = list(tmp_path.glob(f"{NAME}.sha256-*"))
+    aside = list(path.parent.glob(f"{NAME}.sha256-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == bytes(damaged)  # kept, not deleted
 
 
 def test_a_file_placed_by_hand_is_used_without_a_server(tmp_path, monkeypatch):
     monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(tmp_path))
-    (tmp_path / NAME).write_bytes(BODY)
-    unused_port = _closed_port()
-    assert fetch(f"http://127.0.0.1:{unused_port}/models/{NAME}", progress=False) == tmp_path / NAME
-    assert (tmp_path / f"{NAME}.sha256").read_text().strip() == DIGEST
+    url = f"http://127.0.0.1:{_closed_port()}/models/{NAME}"
+    placed = cache_path(url)
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(BODY)
+    assert fetch(url, progress=False) == placed
+    assert placed.with_name(f"{NAME}.sha256").read_text().strip() == DIGEST
 
 
 def test_404_names_the_url_the_cache_path_and_the_variable(server, tmp_path):
@@ -90,8 +112,8 @@ def test_404_names_the_url_the_cache_path_and_the_variable(server, tmp_path):
         fetch(url, folder=tmp_path, progress=False)
     message = str(caught.value)
     assert f"cannot download {url} (HTTP 404 Not Found)" in message
-    assert f"place it at {tmp_path / 'missing.ckpt'}" in message and "$NETWORK_EXPANSION_CACHE" in message
-    assert not any(tmp_path.glob("*.ckpt"))
+    assert f"place it at {cache_path(url, tmp_path)}" in message and "$NETWORK_EXPANSION_CACHE" in message
+    assert not any(tmp_path.rglob("*.ckpt"))
 
 
 def test_connection_refused_gives_the_offline_advice(tmp_path):
@@ -146,6 +168,6 @@ def test_two_processes_fetching_one_file_download_it_once(server, tmp_path):
                 for _ in range(2)]
     paths = [child.communicate(timeout=120)[0].strip() for child in children]
     assert [child.returncode for child in children] == [0, 0]
-    assert paths == [str(tmp_path / NAME)] * 2 and (tmp_path / NAME).read_bytes() == BODY
+    assert paths == [str(cache_path(url, tmp_path))] * 2 and cache_path(url, tmp_path).read_bytes() == BODY
     assert server.requests == [(f"/models/{NAME}", None)]  # one download, not two, not a resumed one
-    assert not list(Path(tmp_path).glob("*.part"))
+    assert not list(Path(tmp_path).rglob("*.part"))

@@ -51,13 +51,14 @@ def test_positional_arguments_are_rejected_with_advice():
         create_network("NetworkExpansion", 10)
 
 
-def test_load_gives_the_released_weights_by_default_as_the_hub_client_does(released_like_checkpoint, monkeypatch):
+def test_load_gives_the_released_weights_by_default_as_the_hub_client_does(released_like_checkpoint, released_in_cache,
+                                                                          monkeypatch):
     """`mindspore_hub.load` defaults to the trained weights; so does the package's `load`
     (here the released file's names and shapes, placed in the cache as a download would be),
     which also accepts the short alias. `pretrained=False` is random weights."""
     from network_expansion.formats import read_ckpt
 
-    monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(released_like_checkpoint.parent))
+    monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(released_in_cache))
     network = network_expansion.load("noahsark/NetworkExpansion")
     released, _ = read_ckpt(released_like_checkpoint, only={"cls", "head.0.bias"})
     assert np.array_equal(network.cls.asnumpy(), released["cls"])

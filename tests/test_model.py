@@ -122,9 +122,9 @@ def test_drop_path_acts_only_while_training(tiny_images):
 @pytest.mark.parametrize("overrides,message", [
     (dict(image_size=30), "not a multiple of patch_size"),
     (dict(width=30), "not a multiple of num_heads"),
-    (dict(depth=0), "depth must be a whole number >= 1, got 0"),
+    (dict(depth=0), "depth must be a whole number from 1 to 1024, got 0"),
     (dict(drop_path_rate=1.5), "drop_path_rate must be a number >= 0 and < 1, got 1.5"),
-    (dict(num_classes=-1), r"num_classes must be a whole number >= 0 \(0: no head\), got -1"),
+    (dict(num_classes=-1), r"num_classes must be a whole number from 0 to 1000000 \(0: no head\), got -1"),
 ])
 def test_config_rejects_values_that_cannot_be_built(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -32,9 +32,13 @@ def test_the_released_checkpoint_fills_every_parameter_of_the_full_network(relea
 
 
 def test_pretrained_true_uses_a_file_placed_in_the_cache_by_hand(released_like_checkpoint, tmp_path, monkeypatch):
-    # The offline route the download error advises: put the file in the cache folder.
+    # The offline route the download error advises: put the file where it says, in the cache folder.
+    from network_expansion.download import cache_path
+
     monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(tmp_path))
-    shutil.copy(released_like_checkpoint, tmp_path / model_card().checkpoint.file_name)
+    placed = cache_path(model_card().checkpoint.link)
+    placed.parent.mkdir(parents=True)
+    shutil.copy(released_like_checkpoint, placed)
     network = create_network("networkexpansion", pretrained=True)
     assert network.config.num_classes == 1001
     np.testing.assert_array_equal(network.cls.asnumpy(), random_state(reference_names()[:1], seed=7)["cls"])
@@ -47,7 +51,7 @@ def test_pretrained_url_is_downloaded_through_the_cache(tmp_path, monkeypatch):
     with FileServer() as server:
         server.files["/tiny.ckpt"] = (tmp_path / "tiny.ckpt").read_bytes()
         network = create_network("NetworkExpansion", pretrained=server.url("/tiny.ckpt"), **TIMM_TINY)
-    assert (tmp_path / "cache" / "tiny.ckpt").is_file()
+    assert [p.name for p in (tmp_path / "cache").rglob("*.ckpt")] == ["tiny.ckpt"]
     np.testing.assert_array_equal(network.pos_embedding.asnumpy(), state["pos_embedding"])
     assert (network.config.width, network.config.depth, network.config.image_size) == (32, 2, 32)
 
@@ -347,6 +351,6 @@ def test_a_download_that_cannot_be_checked_here_is_kept_not_deleted(tmp_path, mo
         server.files["/w/t.ckpt"] = body
         with pytest.raises(DownloadError, match=r"cannot be checked here, so it was kept there unused") as caught:
             read_weights(server.url("/w/t.ckpt"), cache_dir=cache, progress=False)
-    kept = [p for p in cache.iterdir() if p.name.endswith(".part")]
+    kept = [p for p in cache.rglob("*") if p.name.endswith(".part")]
     assert len(kept) == 1 and kept[0].read_bytes() == body and str(kept[0]) in str(caught.value)
     assert "MemoryError" in str(caught.value)

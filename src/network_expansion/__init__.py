@@ -11,6 +11,7 @@ changes the process (environment, threads, signals outside a training run) unles
 """
 
 import importlib
+import importlib.util
 
 __version__ = "1.0.0"
 
@@ -42,6 +43,8 @@ __all__ = [name for names in _EXPORTS.values() for name in names]
 def __getattr__(name):
     module = _MODULE_OF.get(name)
     if module is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f".{name}", __name__)  # a module of the package: ne.weights, ne.images
         raise AttributeError(f"module 'network_expansion' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # imported once

@@ -22,10 +22,17 @@ PRECISIONS = ("float32", "float16", "bfloat16")
 
 
 # What each numeric field of ViTConfig accepts (the command line's flags say the same).
+# The upper bounds are far above any ViT built (ViT-22B: width 6144, MLP 24576, depth 48) and
+# keep a value read from a file or typed by mistake from asking for absurd allocations.
 MODEL_RANGES = {
-    **{name: Range(int, 1) for name in ("image_size", "patch_size", "in_channels", "width", "depth", "num_heads",
-                                        "mlp_width")},
-    "num_classes": Range(int, 0, note="(0: no head)"),
+    "image_size": Range(int, 1, 8192, high_open=False),
+    "patch_size": Range(int, 1, 1024, high_open=False),
+    "in_channels": Range(int, 1, 64, high_open=False),
+    "width": Range(int, 1, 65536, high_open=False),
+    "depth": Range(int, 1, 1024, high_open=False),
+    "num_heads": Range(int, 1, 4096, high_open=False),
+    "mlp_width": Range(int, 1, 262144, high_open=False),
+    "num_classes": Range(int, 0, 1_000_000, high_open=False, note="(0: no head)"),
     **{name: Range(float, 0, 1) for name in ("dropout", "attention_dropout", "drop_path_rate")},
 }
 
@@ -61,25 +68,14 @@ class ViTConfig:
         if problems:
             raise ConfigError("invalid ViTConfig: " + "; ".join(problems))
 
-    @staticmethod
-    def fields_from_shapes(shapes: dict) -> dict:
-        """The fields a checkpoint's `{name: shape}` says: class count (0 without a head),
-        depth, width, MLP width, and patch and image size (RGB input, square images)."""
-        fields = {"num_classes": int(shapes["head.0.weight"][0]) if "head.0.weight" in shapes else 0}
-        depth = len({name.split(".")[2] for name in shapes if name.startswith("body.layers.")})
-        if depth:
-            fields["depth"] = depth
-        if "cls" in shapes:
-            fields["width"] = int(shapes["cls"][-1])
-        if "body.layers.0.1.cell.1.ff1.dense.weight" in shapes:
-            fields["mlp_width"] = int(shapes["body.layers.0.1.cell.1.ff1.dense.weight"][0])
-        stem, positions = shapes.get("stem.patch_to_embedding.dense.weight"), shapes.get("pos_embedding")
-        if stem is not None and positions is not None:
-            patch = int(round((stem[1] / 3) ** 0.5))
-            grid = int(round((positions[1] - 1) ** 0.5))
-            if 3 * patch * patch == stem[1] and grid * grid == positions[1] - 1:
-                fields["patch_size"], fields["image_size"] = patch, grid * patch
-        return fields
+    @property
+    def parameter_count(self) -> int:
+        """The network's parameters (gates aside): what a file that describes this network
+        must hold (`weights.py` checks it before building anything)."""
+        w, mlp, classes = self.width, self.mlp_width, self.num_classes
+        embedding = self.in_channels * self.patch_size ** 2 * w + w + w + (self.num_patches + 1) * w
+        block = 4 * w + 4 * (w * w + w) + (w * mlp + mlp) + (mlp * w + w)
+        return embedding + self.depth * block + 2 * w + (classes * w + classes if classes else 0)
 
     @property
     def num_patches(self) -> int:

@@ -7,6 +7,13 @@ from `ValueError`, so code written against the plain built-in keeps working.
 """
 
 
+def printable(text) -> str:
+    """`text` with its control characters escaped (`\\x1b`, `\\n`, ...): a file, class or URL
+    name from outside, printed on a terminal, can forge no line and send no escape sequence."""
+    return "".join(character if character.isprintable() or character == " " else
+                   character.encode("unicode_escape").decode("ascii") for character in str(text))
+
+
 class NetworkExpansionError(Exception):
     """Base class of every error raised on purpose by `network_expansion`."""
 
@@ -26,8 +33,8 @@ class CardError(NetworkExpansionError, ValueError):
     """
 
     def __init__(self, path, problems):
-        self.path = str(path)
-        self.problems = list(problems)
+        self.path = printable(path)
+        self.problems = [printable(problem) for problem in problems]
         listing = "\n".join(f"  - {problem}" for problem in self.problems)
         super().__init__(f"hub card {self.path} has {len(self.problems)} problem(s):\n{listing}")
 
@@ -81,8 +88,8 @@ class CheckpointError(NetworkExpansionError, ValueError):
     """
 
     def __init__(self, source, problems, advice: str = "", *, readable: bool = True):
-        self.source = str(source)
-        self.problems = list(problems)
+        self.source = printable(source)
+        self.problems = [printable(problem) for problem in problems]
         self.readable = readable
         listing = "\n".join(f"  - {problem}" for problem in self.problems)
         advice = f"\n{advice}" if advice else ""

@@ -1,23 +1,32 @@
 """Weight files, read by their structure before anything trusts them; and written.
 
-A checkpoint from a link is untrusted input. The `.ckpt` reader here walks MindSpore's
-checkpoint format itself (a sequence of protobuf `Checkpoint.Value` records: a name, dims,
-a type name and the raw bytes; big tensors in consecutive slices of one name; an optional
-CRC trailer) and checks every entry before it makes an array: a known type, dims whose
-product times the item size is exactly the content's length, a name that is UTF-8 text.
-So a malformed file is a `CheckpointError`, and nothing is allocated that the file does not
-hold.
+A checkpoint from a link is untrusted input. Each reader here walks its format's own
+structure and checks every entry before it makes an array: a known type, a shape whose
+size is exactly the bytes the file holds for it, names that are text, nothing nested or
+declared beyond bounds. So a malformed file is a `CheckpointError`, never a crash in a
+parser, and nothing is allocated that the file does not hold (or, for `.npz`, more than
+the archive may inflate to):
 
-MindSpore's own `load_checkpoint` is not used to read: MindSpore 2.10 reads the whole file
-into one protobuf message first and refuses a file larger than the memory it counts as
-free (`SC_AVPHYS_PAGES`, which leaves the page cache out, so a good 346 MB checkpoint was
-refused on a machine with gigabytes available), and its parser trusted the dims of a
-malformed file. This reader maps the file and copies each tensor out once.
+* `.ckpt` (MindSpore): a sequence of protobuf `Checkpoint.Value` records (a name, dims, a
+  type name and the raw bytes; big tensors in consecutive slices of one name) and an
+  optional CRC trailer. MindSpore's own `load_checkpoint` is not used to read: 2.10 reads
+  the whole file into one protobuf message and refuses one larger than the memory it counts
+  as free (`SC_AVPHYS_PAGES`, without the page cache: a good 346 MB file was refused on a
+  machine with gigabytes available), and it trusted a malformed file's dims (a 100-byte
+  file aborted the process);
+* safetensors: the header's length, a JSON header of types, shapes and byte ranges, then
+  the data; the ranges are checked against the shapes and each other;
+* `.npz` (NumPy): a zip archive of `.npy` members, checked member by member (the sizes the
+  archive declares against its own size, each `.npy` header's dtype and shape against the
+  member's size; objects never read).
+
+The readers map or stream the file and copy each tensor out once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import zlib
 from dataclasses import dataclass
@@ -242,11 +251,27 @@ def _metadata(text, path) -> dict:
     """The package's metadata (JSON text: architecture, class names), or {} without any."""
     if text is None:
         return {}
+    text = str(text)
+    if _nesting(text.encode("utf-8", "replace")) > MAX_NESTING:
+        raise CheckpointError(path, [f"its metadata nests deeper than {MAX_NESTING} levels"])
     try:
-        metadata = json.loads(str(text))
-    except json.JSONDecodeError as error:
+        metadata = json.loads(text)
+    except (json.JSONDecodeError, ValueError, RecursionError) as error:
         raise CheckpointError(path, [f"its metadata is not JSON ({error})"]) from None
     return metadata if isinstance(metadata, dict) else {"": metadata}
+
+
+def _nesting(text: bytes) -> int:
+    """How deep `[` and `{` nest in JSON text (brackets inside strings counted too: an
+    over-estimate that never lets a deep one through), in one pass, without recursion."""
+    depth = deepest = 0
+    for byte in text:
+        if byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def _read_ckpt_file(path: Path):
@@ -261,45 +286,214 @@ def _write_ckpt_file(state: dict, path: Path, metadata: str) -> None:
                        append_dict={METADATA_KEY: metadata})
 
 
-def _read_npz(path: Path):
-    with np.load(path, allow_pickle=False) as archive:  # no pickles: a file may not run code
-        state = {name: archive[name] for name in archive.files}
-    metadata = state.pop(METADATA_KEY, None)
-    return state, _metadata(metadata, path)
+# -- safetensors -------------------------------------------------------------------------
+
+# safetensors' type names -> NumPy types (BF16: the upper half of a float32)
+SAFETENSORS_TYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16", "I64": np.int64,
+                     "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32,
+                     "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_}
+MAX_HEADER_BYTES = 1 << 24  # a header of names, shapes and offsets; ViT-B's is 20 KB
+MAX_NESTING = 16            # JSON nesting a header or metadata may have (theirs: 3)
 
 
-def _write_npz(state: dict, path: Path, metadata: str) -> None:
-    np.savez(path, **state, **{METADATA_KEY: np.array(metadata)})
+def read_safetensors(path) -> tuple:
+    """`({name: array}, {metadata key: text})` of a safetensors file, after checking its
+    whole header: a JSON object of known types, shapes and byte ranges inside the file, each
+    range exactly its shape's size, none overlapping. `CheckpointError` otherwise."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size < 8:
+                raise _Malformed(f"{size} bytes: shorter than a safetensors header's length")
+            f.seek(0)
+            length = int.from_bytes(f.read(8), "little")
+            if length > MAX_HEADER_BYTES or 8 + length > size:
+                raise _Malformed(f"its header claims {length} bytes ({size} in the file, at most "
+                                 f"{MAX_HEADER_BYTES} allowed)")
+            header = f.read(length)
+            entries, metadata = _safetensors_header(header, size - 8 - length)
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return _safetensors_values(data, 8 + length, entries), metadata
+    except _Malformed as error:
+        raise CheckpointError(path, [f"not a well-formed safetensors file: {error}"],
+                              advice="The file is damaged or not a .safetensors file: fetch it again.") from None
+    except OSError as error:
+        raise CheckpointError(path, [f"cannot be read here ({error.strerror or error})"], readable=False,
+                              advice="Check that the file can be read (permissions, disk).") from None
+
+
+def _safetensors_header(header: bytes, data_size: int):
+    if _nesting(header) > MAX_NESTING:
+        raise _Malformed(f"its header nests deeper than {MAX_NESTING} levels")
+    try:
+        parsed = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise _Malformed(f"its header is not JSON ({str(error)[:100]})") from None
+    if not isinstance(parsed, dict):
+        raise _Malformed("its header is not a JSON object")
+    metadata = parsed.pop("__metadata__", {}) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _Malformed("its __metadata__ is not an object of texts")
+    entries = []
+    for name, info in parsed.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise _Malformed(f"the entry {name[:80]!r} is not {{dtype, shape, data_offsets}}")
+        kind, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if kind not in SAFETENSORS_TYPES:
+            raise _Malformed(f"{name[:80]!r} has the unknown type {str(kind)[:40]!r}")
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_whole(d) for d in shape):
+            raise _Malformed(f"{name[:80]!r} has the shape {str(shape)[:80]}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(o) for o in offsets) \
+                or not offsets[0] <= offsets[1] <= data_size:
+            raise _Malformed(f"{name[:80]!r} has the byte range {str(offsets)[:80]} in {data_size} bytes of data")
+        itemsize = 2 if kind == "BF16" else np.dtype(SAFETENSORS_TYPES[kind]).itemsize
+        if math.prod(shape) * itemsize != offsets[1] - offsets[0]:
+            raise _Malformed(f"{name[:80]!r} has the shape {shape} of {kind} ({math.prod(shape) * itemsize} bytes) "
+                             f"but {offsets[1] - offsets[0]} bytes of data")
+        entries.append((offsets[0], offsets[1], name, kind, tuple(shape)))
+    entries.sort()
+    for (_, end, name, _, _), (start, _, other, _, _) in zip(entries, entries[1:]):
+        if start < end:
+            raise _Malformed(f"the data of {name[:80]!r} and {other[:80]!r} overlap")
+    return entries, metadata
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 62
+
+
+def _safetensors_values(data, base: int, entries) -> dict:
+    arrays = {}
+    for start, end, name, kind, shape in entries:
+        if kind == "BF16":
+            halves = np.frombuffer(data, "<u2", (end - start) // 2, base + start)
+            arrays[name] = (halves.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        else:
+            dtype = np.dtype(SAFETENSORS_TYPES[kind]).newbyteorder("<")
+            arrays[name] = np.frombuffer(data, dtype, (end - start) // dtype.itemsize, base + start).copy().reshape(shape)
+    return arrays
+
+
+def write_safetensors(state: dict, path, metadata: dict) -> None:
+    """`{name: array}` and `{key: text}` as a safetensors file (the format's own layout: the
+    header's length, the JSON header padded to 8 bytes, then the data; written with plain
+    file writes, so a full disk is an `OSError` like any other)."""
+    names = {np.dtype(v).newbyteorder("<"): k for k, v in SAFETENSORS_TYPES.items() if v != "bfloat16"}
+    header, offset, arrays = {"__metadata__": dict(metadata)}, 0, []
+    for name, value in state.items():
+        array = np.ascontiguousarray(value)
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        if array.dtype not in names:
+            raise CheckpointError(path, [f"{name}: safetensors has no type for {array.dtype}"])
+        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+        arrays.append(array)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for array in arrays:
+            f.write(array.tobytes())
 
 
 def _read_safetensors(path: Path):
-    from safetensors import safe_open
-
-    state = {}
-    with safe_open(str(path), framework="np") as f:  # validates the header
-        metadata = f.metadata() or {}
-        for name in f.keys():
-            try:
-                state[name] = f.get_tensor(name)
-            except TypeError:  # bfloat16: NumPy has no such type
-                state[name] = _bfloat16_tensor(path, name)
-    return state, _metadata(metadata.get(METADATA_KEY), path)
-
-
-def _bfloat16_tensor(path: Path, name: str) -> np.ndarray:
-    with open(path, "rb") as f:
-        header_length = int.from_bytes(f.read(8), "little")
-        entry = json.loads(f.read(header_length))[name]
-        start, end = entry["data_offsets"]
-        f.seek(8 + header_length + start)
-        raw = np.frombuffer(f.read(end - start), dtype="<u2")
-    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+    arrays, metadata = read_safetensors(path)
+    return arrays, _metadata(metadata.get(METADATA_KEY), path)
 
 
 def _write_safetensors(state: dict, path: Path, metadata: str) -> None:
-    from safetensors.numpy import save_file
+    write_safetensors(state, path, {"format": "pt", METADATA_KEY: metadata})
 
-    save_file(state, str(path), metadata={"format": "pt", METADATA_KEY: metadata})
+
+# -- .npz --------------------------------------------------------------------------------
+
+MAX_ENTRIES = 100_000
+# what an archive may inflate to: at least this many bytes, else this many times its own size
+# (weights compress by a few percent; a zip bomb by a thousand times and more)
+INFLATE_FLOOR, INFLATE_RATIO = 64 << 20, 16
+
+
+def read_npz(path) -> tuple:
+    """`({name: array}, metadata text or None)` of a NumPy `.npz`, after checking its zip
+    entries: `.npy` members, stored or deflated, declaring together no more than the
+    archive may inflate to, each member's header a known dtype (never an object: no
+    pickles) and shape whose size is exactly the member's. `CheckpointError` otherwise."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_ENTRIES:
+                raise _Malformed(f"{len(members)} members")
+            declared, budget = sum(m.file_size for m in members), max(INFLATE_FLOOR, INFLATE_RATIO * size)
+            if declared > budget:
+                raise _Malformed(f"its members declare {declared} bytes, {declared / max(size, 1):.0f} times the "
+                                 f"archive's {size} (at most {budget} allowed): a decompression bomb?")
+            arrays = {}
+            for member in members:
+                if not member.filename.endswith(".npy") or member.compress_type not in (zipfile.ZIP_STORED,
+                                                                                        zipfile.ZIP_DEFLATED):
+                    raise _Malformed(f"the member {member.filename[:80]!r} is not a stored or deflated .npy")
+                with archive.open(member) as stream:
+                    arrays[member.filename[:-4]] = _npy(stream, member.file_size, member.filename)
+    except _Malformed as error:
+        raise CheckpointError(path, [f"not a well-formed .npz: {error}"],
+                              advice="The file is damaged or not a NumPy .npz: fetch it again.") from None
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, RuntimeError) as error:
+        raise CheckpointError(path, [f"not a well-formed .npz: {str(error)[:200]}"],
+                              advice="The file is damaged or not a NumPy .npz: fetch it again.") from None
+    except OSError as error:
+        raise CheckpointError(path, [f"cannot be read here ({error.strerror or error})"], readable=False,
+                              advice="Check that the file can be read (permissions, disk).") from None
+    metadata = arrays.pop(METADATA_KEY, None)
+    return arrays, (str(metadata) if metadata is not None else None)
+
+
+def _npy(stream, size: int, name: str) -> np.ndarray:
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(stream)
+    reader = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+    if reader is None:
+        raise _Malformed(f"{name[:80]!r}: .npy version {version}")
+    shape, fortran, dtype = reader(stream, max_header_size=10_000)
+    if dtype.hasobject or dtype.kind not in "biufU" or len(shape) > MAX_DIMS:
+        raise _Malformed(f"{name[:80]!r}: an array of {dtype} of shape {shape} (objects are never read: no pickles)")
+    header = stream.tell()  # magic, version, length and the header dictionary
+    expected = math.prod(shape) * dtype.itemsize
+    if header + expected != size:
+        raise _Malformed(f"{name[:80]!r}: a header for {expected} bytes of data in a member of {size} bytes")
+    data = stream.read(expected)
+    if len(data) != expected:
+        raise _Malformed(f"{name[:80]!r}: {len(data)} bytes of data, {expected} expected")
+    array = np.frombuffer(data, dtype)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def _read_npz(path: Path):
+    arrays, metadata = read_npz(path)
+    return arrays, _metadata(metadata, path)
+
+
+def _write_npz(state: dict, path: Path, metadata: str) -> None:
+    """A NumPy `.npz` (stored members), assembled in memory and written in one go: a full
+    disk is then one `OSError` (NumPy's own writer raised it again from its archive's
+    finaliser, as an 'Exception ignored' traceback)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in {**state, METADATA_KEY: np.array(metadata)}.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 @dataclass(frozen=True)

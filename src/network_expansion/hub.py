@@ -53,7 +53,8 @@ def create_network(name: str = "NetworkExpansion", *args, pretrained=False, seed
     if pretrained is False or pretrained is None:
         return VisionTransformer(ViTConfig(**overrides), seed=seed)
     source, sha256 = released_checkpoint() if pretrained is True else (pretrained, None)
-    weights = read_weights(source, sha256=sha256)
+    weights = read_weights(source, sha256=sha256, max_bytes=released_size_bound() if pretrained is True else None)
+    weight_files.check_holds_its_network(weights)  # before anything of the size it describes is built
     # The weights decide the architecture (class count, depth, GELU form, ...); the
     # caller's keywords win. A class count of the caller's own asks for a new head.
     # Nothing is drawn for the weights the file overwrites (1.5 s of random numbers for
@@ -75,6 +76,12 @@ def create_network(name: str = "NetworkExpansion", *args, pretrained=False, seed
     return network
 
 
+def released_size_bound() -> int:
+    """The most bytes the released checkpoint can be: the card's network in float32, with a
+    quarter more for its format's records (a download larger than this is not it)."""
+    return ViTConfig().parameter_count * 4 * 5 // 4 + (1 << 20)
+
+
 def released_checkpoint() -> tuple:
     """(URL, sha256 or None) of the released checkpoint, from the card: what `True` means."""
     asset = model_card().checkpoint
@@ -86,6 +93,7 @@ def load_pretrained(network, source=True, **options):
     if source is True or source is None:
         source, released_sha256 = released_checkpoint()
         options.setdefault("sha256", released_sha256)
+        options.setdefault("max_bytes", released_size_bound())
     return weight_files.load_pretrained(network, source, **options)
 
 

@@ -61,6 +61,31 @@ def source_name(name: str, order: list) -> str:
     return f"{prefix}body.layers.{order[int(index)][1:]}.{tail}"
 
 
+def fields_from_shapes(shapes: dict) -> dict:
+    """The `ViTConfig` fields a checkpoint's `{name: shape}` says: class count (0 without a
+    head), depth, width, MLP width, and patch and image size (RGB input, square images).
+    A tensor of another rank than the network's says nothing (loading reports its shape)."""
+    def dim(name, rank, axis):
+        shape = shapes.get(name)
+        return int(shape[axis]) if shape is not None and len(shape) == rank else None
+
+    fields = {"num_classes": dim("head.0.weight", 2, 0) or 0}
+    depth = len({name.split(".")[2] for name in shapes if name.startswith("body.layers.")})
+    if depth:
+        fields["depth"] = depth
+    if dim("cls", 3, 2):
+        fields["width"] = dim("cls", 3, 2)
+    if dim("body.layers.0.1.cell.1.ff1.dense.weight", 2, 0):
+        fields["mlp_width"] = dim("body.layers.0.1.cell.1.ff1.dense.weight", 2, 0)
+    stem, positions = dim("stem.patch_to_embedding.dense.weight", 2, 1), dim("pos_embedding", 3, 1)
+    if stem and positions:
+        patch = int(round((stem / 3) ** 0.5))
+        grid = int(round((positions - 1) ** 0.5))
+        if 3 * patch * patch == stem and grid * grid == positions - 1 and patch:
+            fields["patch_size"], fields["image_size"] = patch, grid * patch
+    return fields
+
+
 def initializer(seed=None) -> np.random.Generator:
     """The generator a network draws its initial weights from: NumPy's PCG64 seeded with
     `seed`, or, without one, from NumPy's global state (which `mindspore.set_seed` seeds)."""

@@ -48,10 +48,10 @@ class Range:
         what = "a whole number" if self.kind is int else "a number"
         bounded_low, bounded_high = math.isfinite(self.low), math.isfinite(self.high)
         if self.kind is int and bounded_low and bounded_high and not self.low_open and not self.high_open:
-            text = f"{what} from {self.low:g} to {self.high:g}"
+            text = f"{what} from {_number(self.low)} to {_number(self.high)}"
         else:
-            ends = ([f"{'>' if self.low_open else '>='} {self.low:g}"] if bounded_low else []) + \
-                   ([f"{'<' if self.high_open else '<='} {self.high:g}"] if bounded_high else [])
+            ends = ([f"{'>' if self.low_open else '>='} {_number(self.low)}"] if bounded_low else []) + \
+                   ([f"{'<' if self.high_open else '<='} {_number(self.high)}"] if bounded_high else [])
             text = " ".join([what, " and ".join(ends)]).strip()
         if self.note:
             text += f" {self.note}"
@@ -88,3 +88,8 @@ def problems(settings, ranges: dict) -> list:
     """What is wrong with the fields of `settings` that `ranges` ({field: Range}) names."""
     found = [accepted.problem(name, getattr(settings, name)) for name, accepted in ranges.items()]
     return [problem for problem in found if problem]
+
+
+def _number(value) -> str:
+    """A bound as a user types it: whole numbers in full (1000000, not 1e+06)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

@@ -29,7 +29,8 @@ from .download import fetch, file_name_of
 from .errors import CheckpointError, ConfigError, DownloadError
 from .formats import FORMATS, NAMING_SCHEMES
 from .graphs import assign
-from .model import ViTConfig, is_classifier_name
+from .config import ViTConfig
+from .model import fields_from_shapes, is_classifier_name
 
 # Entries a training checkpoint holds beside the model (optimizer, loss scale, counters).
 OPTIMIZER_ENTRY = re.compile(
@@ -88,8 +89,8 @@ class Weights:
 
     @property
     def shape_fields(self) -> dict:
-        """The `ViTConfig` fields the tensors' shapes say (`ViTConfig.fields_from_shapes`)."""
-        return ViTConfig.fields_from_shapes({name: np.shape(value) for name, value in self.state.items()})
+        """The `ViTConfig` fields the tensors' shapes say (`model.fields_from_shapes`)."""
+        return fields_from_shapes({name: np.shape(value) for name, value in self.state.items()})
 
     @property
     def num_classes(self) -> int:
@@ -124,14 +125,14 @@ class LoadReport:
 
 # -- reading -------------------------------------------------------------------------
 
-def read_weights(source, *, cache_dir=None, sha256=None, progress=True) -> Weights:
+def read_weights(source, *, cache_dir=None, sha256=None, progress=True, max_bytes=None) -> Weights:
     """Read weights from `source` and map them to MindSpore names.
 
-    `source`: an `http(s)` URL (downloaded once, through the cache) or the path of a
-    `.ckpt`, `.safetensors` or `.npz` file. (The released checkpoint is the hub's business:
-    `create_network(pretrained=True)`, `network_expansion.load_pretrained(net)`.)
+    `source`: an `http(s)` URL (downloaded once, through the cache; at most `max_bytes`) or
+    the path of a `.ckpt`, `.safetensors` or `.npz` file. (The released checkpoint is the
+    hub's business: `create_network(pretrained=True)`, `network_expansion.load_pretrained(net)`.)
     """
-    path = local_path(source, cache_dir=cache_dir, sha256=sha256, progress=progress)
+    path = local_path(source, cache_dir=cache_dir, sha256=sha256, progress=progress, max_bytes=max_bytes)
     raw, metadata = _read_file(path)
     model = {k: v for k, v in raw.items() if not OPTIMIZER_ENTRY.match(k)}
     ignored = sorted(set(raw) - set(model))
@@ -153,24 +154,48 @@ def read_weights(source, *, cache_dir=None, sha256=None, progress=True) -> Weigh
     return weights
 
 
-def local_path(source, *, cache_dir=None, sha256=None, progress=True) -> Path:
+def check_holds_its_network(weights: Weights) -> None:
+    """`CheckpointError` unless the file holds every value of the network its shapes
+    describe: a few tensors claiming a huge width (a 96 KB file whose `cls` said 24,000)
+    would otherwise have a network of that size built (110 GB) before a single name was
+    compared. The readers already refuse any tensor whose bytes the file does not hold."""
+    fields = weights.config_fields()
+    try:
+        described = ViTConfig(**{**fields, "num_heads": 1}).parameter_count  # the head count changes no size
+    except ConfigError as error:
+        raise CheckpointError(weights.source, [f"its shapes describe no network this package builds: {error}"],
+                              advice="The file is damaged, or not weights of this model.") from None
+    held = sum(int(np.size(value)) for value in weights.state.values())
+    if described > held:
+        shape = ", ".join(f"{k} {v}" for k, v in fields.items() if k in ("width", "depth", "mlp_width", "image_size"))
+        raise CheckpointError(weights.source, [f"its shapes describe a network of {described:,} parameters ({shape}) "
+                                               f"but it holds {held:,} values"],
+                              advice="The file is damaged, or not weights of this model: nothing was built.")
+
+
+def local_path(source, *, cache_dir=None, sha256=None, progress=True, max_bytes=None) -> Path:
     """The local path of `source`: a file, or a URL downloaded into the cache."""
     if source is None or isinstance(source, bool):
         raise ConfigError(f"weights source {source!r}: pass a path or URL (True, the released checkpoint, is "
                           f"understood by create_network and network_expansion.load_pretrained)")
     source = str(source)
-    if source.startswith(("http://", "https://")):
+    if source.lower().startswith(("http://", "https://")):
         suffix = Path(file_name_of(source)).suffix.lower()
         if suffix not in FORMATS:  # before a byte is downloaded
             raise CheckpointError(source, [f"the URL names a {suffix or 'suffix-less'} file, not a checkpoint"],
                                   advice=f"Give the URL of a {', '.join(FORMATS)} file.")
-        return fetch(source, folder=cache_dir, sha256=sha256, progress=progress,
+        return fetch(source, folder=cache_dir, sha256=sha256, progress=progress, max_bytes=max_bytes,
                      check=lambda part: _read_file(part, suffix))
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise CheckpointError(path, ["no such file" if not path.exists() else "not a file"],
-                              advice="Pass the path of a .ckpt, .safetensors or .npz file, an http(s) URL, "
-                                     "or True for the released checkpoint.")
+    advice = "Pass the path of a .ckpt, .safetensors or .npz file, an http(s) URL, or True for the released checkpoint."
+    try:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise CheckpointError(path, ["no such file" if not path.exists() else "not a file"], advice=advice)
+    except (OSError, ValueError, RuntimeError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(source, [f"cannot be opened ({getattr(error, 'strerror', None) or error})"],
+                              advice=advice) from None
     return path
 
 
@@ -227,13 +252,14 @@ def timm_to_mindspore(state: dict):
         index, template = _block_index(name)
         if template in TIMM_TO_MINDSPORE:
             mapped[TIMM_TO_MINDSPORE[template].replace("{i}", str(index))] = value
-        elif name == TIMM_PATCH_WEIGHT:
+        elif name == TIMM_PATCH_WEIGHT and np.ndim(value) == 4:
             mapped[MINDSPORE_PATCH_WEIGHT] = value.reshape(value.shape[0], -1)
-        elif template in (TIMM_QKV.format(i="{i}", kind="weight"), TIMM_QKV.format(i="{i}", kind="bias")):
+        elif template in (TIMM_QKV.format(i="{i}", kind="weight"), TIMM_QKV.format(i="{i}", kind="bias")) \
+                and np.ndim(value) >= 1 and np.shape(value)[0] % 3 == 0:
             kind = template.rsplit(".", 1)[1]
             for target, part in zip(MINDSPORE_QKV, np.split(value, 3, axis=0)):
                 mapped[target.format(i=index, kind=kind)] = np.ascontiguousarray(part)
-        else:
+        else:  # a name timm does not have, or a tensor of a shape no name map fits: reported by the load
             unmapped[name] = value
     return mapped, unmapped
 
@@ -264,7 +290,7 @@ def mindspore_to_timm(state: dict, in_channels: int = 3) -> dict:
 # -- loading -------------------------------------------------------------------------
 
 def load_pretrained(network, source, *, head="strict", cache_dir=None, sha256=None,
-                    progress=True) -> LoadReport:
+                    progress=True, max_bytes=None) -> LoadReport:
     """Load weights into `network`, all of them or none.
 
     Args:
@@ -281,7 +307,7 @@ def load_pretrained(network, source, *, head="strict", cache_dir=None, sha256=No
         raise ConfigError(f"head must be 'strict' or 'keep', got {head!r}")
     try:
         weights = source if isinstance(source, Weights) else read_weights(
-            source, cache_dir=cache_dir, sha256=sha256, progress=progress)
+            source, cache_dir=cache_dir, sha256=sha256, progress=progress, max_bytes=max_bytes)
     except DownloadError as error:
         raise error.advise("load_pretrained(network, '/path/to/{name}')") from None
     parameters = {p.name: p for p in network.get_parameters()}
