@@ -102,12 +102,19 @@ def _fuse_if_it_pays(config) -> None:
 
 
 def _say(*parts) -> None:
-    """Print a line of the command's own output (results, the story of a run)."""
-    print(*parts, file=_output, flush=True)
+    """Print the command's own output (results, the story of a run), each line's control
+    characters escaped (`errors.printable`): names from files print no terminal escape."""
+    print(_printable_lines(" ".join(str(part) for part in parts)), file=_output, flush=True)
+
+
+def _printable_lines(text: str) -> str:
+    from .errors import printable
+
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def _fail(error) -> int:
-    print(f"{PROG}: error: {error}", file=sys.stderr)
+    print(_printable_lines(f"{PROG}: error: {error}"), file=sys.stderr)
     return 2
 
 
@@ -128,9 +135,9 @@ class _StoryHandler(logging.Handler):
 
     def emit(self, record):
         if record.levelno >= logging.WARNING:
-            print(f"{PROG}: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+            print(_printable_lines(f"{PROG}: warning: {record.getMessage()}"), file=sys.stderr, flush=True)
         else:
-            print(record.getMessage(), file=self.stream, flush=True)
+            print(_printable_lines(record.getMessage()), file=self.stream, flush=True)
 
 
 def _quiet_mindspore() -> dict:
@@ -604,8 +611,7 @@ def _predict(args) -> int:
     from pathlib import Path
 
     from .datasets import image_files
-
-    from .errors import DataError, ImageError
+    from .errors import DataError, ImageError, printable
 
     inputs = []
     for item in args.images:  # every path checked before the weights are read
@@ -627,11 +633,11 @@ def _predict(args) -> int:
         if args.json:
             _say(json.dumps(result.to_dict()))
         elif result.ok:
-            _say(result.source)
+            _say(printable(result.source))
             for label, index, probability in zip(result.labels, result.indices, result.probabilities):
-                _say(f"  {probability:7.2%}  {label} ({index})")
+                _say(f"  {probability:7.2%}  {printable(label)} ({index})")
         else:
-            print(f"{PROG}: error: {result.error}", file=sys.stderr)
+            print(_printable_lines(f"{PROG}: error: {result.error}"), file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -647,6 +653,7 @@ def _evaluate(args) -> int:
 
 def _info(args) -> int:
     from .card import model_card
+    from .download import cache_path
     from .model import VisionTransformer
 
     card = model_card()
@@ -667,6 +674,7 @@ def _info(args) -> int:
     _say(f"  accuracy      {card.accuracy} top-1 ({card.extra.get('accuracy-backbone', '')})")
     _say(f"  input         {list(card.input_shape)} (height, width, channels)")
     _say(f"  checkpoint    {card.checkpoint.link}")
+    _say(f"  cached at     {cache_path(card.checkpoint.link)}")
     _say(f"  sha256        {card.checkpoint.sha256 or 'not published'}")
     _say("architecture")
     for name, value in config.items():

@@ -14,21 +14,30 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, printable
 
 # Pillow warns above 89 M pixels and refuses above twice that; we refuse above this, so
 # that a tiny file claiming a gigantic size cannot exhaust memory. A 100-megapixel
 # camera photo still loads.
 MAX_PIXELS = 120_000_000
+# The preprocessing resizes the shorter side to 256 (or the model's resize size): a 1 x 60000
+# strip (254 bytes as a PNG) would become 256 x 15.4 million pixels, 12 GB. A picture more than
+# this many times as long as it is wide is refused before it is decoded (a panorama is 10).
+MAX_ASPECT = 100
 
 
 def load_image(source, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """RGB uint8 (H, W, 3) from a path, a PIL image or a NumPy array.
 
-    A file claiming more than `max_pixels` pixels is refused before it is decoded."""
+    A picture of more than `max_pixels` pixels, or more than `MAX_ASPECT` times as long as
+    it is wide, is refused (`ImageError`) before it is decoded or copied; so is anything a
+    decoder fails on, named."""
     if isinstance(source, np.ndarray):
+        _check_size(source.shape[1] if source.ndim > 1 else 1, source.shape[0] if source.ndim else 1,
+                    f"array{tuple(source.shape)}", max_pixels)
         return _from_array(source)
     if isinstance(source, Image.Image):
+        _check_size(*source.size, "the PIL image", max_pixels)
         return _to_rgb(source, "the PIL image")
     if isinstance(source, (str, Path)):
         return _from_file(Path(source), max_pixels)
@@ -37,39 +46,59 @@ def load_image(source, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def source_name(source) -> str:
-    """How to name an input in messages and results."""
+    """How to name an input in messages and results (printable: see `printable`)."""
     if isinstance(source, (str, Path)):
-        return str(source)
+        return printable(str(source))
     if isinstance(source, np.ndarray):
         return f"array{tuple(source.shape)}"
     return type(source).__name__
 
 
+def _check_size(width: int, height: int, name, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} pixels is above the limit of {max_pixels:,} (a decompression "
+                         f"bomb?); pass a larger load_image(..., max_pixels=) if you trust the file")
+    if max(width, height) > MAX_ASPECT * max(min(width, height), 1):
+        raise ImageError(f"{name}: {width}x{height} pixels is more than {MAX_ASPECT} times as long as it is wide; "
+                         f"resized for the network it would need {max(width, height) / max(min(width, height), 1) * 256:,.0f} "
+                         f"pixels a row: crop it first")
+
+
 def _from_file(path: Path, max_pixels: int) -> np.ndarray:
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if not path.is_file():
-        raise ImageError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: the file is empty (0 bytes)")
+    name = printable(str(path))
+    try:
+        if not path.exists():
+            raise ImageError(f"{name}: no such file")
+        if not path.is_file():
+            raise ImageError(f"{name}: not a file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{name}: the file is empty (0 bytes)")
+    except ImageError:
+        raise
+    except (OSError, ValueError) as error:  # a name too long, a NUL in it, no permission
+        raise ImageError(f"{name}: cannot be opened ({printable(getattr(error, 'strerror', None) or str(error))})") \
+            from None
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageError(f"{path}: {width}x{height} pixels is above the limit of "
-                                     f"{max_pixels:,} (a decompression bomb?); pass a larger "
-                                     f"load_image(..., max_pixels=) if you trust the file")
+                _check_size(*image.size, name, max_pixels)
                 image.load()
-                return _to_rgb(image, path)
+                return _to_rgb(image, name)
+        except ImageError:
+            raise
         except UnidentifiedImageError as error:
-            raise ImageError(f"{path}: not an image Pillow can read (expected JPEG, PNG, WebP, "
+            raise ImageError(f"{name}: not an image Pillow can read (expected JPEG, PNG, WebP, "
                              f"BMP, GIF, TIFF, ...)") from error
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageError(f"{path}: {error}") from error
+            raise ImageError(f"{name}: {error}") from error
         except OSError as error:  # truncated or corrupt data
-            raise ImageError(f"{path}: the image data is damaged ({error})") from error
+            raise ImageError(f"{name}: the image data is damaged ({error})") from error
+        except MemoryError:
+            raise ImageError(f"{name}: too large to decode in the memory there is") from None
+        except Exception as error:  # a decoder's own failure (a text chunk over Pillow's limit, a bad header)
+            raise ImageError(f"{name}: the image cannot be decoded ({type(error).__name__}: "
+                             f"{printable(str(error))[:200]})") from error
 
 
 def _to_rgb(image: Image.Image, name) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .card import asset_path
 from .config import PRECISIONS
-from .errors import ConfigError, DownloadError, ImageError, PrecisionError
+from .errors import ConfigError, DownloadError, ImageError, PrecisionError, printable
 from .images import load_image, source_name
 from .graphs import compiled_forward, pad_batch
 from .preprocess import data_config, preprocess_image
@@ -78,9 +78,9 @@ class Prediction:
 
     def __str__(self):
         if self.error:
-            return f"{self.source}: ERROR {self.error}"
-        best = ", ".join(f"{label} {p:.1%}" for label, p in zip(self.labels, self.probabilities))
-        return f"{self.source}: {best}"
+            return f"{printable(self.source)}: ERROR {printable(self.error)}"
+        best = ", ".join(f"{printable(label)} {p:.1%}" for label, p in zip(self.labels, self.probabilities))
+        return f"{printable(self.source)}: {best}"
 
 
 class Classifier:
