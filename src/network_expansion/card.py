@@ -205,8 +205,9 @@ def _read_card(path):
 
 
 class _CardLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases: `*name` lets a ten-line card expand into
-    gigabytes ("billion laughs"), and no card needs one."""
+    """PyYAML's safe loader without aliases (`*name` lets a ten-line card expand into
+    gigabytes: "billion laughs"; no card needs one) and without timestamps (`update-time:
+    2023-3-8` is text to a card; a date it cannot build, 2023-13-45, was a traceback)."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -216,8 +217,31 @@ class _CardLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+_CardLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+MAX_NESTING = 16  # brackets a card's header may nest (a card has 2; 20,000 took PyYAML 10-28 s to refuse)
+
+
 def _load_yaml(text: str):
-    return yaml.load(text, Loader=_CardLoader)
+    """The YAML `text` as Python values; `yaml.YAMLError` for anything it cannot be (what
+    PyYAML raises of its own for a value it cannot build is turned into one), in bounded time."""
+    depth = deepest = 0
+    for character in text:
+        if character in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif character in "]}":
+            depth -= 1
+    if deepest > MAX_NESTING:
+        raise yaml.YAMLError(f"brackets nest {deepest} deep (at most {MAX_NESTING})")
+    try:
+        return yaml.load(text, Loader=_CardLoader)
+    except yaml.YAMLError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as error:  # e.g. '!!int abc', 5000 digits
+        raise yaml.YAMLError(f"a value that cannot be read: {str(error)[:200]}") from None
 
 
 def _read_lines(header: str) -> dict:
