@@ -345,8 +345,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_training_options(parser, defaults) -> None:
     """The recipe's flags. Their defaults are `defaults` (a TrainConfig); a flag left out is
     None here, so that a resumed run can tell what the user asked to change."""
-    from .config import DEFAULT_BATCH_SIZE
-
+    from .config import DEFAULT_BATCH_SIZE, PRECISIONS
     from .config import MODEL_RANGES as MODEL, TRAIN_RANGES as RECIPE
 
     def recipe(name):
@@ -373,6 +372,11 @@ def _add_training_options(parser, defaults) -> None:
     parser.add_argument("--num-heads", type=_accepting(MODEL["num_heads"]),
                         help="attention heads (default 12, or the weights')")
     parser.add_argument("--workers", type=_accepting(POSITIVE), default=2, help="data loading workers (default 2)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help=f"what the network computes in (O2: LayerNorms, softmax, loss and weights stay "
+                             f"float32); float16/bfloat16 for GPUs and NPUs (default {d.precision})")
+    parser.add_argument("--loss-scale", type=recipe("loss_scale"), metavar="SCALE",
+                        help="a fixed loss scale (default: dynamic under float16, none otherwise)")
     parser.add_argument("--seed", type=recipe("seed"), help=f"default {d.seed}")
     parser.add_argument("--log-every", type=recipe("log_every"), metavar="STEPS",
                         help=f"steps between reading loss and accuracy back from the device, and the NaN check "
@@ -393,7 +397,8 @@ _RECIPE_FLAGS = {"epochs": "epochs", "lr": "lr", "warmup_epochs": "warmup_epochs
                  "schedule": "schedule", "stage_starts": "stage_starts", "stage_unit": "stage_unit",
                  "mode": "expansion_mode", "growth": "growth", "growth_gate": "growth_gate",
                  "growth_ramp": "growth_ramp", "width_split": "width_split", "width_lr": "width_lr",
-                 "freeze_backbone": "freeze_backbone", "layer_decay": "layer_decay"}
+                 "freeze_backbone": "freeze_backbone", "layer_decay": "layer_decay", "precision": "precision",
+                 "loss_scale": "loss_scale"}
 # Flags of the architecture -> ViTConfig fields.
 _MODEL_FLAGS = {"depth": "depth", "width": "width", "mlp_width": "mlp_width", "patch_size": "patch_size",
                 "num_heads": "num_heads", "image_size": "image_size", "drop_path": "drop_path_rate",

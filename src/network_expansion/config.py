@@ -113,6 +113,7 @@ TRAIN_RANGES = {
     "size_crops": AREA_SHARE,
     "log_every": Range(int, 1),
     "seed": Range(int, 0),
+    "loss_scale": Range(float, 0, low_open=True, optional=True, note="(unset: dynamic under float16, none otherwise)"),
 }
 
 
@@ -150,6 +151,9 @@ class TrainConfig:
     freeze_backbone: bool = False    # train the head only
     log_every: int = 20              # steps between reading loss and accuracy back (and the NaN check)
     compile_ahead: bool = True       # compile every later stage's graphs at the start: a growth does not stop
+    precision: str = "float32"       # what the network computes in: float32, float16 or bfloat16 (as O2; the
+                                     # weights, the EMA, the optimizer and the loss stay float32)
+    loss_scale: float | None = None  # a fixed loss scale; None: dynamic under float16 (from 2**16), none otherwise
     seed: int = 0
 
     def __post_init__(self):
@@ -165,7 +169,7 @@ class TrainConfig:
         if self.stage_unit not in STAGE_UNITS:
             problems.append(f"stage_unit must be one of {', '.join(map(repr, STAGE_UNITS))}, got {self.stage_unit!r}")
         for name, choices in (("expansion_mode", MODES), ("growth", GROWTHS), ("growth_gate", GATES),
-                              ("width_split", SPLITS), ("width_lr", WIDTH_LR)):
+                              ("width_split", SPLITS), ("width_lr", WIDTH_LR), ("precision", PRECISIONS)):
             if getattr(self, name) not in choices:
                 problems.append(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         if problems:

@@ -40,6 +40,21 @@ from mindspore import no_inline as ms_no_inline
 LARGE = 1 << 16
 
 
+def check_precision(precision: str, device: str | None = None) -> None:
+    """`PrecisionError` for a precision `device` (MindSpore's device target by default)
+    cannot run: bfloat16 on the CPU, whose MindSpore 2.10 backend has no bfloat16 MatMul."""
+    from .config import PRECISIONS
+    from .errors import PrecisionError
+
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "bfloat16" and (device or device_target()) == "CPU":
+        raise PrecisionError(
+            "bfloat16 is not available on the CPU: MindSpore 2.10's CPU backend has no bfloat16 "
+            "MatMul ('Select CPU operator[MatMul] fail! Unsupported data type'). Use float32 on "
+            "the CPU (the fastest there), bfloat16 on GPU or Ascend.")
+
+
 def device_target() -> str:
     """Where MindSpore runs this process's graphs: 'CPU', 'GPU' or 'Ascend'."""
     import mindspore as ms
@@ -68,13 +83,14 @@ class CPUForms:
                 config.drop_path_rate > 0, self.large_from, self.fused, self.compiled_once)
 
 
-def choose(device: str | None = None) -> CPUForms | None:
+def choose(device: str | None = None, precision: str = "float32") -> CPUForms | None:
     """The forms a graph compiled now runs: the CPU's (fused ones where this process fuses
     kernels), or None, MindSpore's own, on every other device (`device`: MindSpore's
-    device target by default)."""
+    device target by default) and in any precision but float32 (the CPU's forms were
+    measured, and written, for float32 only)."""
     from .tuning import kernel_fusion_on
 
-    if (device or device_target()) != "CPU":
+    if precision != "float32" or (device or device_target()) != "CPU":
         return None
     return CPUForms(fused=kernel_fusion_on())
 

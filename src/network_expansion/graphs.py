@@ -69,10 +69,12 @@ def compiled(function):
 
 def compiled_for(network, function, forms=_CHOOSE):
     """`compiled(function)` for a function that runs `network`, its blocks in `forms`
-    (`cpu_forms.choose()` by default: the CPU's forms there, MindSpore's own elsewhere; None:
-    MindSpore's own). The forms are on the network's blocks only while the graph runs (and
-    compiles, inside its first call): the caller's network is left as it was."""
-    forms = cpu_forms.choose() if forms is _CHOOSE else forms
+    (`cpu_forms.choose()` by default: the CPU's forms there for a float32 network, MindSpore's
+    own elsewhere and in mixed precision; None: MindSpore's own). The forms are on the
+    network's blocks only while the graph runs (and compiles, inside its first call): the
+    caller's network is left as it was."""
+    if forms is _CHOOSE:
+        forms = cpu_forms.choose(precision=getattr(network, "precision", "float32"))
     graph = compiled(function)
     if forms is None:
         return graph

@@ -35,10 +35,16 @@ import dataclasses
 
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common import dtype as mstype
 
-from . import cpu_forms
-from .config import ViTConfig
-from .errors import ConfigError
+try:
+    from . import cpu_forms
+    from .config import PRECISIONS, ViTConfig
+    from .errors import ConfigError, PrecisionError
+except ImportError:  # imported as the top-level module `model`: MindSpore's O1 (`rewrite`) does that
+    from network_expansion import cpu_forms
+    from network_expansion.config import PRECISIONS, ViTConfig
+    from network_expansion.errors import ConfigError, PrecisionError
 
 
 def is_classifier_name(name: str) -> bool:
@@ -165,7 +171,12 @@ class Attention(nn.Cell):
         batch, count, width = tokens.shape
         q = self.split_heads(self.to_q(tokens)) * self.scale
         k, v = self.split_heads(self.to_k(tokens)), self.split_heads(self.to_v(tokens))
-        weights = self.attention_dropout(ops.softmax(self.scores(q, k), axis=-1))  # (batch, heads, count, count)
+        scores = self.scores(q, k)  # (batch, heads, count, count)
+        if scores.dtype != mstype.float32:  # in mixed precision the softmax computes in float32, as O2 keeps it
+            weights = ops.softmax(scores.astype(mstype.float32), axis=-1).astype(scores.dtype)
+        else:
+            weights = ops.softmax(scores, axis=-1)
+        weights = self.attention_dropout(weights)
         mixed = self.mix(weights, v).transpose(0, 2, 1, 3).reshape(batch, count, width)
         return self.dropout(self.to_out(mixed))
 
@@ -241,7 +252,7 @@ class PreNormResidual(nn.Cell):
     def construct(self, tokens):
         branch = self.cell(tokens)
         if self.gated:
-            branch = branch * self.gate
+            branch = branch * self.gate.astype(branch.dtype)
         return tokens + self.drop_path(branch)
 
     @property
@@ -359,6 +370,8 @@ class VisionTransformer(nn.Cell):
         # Labels of the head's outputs where known (a trained ImageFolder's folder names,
         # read from and saved in the weights' metadata); None: ImageNet for 1000/1001 outputs.
         self.class_names = None
+        # What the cells compute in (`set_precision`); the parameters are float32 always.
+        self.precision = "float32"
         if not initialize:
             self._rng = initializer(seed)
 
@@ -380,14 +393,37 @@ class VisionTransformer(nn.Cell):
         """Logits from `forward_features`' tokens (the cls token), or the pooled features."""
         pooled = tokens[:, 0]
         if pre_logits:
-            return pooled
-        return self.head(pooled)
+            return self._in_float32(pooled)
+        return self._in_float32(self.head(pooled))
 
     def construct(self, images):
         # The final LayerNorm normalises each token on its own, so it need only see the cls
         # token: the same logits as `forward_head(forward_features(...))` without normalising
         # (and differentiating) the other 196 tokens, 26 ms of a ViT-B training step.
-        return self.head(self.norm(self.body(self._embed(images))[:, 0]))
+        return self._in_float32(self.head(self.norm(self.body(self._embed(images))[:, 0])))
+
+    def _in_float32(self, outputs):
+        """Logits (or features) leave the network in float32, whatever it computes in."""
+        if self.precision != "float32":
+            return outputs.astype(mstype.float32)
+        return outputs
+
+    def set_precision(self, precision: str = "float32") -> "VisionTransformer":
+        """Compute in `precision` ('float32', 'float16' or 'bfloat16') as MindSpore's O2
+        level does: every cell in it except the LayerNorms, which stay in float32 as does the
+        attention's softmax; logits leave in float32, and the parameters stay float32 (the
+        master weights an optimizer updates, an EMA averages and a checkpoint holds). Cells
+        made later (a growth's blocks) take it too. Returns the network."""
+        if precision not in PRECISIONS:
+            raise PrecisionError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if precision == "float32" and self.precision == "float32":
+            return self  # nothing to cast: no Cast is added to a float32 graph
+        self.precision = precision
+        self.to_float(getattr(mstype, precision))
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, nn.LayerNorm):
+                cell.to_float(mstype.float32)
+        return self
 
     # -- surgery ---------------------------------------------------------------------
 
@@ -400,7 +436,7 @@ class VisionTransformer(nn.Cell):
         """The blocks in order (a copy of the list: change it with `set_blocks`)."""
         return list(self.body.layers)
 
-    def new_block(self) -> TransformerBlock:
+    def new_block(self) -> "TransformerBlock":
         """A freshly initialised block of this network's shape."""
         return TransformerBlock(self.config, rng=self._rng)
 
@@ -421,6 +457,7 @@ class VisionTransformer(nn.Cell):
         for block, rate in zip(blocks, self.config.drop_path_rates()):
             block.set_drop_path_rate(rate)
         self.update_parameters_name()
+        self.set_precision(self.precision)  # the new blocks compute as the others
 
     @property
     def gates(self) -> list:
@@ -497,8 +534,10 @@ class VisionTransformer(nn.Cell):
         fresh = VisionTransformer(config, initialize=False)
         for i, trainable in gated.items():
             fresh.add_gates([i], trainable=trainable)
+        precision = self.precision
         self.adopt(fresh)
         self.update_parameters_name(prefix)
+        self.set_precision(precision)
         for parameter in self.get_parameters() if values is not None else ():
             value = np.asarray(values[parameter.name], np.float32)
             if value.shape != tuple(parameter.shape):
@@ -526,17 +565,19 @@ class VisionTransformer(nn.Cell):
         return VisionTransformer.of_structure(self.structure())
 
     def structure(self) -> tuple:
-        """This network's shape as a value: `(config, ((gated block, trainable gate), ...))`."""
-        return self.config, tuple((i, bool(self.body.layers[i].gates[0].requires_grad)) for i in self.gated_blocks())
+        """This network's shape as a value: `(config, ((gated block, trainable gate), ...),
+        precision)`."""
+        return (self.config, tuple((i, bool(self.body.layers[i].gates[0].requires_grad)) for i in self.gated_blocks()),
+                self.precision)
 
     @staticmethod
     def of_structure(structure: tuple) -> "VisionTransformer":
         """A network of that `structure()` whose weights are zeros."""
-        config, gated = structure
+        config, gated, precision = structure
         copy = VisionTransformer(config, initialize=False)
         for i, trainable in gated:
             copy.add_gates([i], trainable=trainable)
-        return copy
+        return copy.set_precision(precision)
 
     def adopt(self, other: "VisionTransformer") -> None:
         """Take `other`'s layers (the same objects: both networks then share them) and its
@@ -544,7 +585,7 @@ class VisionTransformer(nn.Cell):
         were compiled ahead for `other` (ahead.py) hands this network those layers."""
         self.stem, self.body, self.norm, self.head = other.stem, other.body, other.norm, other.head
         self.cls, self.pos_embedding = other.cls, other.pos_embedding
-        self.config = other.config
+        self.config, self.precision = other.config, other.precision
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised head for `num_classes` (0 removes the head)."""

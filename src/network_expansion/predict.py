@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .card import asset_path
-from .config import PRECISIONS
-from .errors import ConfigError, DownloadError, ImageError, PrecisionError, printable
+from .errors import ConfigError, DownloadError, ImageError, printable
 from .images import load_image, source_name
 from .graphs import compiled_forward, pad_batch
 from .preprocess import data_config, preprocess_image
@@ -292,24 +291,16 @@ def predict(inputs, topk: int = 5, **classifier_options):
 
 
 def _in_precision(network, precision: str):
-    """`network` itself for float32; for float16/bfloat16 a copy cast to it (the caller's
-    network stays as it was)."""
-    import mindspore as ms
-
-    if precision not in PRECISIONS:
-        raise PrecisionError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if precision == "float32":
-        return network
-    device = ms.get_context("device_target")
-    if precision == "bfloat16" and device == "CPU":
-        raise PrecisionError(
-            "bfloat16 is not available on the CPU: MindSpore 2.10's CPU backend has no bfloat16 "
-            "MatMul ('Select CPU operator[MatMul] fail! Unsupported data type'). Use float32 on "
-            "the CPU (the fastest there), bfloat16 on GPU or Ascend.")
+    """`network` itself for float32; for float16/bfloat16 a copy computing in it
+    (`set_precision`; the caller's network stays as it was)."""
+    from . import cpu_forms
     from .model import VisionTransformer
 
-    copy = VisionTransformer(network.config)
+    cpu_forms.check_precision(precision)
+    if precision == "float32":
+        return network
+    copy = VisionTransformer(network.config, initialize=False)
     copy.class_names = network.class_names
     for mine, theirs in zip(copy.get_parameters(), network.get_parameters()):
         mine.set_data(theirs.value().copy())
-    return copy.to_float(ms.float16 if precision == "float16" else ms.bfloat16)
+    return copy.set_precision(precision)

@@ -26,6 +26,22 @@ _CHOOSE = object()  # the forms `cpu_forms.choose()` gives (the default)
 
 
 
+DYNAMIC_SCALE = 2.0 ** 16  # where a dynamic loss scale starts (PyTorch's GradScaler's too)
+SCALE_WINDOW = 2000        # finite steps after which it doubles; an overflow halves it
+
+
+def loss_scaler(config: TrainConfig):
+    """MindSpore's loss scaler for `config`: a fixed `loss_scale` if given, else a dynamic one
+    under float16 (whose range needs it), else None (float32, bfloat16: no scaling)."""
+    from mindspore.amp import DynamicLossScaler, StaticLossScaler
+
+    if config.loss_scale is not None:
+        return StaticLossScaler(float(config.loss_scale))
+    if config.precision == "float16":
+        return DynamicLossScaler(DYNAMIC_SCALE, 2, SCALE_WINDOW)
+    return None
+
+
 def soft_cross_entropy(logits, targets):
     """The training loss: cross entropy against soft targets (`soft_targets`), batch mean."""
     return -(targets * ops.log_softmax(logits, -1)).sum(-1).mean()

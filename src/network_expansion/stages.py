@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 import mindspore as ms
 import numpy as np
 from mindspore import ops
+from mindspore.amp import all_finite
 
+from . import cpu_forms
 from .ema import EMA
 from .errors import ConfigError
 from .expansion import grow, set_gates
 from .graphs import SharedForward, assign, compiled_for
-from .recipe import Optimization, build_optimizer, soft_cross_entropy
+from .recipe import Optimization, build_optimizer, loss_scaler, soft_cross_entropy
 
 
 @dataclass
@@ -91,6 +93,9 @@ class Stages:
     def __init__(self, config, schedule, steps_per_epoch: int, final_depth: int, first, distributed=None):
         self.config, self.schedule, self.steps_per_epoch = config, schedule, steps_per_epoch
         self.final_depth, self.first, self.distributed = final_depth, first, distributed
+        cpu_forms.check_precision(config.precision)
+        # one loss scale for the whole run (its graphs of every stage read the same Parameter)
+        self.scaler = loss_scaler(config)
         start = schedule.stage(0)
         for field_name, asked, have in (("depth", start.depth, first.depth), ("width", start.width, first.width),
                                         ("image_size", start.size, first.image_size)):
@@ -111,6 +116,7 @@ class Stages:
         """Stage `index`'s optimizer and graphs (compiled when first run) for `model` and
         `ema`; `born`: when carried moments started (`{name: step}`; the others at the
         stage's start); `step`: the optimizer's step count now (None: the stage's start)."""
+        model.set_precision(self.config.precision)  # again after a growth: its new cells too
         optimization = build_optimizer(model, self.config, self.steps_per_epoch, self.final_depth,
                                        offset=self.start(index), born=born, first=self.first)
         optimization.optimizer.global_step.set_data(
@@ -122,24 +128,40 @@ class Stages:
     def train_step(self, model, optimizer):
         """The compiled train step: forward, loss, backward (gradients averaged over a
         data-parallel job, clipped if asked), the optimizer's update; the gates of an exact
-        growth's ramp are set inside it. Returns (loss, predictions)."""
-        clip = self.config.clip_grad
+        growth's ramp are set inside it. With a loss scale (`recipe.loss_scaler`) the loss
+        is scaled before the backward pass and the gradients unscaled after it; a step whose
+        gradients are not finite changes no weight (and a dynamic scale halves). Returns
+        (loss, predictions)."""
+        clip, scaler = self.config.clip_grad, self.scaler
         reducer = self.distributed.reducer(optimizer.parameters) if self.distributed else None
         ramped = [gate for gate in model.gates if not gate.requires_grad]  # set by the Trainer's ramp
 
         def forward(images, targets):
-            logits = model(images)
-            return soft_cross_entropy(logits, targets), logits
+            logits = model(images)  # float32 in every precision (`set_precision`)
+            loss = soft_cross_entropy(logits, targets)
+            return (loss if scaler is None else scaler.scale(loss)), loss, logits
 
         gradients = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
 
-        def learn(images, targets):
-            (loss, logits), grads = gradients(images, targets)
-            if reducer is not None:
-                grads = reducer(grads)
+        def update(grads):
             if clip:
                 grads = ops.clip_by_global_norm(grads, clip)
             optimizer(grads)
+
+        def learn(images, targets):
+            (_, loss, logits), grads = gradients(images, targets)
+            if reducer is not None:  # before the finite check: every process decides alike
+                grads = reducer(grads)
+            if scaler is None:
+                update(grads)
+            else:
+                grads = scaler.unscale(grads)
+                finite = all_finite(grads)
+                if finite:
+                    update(grads)
+                else:  # skipped; the learning rate's clock still moves on, as the run's does
+                    ops.assign_add(optimizer.global_step, ops.ones_like(optimizer.global_step))
+                scaler.adjust(finite)
             return loss, logits.argmax(-1)
 
         if not ramped:  # no gate to set: the graph must not take one (an unused input slows every run)
@@ -154,6 +176,23 @@ class Stages:
             return learn(images, targets)
 
         return compiled_for(model, step)
+
+    def scale_state(self) -> dict:
+        """The loss scale's state, to save with a run ({} without a loss scale)."""
+        if self.scaler is None:
+            return {}
+        state = {"loss_scale": float(self.scaler.scale_value.asnumpy())}
+        if hasattr(self.scaler, "counter"):  # dynamic: finite steps since the last change
+            state["loss_scale_counter"] = int(self.scaler.counter.asnumpy())
+        return state
+
+    def load_scale_state(self, state: dict) -> None:
+        """Take a saved `scale_state()` (a run resumed)."""
+        if self.scaler is None or "loss_scale" not in state:
+            return
+        assign(self.scaler.scale_value, np.array(state["loss_scale"], np.float32))
+        if hasattr(self.scaler, "counter") and "loss_scale_counter" in state:
+            assign(self.scaler.counter, np.array(state["loss_scale_counter"], np.int32))
 
     # -- growth ------------------------------------------------------------------------------
 

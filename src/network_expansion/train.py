@@ -351,7 +351,7 @@ class Trainer:
                   "stage": self.schedule.stage_at(self._clock - 1),
                   **meter.summary(self.distributed.sum if self.distributed is not None else None),
                   "lr": self.lr_schedule.value(self.step - 1),
-                  "train_seconds": meter.seconds}
+                  "train_seconds": meter.seconds, **self._stages.scale_state()}
         record.update(self.validate())
         record["wall_seconds"] = self.wall_seconds
         self._log(record)
@@ -381,7 +381,7 @@ class Trainer:
                  "wall_seconds": self.wall_seconds, "class_names": self.model.class_names,
                  "batch_size": self.train_data.batch_size, "gated_blocks": self.model.gated_blocks(),
                  "ramp": dataclasses.asdict(self._ramp) if self._ramp else None,
-                 "moments_born": self.optimizer.born_by_name()}
+                 "moments_born": self.optimizer.born_by_name(), **self._stages.scale_state()}
         entries = [{"name": p.name, "data": p.value()} for p in self.model.get_parameters()]
         entries += [{"name": p.name, "data": p.value()} for p in self.ema.network.get_parameters()]
         entries += self.optimizer.state()
@@ -434,6 +434,7 @@ class Trainer:
         trainer._take(trainer._stages.build(model, ema, trainer.schedule.stage_at(trainer._clock),
                                             born=state.get("moments_born"), step=trainer.step))
         trainer.optimizer.load_state(loaded)
+        trainer._stages.load_scale_state(state)
         return trainer
 
 
