@@ -90,11 +90,13 @@ def test_the_imagefolder_pipeline_yields_the_host_recipe_with_labels(tmp_path):
     assert labels.tolist() == [0, 0, 1, 1]
 
 
-def test_a_damaged_file_in_the_pipeline_is_named(tmp_path):
+def test_a_damaged_file_in_the_pipeline_is_named_and_replaced(tmp_path, caplog):
     from network_expansion.datasets import imagefolder_dataset
 
     root = _tree(tmp_path)
     (root / "class1" / "zz_damaged.png").write_bytes(b"garbage")
     dataset = imagefolder_dataset(root, data_config(), batch_size=5, workers=1)
-    with pytest.raises(Exception, match="zz_damaged.png: not an image Pillow can read"):
-        list(dataset.create_tuple_iterator(output_numpy=True))
+    with caplog.at_level("WARNING", logger="network_expansion"):
+        batches = list(dataset.create_tuple_iterator(output_numpy=True))
+    assert sum(len(labels) for _, labels in batches) == 5  # four photos and one in the damaged file's place
+    assert "zz_damaged.png: not an image Pillow can read" in caplog.text

@@ -251,8 +251,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("root", metavar="DIR", help="one sub-folder of images per class, named by class "
                                                       "(ImageNet: WordNet ids such as n01440764)")
     _add_inference_options(evaluate)
-    evaluate.add_argument("--workers", type=_accepting(POSITIVE), default=2,
-                          help="image decoding threads (default 2)")
+    evaluate.add_argument("--workers", type=_accepting(POSITIVE),
+                          help="image decoding threads (default: one per core, at most 16)")
     evaluate.add_argument("--label-map", metavar="FILE", help="folder name -> output index, for folders named "
                                                               "otherwise (JSON object or lines 'folder<TAB>index')")
     evaluate.add_argument("--csv", metavar="FILE", help="write per-class accuracy to this CSV file")
@@ -371,7 +371,8 @@ def _add_training_options(parser, defaults) -> None:
                         help="input size (default: the card's, or the weights')")
     parser.add_argument("--num-heads", type=_accepting(MODEL["num_heads"]),
                         help="attention heads (default 12, or the weights')")
-    parser.add_argument("--workers", type=_accepting(POSITIVE), default=2, help="data loading workers (default 2)")
+    parser.add_argument("--workers", type=_accepting(POSITIVE),
+                        help="decoding threads of the input pipeline (default: one per core, at most 16)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help=f"what the network computes in (O2: LayerNorms, softmax, loss and weights stay "
                              f"float32); float16/bfloat16 for GPUs and NPUs (default {d.precision})")

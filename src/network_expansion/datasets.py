@@ -7,9 +7,13 @@ image is reported by name and the other images still go through.
 The batch protocol the `Trainer` reads, which `ArrayData` (arrays in memory) and
 `FolderData` (an ImageFolder tree through `mindspore.dataset`) follow:
 
-* `batches(epoch, seed, start)`: the training batches of an epoch, `(images float32 NCHW,
-  labels int32)`, from batch `start` on; the same (epoch, seed) gives the same batches, so a
-  resumed run sees what the uninterrupted one saw; a short last batch may be dropped;
+* `batches(epoch, seed, start, mix=None)`: the training batches of an epoch, `(images
+  float32 NCHW, labels int32)`, from batch `start` on; the same (epoch, seed) gives the same
+  batches, so a resumed run sees what the uninterrupted one saw; a short last batch may be
+  dropped. With `mix` (`recipe.BatchTargets`: `(images, labels, batch index) -> (inputs,
+  soft targets)`, label smoothing and mixup/cutmix) each batch is `(inputs, targets,
+  labels)`, mixed where the data are made (`FolderData`: in the pipeline's workers, not on
+  the thread that feeds the device); arrays or MindSpore Tensors;
 * `evaluation_batches()`: every sample once, in order, without augmentation;
 * `len(data)` training batches per epoch, `batch_size`, `num_samples` (of this process's
   shard), `class_names` (or None), and `shard(size, rank)`, this process's share for
@@ -29,12 +33,40 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, ImageError
+from .encoded import SKIPPED, EncodedFiles
+from .errors import ConfigError, DataError, ImageError
 from .images import load_image
 from .preprocess import DataConfig, host_transforms, normalize_transforms
 from .ranges import AREA_SHARE, POSITIVE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif")
+
+
+def default_workers() -> int:
+    """The input pipeline's decoding threads by default: one per core this process may use,
+    at most 16 (MindSpore's own default is 8 whatever the machine)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 2
+    return max(1, min(16, cores))
+
+
+def checked_workers(workers) -> int:
+    """`workers` (None: `default_workers()`) as MindSpore's pipeline takes them: 1 to the
+    machine's core count (`ConfigError` beyond, instead of MindSpore's traceback)."""
+    import os
+
+    if workers is None:
+        return default_workers()
+    POSITIVE.check("workers", workers)
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        raise ConfigError(f"workers={workers}: MindSpore's input pipeline takes 1 to {cores} threads on this "
+                          f"machine (its cores)")
+    return int(workers)
 
 
 def image_files(folder) -> list:
@@ -73,28 +105,41 @@ class ImageFolder:
         return load_image(path), np.int32(label)
 
 
-def imagefolder_dataset(root, config: DataConfig, *, batch_size: int = 32, workers: int = 2,
-                        shuffle: bool = False, drop_remainder: bool = False, augment=None,
-                        num_shards=None, shard_id=None):
-    """A batched `mindspore.dataset` pipeline of (image CHW float32, label int32).
+def imagefolder_dataset(root, config: DataConfig, *, batch_size: int = 32, workers: int | None = None,
+                        shuffle: bool = False, drop_remainder: bool = False, decode=None, augment=None,
+                        num_shards=None, shard_id=None, mix=None):
+    """A batched `mindspore.dataset` pipeline of (image CHW float32, label int32) from an
+    ImageFolder tree (a folder, an `ImageFolder` scanned, or its `encoded.EncodedFiles`).
 
-    Decoding (with `load_image`) and the host transforms run in `workers` parallel
-    workers. `augment`: transforms to run on the RGB uint8 image before the resize (e.g.
-    random crops for training); `num_shards`/`shard_id` split it for data parallelism.
-    `root` may also be an `ImageFolder` already scanned.
+    The files are read by one thread (`EncodedFiles`: headers checked, what the C++ decoder
+    would get wrong decoded by PIL, a bad file replaced by the next and named) and decoded
+    by MindSpore's C++ operations in `workers` threads: `decode`, operations that decode and
+    augment at once (`RandomCropDecodeResize`, then a flip, say); else `Decode`, then
+    `augment` (operations on the RGB uint8 image) or, without either, the eval recipe.
+    `workers`: `default_workers()` if None.
+    `num_shards`/`shard_id` split it for data parallelism; `mix`: see `batched`.
     """
     import mindspore.dataset as ds
+    import mindspore.dataset.vision as vision
 
-    folder = root if isinstance(root, ImageFolder) else ImageFolder.scan(root)
-    # Threads, not processes: decoding releases the GIL, and a signal to the process group
-    # (Ctrl-C, a scheduler's SIGTERM) then reaches the trainer, which saves, instead of
-    # killing worker processes under a pipeline that would then fail.
-    dataset = ds.GeneratorDataset(folder, column_names=["image", "label"], shuffle=shuffle,
-                                  num_parallel_workers=workers, num_shards=num_shards, shard_id=shard_id,
-                                  python_multiprocessing=False)
-    transforms = list(augment) + normalize_transforms(config) if augment else host_transforms(config)
+    workers = checked_workers(workers)
+    if isinstance(root, EncodedFiles):
+        files = root
+    else:
+        files = EncodedFiles((root if isinstance(root, ImageFolder) else ImageFolder.scan(root)).samples)
+    # One thread reads: it only reads files. A GeneratorDataset of several threads made
+    # every pipeline after the first wait 5.4 s for its first batch (MindSpore 2.10: its
+    # worker threads sit in a 5 s put timeout at the end of an epoch), the stall a run saw.
+    dataset = ds.GeneratorDataset(files, column_names=["image", "label"], shuffle=shuffle, num_parallel_workers=1,
+                                  python_multiprocessing=False, num_shards=num_shards, shard_id=shard_id)
+    if decode is not None:
+        transforms = list(decode) + normalize_transforms(config)
+    elif augment is not None:
+        transforms = [vision.Decode()] + list(augment) + normalize_transforms(config)
+    else:
+        transforms = [vision.Decode()] + host_transforms(config)
     dataset = dataset.map(operations=transforms, input_columns="image", num_parallel_workers=workers)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return batched(dataset, batch_size, drop_remainder, workers, mix)
 
 
 # -- batches for training (the protocol the Trainer reads) ------------------------------
@@ -206,7 +251,11 @@ class ArrayData(_Shardable):
         count = self.num_samples
         return count // self.batch_size if self.drop_remainder else math.ceil(count / self.batch_size)
 
-    def batches(self, epoch: int = 0, seed: int = 0, start: int = 0):
+    def batches(self, epoch: int = 0, seed: int = 0, start: int = 0, mix=None):
+        for b, (images, labels) in enumerate(self._batches(epoch, seed, start), start):
+            yield (images, labels) if mix is None else (*mix(images, labels, b), labels)
+
+    def _batches(self, epoch: int, seed: int, start: int):
         indices = self._indices(epoch, seed)
         rng = np.random.default_rng([seed, epoch, 1])
         flips = rng.random(len(indices)) < 0.5
@@ -242,14 +291,23 @@ class FolderData(_Shardable):
     AutoAugment) and drops a short last batch; otherwise the eval recipe (resize, center
     crop). `evaluation_batches` always yields every image with the eval recipe. The tree is
     scanned once; its folder names are the `class_names`.
+
+    MindSpore's C++ operations decode, crop and resize (`RandomCropDecodeResize` decodes
+    only a JPEG's crop) after the files' bytes are read and their headers checked
+    (`imagefolder_dataset`); training batches come as MindSpore Tensors, without a host copy.
+    `workers`: its decoding threads (`default_workers()`: one per core, at most 16).
     """
 
-    def __init__(self, root, data_config, batch_size: int = 64, *, train: bool = True, workers: int = 2,
+    def __init__(self, root, data_config, batch_size: int = 64, *, train: bool = True, workers: int | None = None,
                  num_shards: int = 1, shard_id: int = 0):
         self.root, self.data_config, self.batch_size = root, data_config, int(POSITIVE.check("batch_size", batch_size))
-        self.train, self.workers = train, workers
+        self.train = train
+        self.workers = checked_workers(workers)
         self.num_shards, self.shard_id = num_shards, shard_id
         self.folder = ImageFolder.scan(root)
+        # shared by every epoch: a bad file is named once (and left out of an evaluation)
+        self.files = EncodedFiles(self.folder.samples)
+        self.evaluated_files = EncodedFiles(self.folder.samples, replace=False)
         self.class_names = tuple(self.folder.classes)
 
     @property
@@ -277,7 +335,10 @@ class FolderData(_Shardable):
         count = self.num_samples
         return count // self.batch_size if self.train else math.ceil(count / self.batch_size)
 
-    def batches(self, epoch: int = 0, seed: int = 0, start: int = 0):
+    def batches(self, epoch: int = 0, seed: int = 0, start: int = 0, mix=None):
+        """An epoch's batches from batch `start` on (see the protocol). The crops and flips
+        are drawn from (seed, epoch): a resumed epoch runs the batches before `start` through
+        the pipeline again, unused, and so sees the same crops from there on."""
         import mindspore.dataset as ds
         import mindspore.dataset.vision as vision
 
@@ -286,25 +347,87 @@ class FolderData(_Shardable):
         previous = ds.config.get_seed()
         ds.config.set_seed(seed * 100_003 + epoch)
         try:
-            augment = [vision.RandomResizedCrop(self.data_config.input_size, scale=(0.05, 1.0),
-                                                ratio=(0.75, 1.333)), vision.RandomHorizontalFlip()] if self.train else None
-            dataset = self._dataset(shuffle=self.train, drop_remainder=self.train, augment=augment,
-                                    num_shards=self.num_shards if self.num_shards > 1 else None,
-                                    shard_id=self.shard_id if self.num_shards > 1 else None)
-            iterator = dataset.create_tuple_iterator(output_numpy=True)
+            decode = [vision.RandomCropDecodeResize(self.data_config.input_size, scale=(0.05, 1.0),
+                                                    ratio=(0.75, 1.333)), vision.RandomHorizontalFlip()]
+            shards = dict(num_shards=self.num_shards, shard_id=self.shard_id) if self.num_shards > 1 else {}
+            dataset = imagefolder_dataset(self.files, self.data_config, batch_size=self.batch_size,
+                                          workers=self.workers, shuffle=self.train, drop_remainder=self.train,
+                                          decode=decode if self.train else None, mix=mix, **shards)
+            iterator = dataset.create_tuple_iterator(output_numpy=False)
         finally:
             ds.config.set_seed(previous)
-        for b, (images, labels) in enumerate(iterator):
+        for b, batch in enumerate(_stopping(iterator)):
             if b >= start:
-                yield images, labels.astype(np.int32)
+                yield (*batch[:-1], _labels(batch[-1]))
 
     def evaluation_batches(self):
-        """Every image once, in order, with the eval recipe; the last batch may be short."""
-        iterator = self._dataset().create_tuple_iterator(output_numpy=True)
-        for images, labels in iterator:
-            yield images, labels.astype(np.int32)
+        """Every readable image once, in order, with the eval recipe (a bad file left out and
+        named); a batch may be short."""
+        yield from readable_batches(imagefolder_dataset(self.evaluated_files, self.data_config,
+                                                        batch_size=self.batch_size, workers=self.workers))
 
-    def _dataset(self, **options):
-        return imagefolder_dataset(self.folder, self.data_config, batch_size=self.batch_size,
-                                   workers=self.workers, **options)
 
+def readable_batches(dataset):
+    """An evaluation pipeline's (images, labels) as NumPy, without the places of bad files
+    (`EncodedFiles(replace=False)`); a batch of nothing but bad files is left out."""
+    for images, labels in _stopping(dataset.create_tuple_iterator(output_numpy=True)):
+        labels = _labels(labels)
+        kept = labels != SKIPPED
+        if kept.all():
+            yield images, labels
+        elif kept.any():
+            yield images[kept], labels[kept]
+
+
+def batched(dataset, batch_size: int, drop_remainder: bool, workers: int, mix=None):
+    """`dataset`'s rows in batches; with `mix` (`recipe.BatchTargets`) each batch goes
+    through it in the pipeline, knowing its index in the epoch: (image, label) -> (image,
+    target, label). One thread mixes, so the batches arrive in order and are counted right;
+    it works on whole batches (a `per_batch_map` would cost two more copies of each)."""
+    batches = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if mix is None:
+        return batches
+    return batches.map(operations=_Mixing(mix), input_columns=["image", "label"],
+                       output_columns=["image", "target", "label"], num_parallel_workers=1,
+                       python_multiprocessing=False)
+
+
+class _Mixing:
+    """`mix` applied to each batch of one epoch's pipeline, counting them from 0."""
+
+    def __init__(self, mix):
+        self.mix, self.count = mix, 0
+
+    def __call__(self, images, labels):
+        labels = np.asarray(labels, np.int32)
+        inputs, targets = self.mix(images, labels, self.count)
+        self.count += 1
+        return np.ascontiguousarray(inputs, np.float32), np.ascontiguousarray(targets, np.float32), labels
+
+
+def _stopping(iterator):
+    """`iterator`'s batches; then (or when the caller stops early) its pipeline is stopped.
+    A pipeline left to the garbage collector made the next one wait 5.4 s for its first
+    batch (MindSpore 2.10, every epoch after the first, measured): the 'stall after an
+    epoch' a run saw about one epoch in eight."""
+    try:
+        yield from iterator
+    finally:
+        iterator.stop()
+
+
+def _labels(labels) -> np.ndarray:
+    """Labels as int32 NumPy (from a pipeline's Tensor or array)."""
+    return np.asarray(labels.asnumpy() if hasattr(labels, "asnumpy") else labels).astype(np.int32)
+
+
+def mixed_batches(data, epoch: int, seed: int, start: int, mix):
+    """`data`'s batches with their soft targets, `(inputs, targets, labels)`, mixed where the
+    data make them; data whose `batches` take no `mix` (the protocol before it) are mixed here."""
+    import inspect
+
+    if "mix" in inspect.signature(data.batches).parameters:
+        yield from data.batches(epoch, seed, start=start, mix=mix)
+        return
+    for index, (images, labels) in enumerate(data.batches(epoch, seed, start=start), start):
+        yield (*mix(images, labels, index), labels)

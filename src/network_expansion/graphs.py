@@ -174,6 +174,16 @@ def assign(parameter, value) -> None:
     ops.assign(parameter, tensor if tensor.dtype == parameter.dtype else tensor.astype(parameter.dtype))
 
 
+def as_input(batch):
+    """A batch as a graph's input: a pipeline's Tensor as it is, an array without a copy
+    (`from_numpy` shares its memory: the array must be the batch's own, as the data's are)."""
+    import mindspore as ms
+
+    if isinstance(batch, ms.Tensor):
+        return batch
+    return ms.from_numpy(np.ascontiguousarray(batch))
+
+
 def pad_batch(images: np.ndarray, size: int) -> np.ndarray:
     """`images` zero-padded to `size` along the batch axis.
 

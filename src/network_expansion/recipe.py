@@ -47,6 +47,22 @@ def soft_cross_entropy(logits, targets):
     return -(targets * ops.log_softmax(logits, -1)).sum(-1).mean()
 
 
+@dataclass(frozen=True)
+class BatchTargets:
+    """The soft targets of an epoch's batches, `(images, labels, batch index) -> (inputs,
+    targets)` (`soft_targets`, drawn from (seed, epoch, index): the same batch, the same mix,
+    wherever and whenever it is made). The data run it where they make batches
+    (`datasets.batched`: in the pipeline's workers)."""
+
+    num_classes: int
+    config: TrainConfig
+    epoch: int
+
+    def __call__(self, images, labels, index: int):
+        rng = np.random.default_rng([self.config.seed, self.epoch, int(index), 2])
+        return soft_targets(labels, self.num_classes, self.config, rng, images)
+
+
 def soft_targets(labels, num_classes: int, config: TrainConfig, rng, images):
     """Label smoothing, then mixup or cutmix (half the batches each when both are on)."""
     smooth = config.label_smoothing
@@ -60,7 +76,10 @@ def soft_targets(labels, num_classes: int, config: TrainConfig, rng, images):
         use_cutmix = not use_mixup
     if use_mixup:
         lam = float(rng.beta(config.mixup, config.mixup))
-        images = lam * images + (1 - lam) * images[::-1]
+        mixed = images[::-1] - images  # lam x + (1 - lam) x', in one new array
+        mixed *= np.float32(1 - lam)
+        mixed += images
+        images = mixed
     else:
         lam = float(rng.beta(config.cutmix, config.cutmix))
         h, w = images.shape[2:]

@@ -23,15 +23,15 @@ import time
 from pathlib import Path
 
 import mindspore as ms
-import numpy as np
 
 from .errors import ConfigError, DataError, TrainingDiverged
 from .ema import EMA
 from .expansion import Ramp
-from .graphs import pad_batch
+from .graphs import as_input, pad_batch
+from .datasets import mixed_batches
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
-from .recipe import TrainConfig, soft_targets
+from .recipe import BatchTargets, TrainConfig
 from .stages import StageGraphs, Stages
 from .stopping import StopNow, StopOnSignal
 from .training_checkpoint import (read_training_checkpoint, read_training_state, resumed_config,
@@ -149,24 +149,20 @@ class Trainer:
             while self.epoch < end:
                 self._grow_if_due()
                 self.model.set_train(True)
-                rng_seed = self.config.seed
                 bar = tqdm(total=len(self.train_data), initial=self.batch_in_epoch, leave=False,
                            desc=f"{self.name + ': ' if self.name else ''}epoch {self.epoch + 1}/{self.config.epochs}",
                            unit="batch",
                            disable=not self.progress or not self.is_main, file=sys.stderr)
                 meter = EpochMeter(bar)
-                for images, labels in self._epoch_batches(meter):
+                for inputs, targets, labels in self._epoch_batches(meter):
                     if self._compiling:  # the step waits for its graphs: say why before, not after
                         logger.info("%scompiling the training step for %s (the first step waits for it) ...",
                                     f"{self.name}: " if self.name else "", _shape_text(self.model.config))
                         bar.set_postfix_str("compiling the training step ...")
                         self._compiling = False
                     start = time.perf_counter()
-                    rng = np.random.default_rng([rng_seed, self.epoch, self.batch_in_epoch, 2])
-                    inputs, targets = soft_targets(labels, self.model.config.num_classes, self.config, rng, images)
                     gate = self._ramp.value(self.step) if self._ramp else 1.0
-                    loss, predictions = self._train_step(ms.Tensor(inputs), ms.Tensor(targets),
-                                                         ms.Tensor(gate, ms.float32))
+                    loss, predictions = self._train_step(as_input(inputs), as_input(targets), ms.Tensor(gate, ms.float32))
                     self.ema.update()
                     if self._pending is not None:
                         self._time_pause(loss, start)
@@ -212,15 +208,16 @@ class Trainer:
         """This epoch's training batches from `batch_in_epoch` on. With stages counted in
         steps, a growth can come between two batches; one that changes the image size
         switches to the new size's batches at the same position (as a resume there would)."""
+        mix = BatchTargets(self.model.config.num_classes, self.config, self.epoch)
         while True:
             data = self.train_data
-            for images, labels in data.batches(self.epoch, self.config.seed, start=self.batch_in_epoch):
+            for batch in mixed_batches(data, self.epoch, self.config.seed, self.batch_in_epoch, mix):
                 self._stop.rearm()  # the epoch's dataset pipeline installs MindSpore's handlers again
                 if self.schedule.unit == "step":
                     self._grow_if_due(meter)
                 if self.train_data is not data:
                     break
-                yield images, labels
+                yield batch
             else:
                 return
 
@@ -439,7 +436,7 @@ class Trainer:
 
 
 def folder_trainer(model, train_dir, val_dir=None, config: TrainConfig | None = None, *, batch_size: int = 64,
-                   workers: int = 2, output_dir=None, distributed=None, resume=None, changes=None,
+                   workers: int | None = None, output_dir=None, distributed=None, resume=None, changes=None,
                    progress: bool = True) -> Trainer:
     """A `Trainer` on ImageFolder trees, as `network-expansion train` and `finetune` build it.
 
