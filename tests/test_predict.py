@@ -227,4 +227,26 @@ def test_a_classifier_says_it_is_compiling_before_its_first_prediction(caplog):
         classifier.predict([color_image(0), color_image(1)])
         classifier.predict(color_image(2))
     assert [m for m in caplog.messages if "compiling" in m] == [
-        "compiling the network for batches of 2 (the first prediction waits for it) ..."]
+        "compiling the network for batches of 2, preprocessing on the host (the first prediction waits for it) ..."]
+
+
+def test_the_classifier_preprocesses_on_the_device_where_asked_or_where_there_is_one(monkeypatch):
+    from conftest import SMALL
+    from skimage import data
+
+    from network_expansion import VisionTransformer, ViTConfig, cpu_forms
+
+    network = VisionTransformer(ViTConfig(**{**SMALL, "image_size": 64, "patch_size": 16, "num_classes": 4}), seed=0)
+    photos = [data.astronaut(), data.coffee(), data.chelsea()]
+    host = Classifier(network, batch_size=4, preprocess="host")
+    device = Classifier(network, batch_size=4, preprocess="device")
+    assert (host.preprocessing, device.preprocessing) == ("host", "device")
+    for a, b in zip(host.predict(photos), device.predict(photos)):
+        assert a.indices == b.indices
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+    assert device._on_device is not None and host._on_device is None
+    assert Classifier(network, preprocess="auto").preprocessing == "host"  # the CPU: the same cores either way
+    monkeypatch.setattr(cpu_forms, "device_target", lambda: "GPU")
+    assert Classifier(network, preprocess="auto").preprocessing == "device"
+    with pytest.raises(Exception, match="preprocess='gpu': expected one of auto, host, device"):
+        Classifier(network, preprocess="gpu")

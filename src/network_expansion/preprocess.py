@@ -74,6 +74,15 @@ def normalize_transforms(config: DataConfig) -> list:
     return [vision.Normalize(mean=config.mean_255, std=config.std_255), vision.HWC2CHW()]
 
 
+def crop_image(image: np.ndarray, config: DataConfig) -> np.ndarray:
+    """One RGB uint8 HWC image resized and center-cropped as `host_transforms` does, still
+    uint8 HWC: what `Preprocess(config, resize=False)` normalises on the device (a quarter
+    of float32's bytes to move there)."""
+    for transform in host_transforms(config)[:2]:  # resize, center crop
+        image = transform(image)
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
 def preprocess_image(image: np.ndarray, config: DataConfig) -> np.ndarray:
     """One RGB uint8 HWC image through `host_transforms`, eagerly: CHW float32."""
     for transform in host_transforms(config):
@@ -89,11 +98,13 @@ class Preprocess(nn.Cell):
     The same recipe as `host_transforms`: shorter side to `resize_size` (bilinear,
     half-pixel centres, as OpenCV and `mindspore.dataset` resize; rounded to whole gray
     levels as their uint8 output is), center crop, normalise. Shapes are static in graph
-    mode, so every input size compiles once.
+    mode, so every input size compiles once. `resize=False`: the images are crops already
+    (`crop_image`), and this only normalises them.
     """
 
-    def __init__(self, config: DataConfig):
+    def __init__(self, config: DataConfig, resize: bool = True):
         super().__init__()
+        self.resize = resize
         self.resize_size = config.resize_size
         self.input_size = config.input_size
         self.mean = Tensor(np.array(config.mean_255, np.float32).reshape(1, 3, 1, 1))
@@ -101,6 +112,8 @@ class Preprocess(nn.Cell):
 
     def construct(self, images):
         x = images.astype(np.float32).transpose(0, 3, 1, 2)
+        if not self.resize:
+            return (x - self.mean) / self.std
         h, w = x.shape[2], x.shape[3]
         if h <= w:
             size = (self.resize_size, int(w * self.resize_size / h))
@@ -118,11 +131,11 @@ class WithPreprocess(nn.Cell):
     """uint8 NHWC images in, the network's output out: `Preprocess` and the network in one
     graph (for GPUs, and for exporting a model that takes raw pixels)."""
 
-    def __init__(self, network, config: DataConfig | None = None):
+    def __init__(self, network, config: DataConfig | None = None, resize: bool = True):
         # auto_prefix=False: wrapping must not rename the network's parameters to
         # `network.*`, which would break its checkpoint names.
         super().__init__(auto_prefix=False)
-        self.preprocess = Preprocess(config or data_config(network))
+        self.preprocess = Preprocess(config or data_config(network), resize)
         self.network = network
 
     def construct(self, images):
