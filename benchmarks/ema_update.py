@@ -27,7 +27,7 @@ import mindspore as ms  # noqa: E402
 from mindspore import nn, ops  # noqa: E402
 
 
-from network_expansion.expansion import EMA, _EMAUpdate  # noqa: E402
+from network_expansion.ema import EMA, _EMAUpdate  # noqa: E402
 from network_expansion.graphs import compiled  # noqa: E402
 from network_expansion.model import VisionTransformer  # noqa: E402
 

@@ -50,7 +50,7 @@ def ours(batches, repeats):
 
     from network_expansion import VisionTransformer
     from network_expansion.errors import PrecisionError
-    from network_expansion.predict import _apply_precision
+    from network_expansion.predict import _in_precision
 
     rows = []
     for precision in ("float32", "float16", "bfloat16"):
@@ -58,7 +58,7 @@ def ours(batches, repeats):
         network = VisionTransformer()
         network.set_train(False)
         try:
-            _apply_precision(network, precision)
+            network = _in_precision(network, precision)
         except PrecisionError as error:
             rows.append(("network_expansion graph", precision, None, None, None, str(error).split(":")[0]))
             continue

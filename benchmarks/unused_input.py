@@ -60,9 +60,9 @@ def main():
     parser.add_argument("--queue", action="store_true", help="keep MindSpore's queue thread on")
     args = parser.parse_args()
     if not args.queue:
-        from network_expansion.graphs import run_on_calling_thread
+        from network_expansion.tuning import _run_on_calling_thread
 
-        run_on_calling_thread()
+        _run_on_calling_thread()
     x = ms.Tensor(np.ones((64, 64), np.float32))
     s = ms.Tensor(1.0, ms.float32)
     runs = {}

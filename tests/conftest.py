@@ -79,6 +79,27 @@ def reference_names() -> list:
     return rows
 
 
+@pytest.fixture()
+def fake_device(monkeypatch):
+    """`fake_device("GPU")`: MindSpore's device target reported as that from now on (for this
+    test), and every form a package graph applies recorded: returns the list it fills (empty:
+    only MindSpore's own forms ran)."""
+    from network_expansion import cpu_forms
+
+    seen = []
+    real = cpu_forms.applied
+
+    def spy(network, forms):
+        seen.append(forms)
+        return real(network, forms)
+
+    def fake(device: str) -> list:
+        monkeypatch.setattr(cpu_forms, "device_target", lambda: device)
+        monkeypatch.setattr(cpu_forms, "applied", spy)
+        return seen
+    return fake
+
+
 @pytest.fixture(scope="session")
 def vit_b():
     """The full ViT-B/16 with the card's 1001 classes (random weights), built once."""

@@ -55,20 +55,12 @@ def test_kernel_fusion_pays_from_vit_b_tokens_on():
 
 
 @pytest.mark.parametrize("device", ["GPU", "Ascend"])
-def test_a_run_with_a_growth_on_a_faked_gpu_or_ascend_trains_in_the_plain_forms(device, monkeypatch):
+def test_a_run_with_a_growth_on_a_faked_gpu_or_ascend_trains_in_the_plain_forms(device, fake_device):
     """MindSpore's device target reported as GPU or Ascend: the Trainer's graphs run the
     blocks in MindSpore's own forms, AdamW uses one kernel for every tensor and the EMA
     `lerp` (the forms GPU and Ascend kernels are built for), and a run through a growth
     completes (here on the CPU)."""
-    monkeypatch.setattr(cpu_forms, "device_target", lambda: device)
-    seen = []
-    real = cpu_forms.applied
-
-    def spy(network, forms):
-        seen.append(forms)
-        return real(network, forms)
-
-    monkeypatch.setattr(cpu_forms, "applied", spy)
+    seen = fake_device(device)  # the forms the package's graphs apply
     images, labels = learnable_data(32)
     model = VisionTransformer(ViTConfig(**{**SMALL, "width": 256, "num_heads": 4, "mlp_width": 512}, depth=1), seed=0)
     trainer = Trainer(model, ArrayData(images, labels, 16), ArrayData(images, labels, 32, shuffle=False),

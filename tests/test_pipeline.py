@@ -11,7 +11,6 @@ from conftest import SMALL
 from PIL import Image
 
 from network_expansion import TrainConfig, VisionTransformer, ViTConfig, data_config
-from network_expansion import cpu_forms
 from network_expansion.datasets import FolderData, imagefolder_dataset
 from network_expansion.encoded import EncodedFiles, sniff
 from network_expansion.images import load_image
@@ -126,19 +125,11 @@ def test_mixup_in_the_pipeline_is_the_recipes_mixup_of_the_same_batch(tree):
 
 
 @pytest.mark.parametrize("device", ["GPU", "Ascend"])
-def test_a_faked_device_trains_from_folders_in_float16_with_mixup_and_growths(tree, device, monkeypatch):
+def test_a_faked_device_trains_from_folders_in_float16_with_mixup_and_growths(tree, device, fake_device):
     """The device reported as GPU or Ascend: plain forms, float16 with its loss scale, the C++
     pipeline with mixup/cutmix in its workers, a growth in depth and image size; the run
     completes on the CPU."""
-    monkeypatch.setattr(cpu_forms, "device_target", lambda: device)
-    seen = []
-    real = cpu_forms.applied
-
-    def spy(network, forms):
-        seen.append(forms)
-        return real(network, forms)
-
-    monkeypatch.setattr(cpu_forms, "applied", spy)
+    seen = fake_device(device)  # the forms the package's graphs apply
     model = VisionTransformer(ViTConfig(**{**SMALL, "image_size": 16, "patch_size": 8, "num_classes": 2}, depth=1))
     config = TrainConfig(epochs=2, schedule="1@16,2@32", warmup_epochs=1, mixup=0.8, cutmix=1.0,
                          precision="float16", ema_decay=0.9)

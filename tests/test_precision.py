@@ -112,16 +112,8 @@ def test_bfloat16_is_refused_on_the_cpu_and_allowed_elsewhere(monkeypatch):
 
 
 @pytest.mark.parametrize("device", ["GPU", "Ascend"])
-def test_a_faked_gpu_or_ascend_runs_a_float16_growth_in_the_plain_forms(device, monkeypatch):
-    monkeypatch.setattr(cpu_forms, "device_target", lambda: device)
-    seen = []
-    real = cpu_forms.applied
-
-    def spy(network, forms):
-        seen.append(forms)
-        return real(network, forms)
-
-    monkeypatch.setattr(cpu_forms, "applied", spy)
+def test_a_faked_gpu_or_ascend_runs_a_float16_growth_in_the_plain_forms(device, fake_device):
+    seen = fake_device(device)  # the forms the package's graphs apply
     trainer = small_trainer(epochs=2, precision="float16", stage_starts="0,1")
     history = trainer.fit()
     assert [r["depth"] for r in history.epochs] == [2, 4] and np.isfinite(history.final["loss"])
