@@ -416,7 +416,7 @@ def test_a_csv_into_a_folder_is_refused_and_leaves_no_temporary(tmp_path, capsys
     (tmp_path / "report").mkdir()
     code, _, err = run_command(["evaluate", str(tmp_path / "tree"), "--weights", str(weights), "--csv",
                          str(tmp_path / "report")], capsys)
-    _one_line_error(code, err, "cannot write there", "give a file name")
+    _one_line_error(code, err, "is a folder", "give a file name")
     assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name]
 
 
@@ -487,11 +487,12 @@ def _wait_for(stream, text: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("number,word", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")])
+@pytest.mark.parametrize("number,word", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated"),
+                                         (signal.SIGHUP, "hung up")])
 def test_a_real_signal_saves_the_run_and_resume_is_exact(folder_data, reference_run, number, word):
-    """The signal comes in the middle of epoch 2, as a user's Ctrl-C would. MindSpore turns a
-    Ctrl-C that lands inside a running graph into a SIGTERM to the process: saved all the
-    same, reported as terminated (exit 143)."""
+    """The signal comes in the middle of epoch 2, as a user's Ctrl-C (or a dropped ssh
+    session's SIGHUP) would. MindSpore turns a Ctrl-C that lands inside a running graph into a
+    SIGTERM to the process: saved all the same, reported as terminated (exit 143)."""
     out = folder_data / f"signal-{word}"
     child = subprocess.Popen(_command("train", "--data", str(folder_data / "data"), *TRAIN, "--output", str(out)),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -500,7 +501,8 @@ def test_a_real_signal_saves_the_run_and_resume_is_exact(folder_data, reference_
     child.send_signal(number)
     err = seen + child.stderr.read()
     child.wait(timeout=300)
-    expected = {130: "interrupted", 143: "terminated"} if number == signal.SIGINT else {143: "terminated"}
+    expected = {signal.SIGINT: {130: "interrupted", 143: "terminated"}, signal.SIGTERM: {143: "terminated"},
+                signal.SIGHUP: {129: "hung up"}}[number]
     assert child.returncode in expected, err[-2000:]
     assert f"{expected[child.returncode]}: saved {out / 'checkpoint.ckpt'} at epoch 2, batch " in err
     state = read_training_state(out / "checkpoint.ckpt")

@@ -12,6 +12,8 @@ changes the process (environment, threads, signals outside a training run) unles
 
 import importlib
 import importlib.util
+import sys
+import types
 
 __version__ = "1.0.0"
 
@@ -53,3 +55,18 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """The package, whose `predict` and `evaluate` stay the functions of those names: Python's
+    import system sets a package's attribute to each submodule it imports, so once anything
+    imported `network_expansion.predict`, `ne.predict(...)` would have called a module."""
+
+    def __setattr__(self, name, value):
+        if name in _MODULE_OF and name in _EXPORTS and isinstance(value, types.ModuleType):
+            return  # the submodule stays in sys.modules: `from network_expansion.predict import X` finds it
+            # (`import network_expansion.predict as m` gives the function: Python reads the attribute)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

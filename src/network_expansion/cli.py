@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    _refuse_empty_paths(parser, args)
     global _output
     _output = sys.stdout  # the command's own output; anything else printed goes to stderr
     handler = _StoryHandler(sys.stderr if getattr(args, "json", False) else _output)
@@ -157,6 +158,22 @@ def _quiet_mindspore() -> dict:
 
 
 # -- values a flag accepts -----------------------------------------------------------
+
+# Arguments that name files, folders or URLs: none may be empty (an empty path would mean
+# "here", or the released weights, without a word).
+_PATHS = {"weights": "--weights", "data": "--data", "val": "--val", "output": "--output", "csv": "--csv",
+          "label_map": "--label-map", "class_names": "--class-names", "resume": "--resume", "source": "SRC",
+          "destination": "DST", "root": "DIR", "images": "IMG", "cards": "CARD"}
+
+
+def _refuse_empty_paths(parser, args) -> None:
+    for name, flag in _PATHS.items():
+        value = getattr(args, name, None)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            parser.error(f"argument {flag}: an empty path; give the file or folder itself"
+                         + (" (leave --weights out for the released weights)" if name == "weights" else ""))
+
 
 def _accepting(accepted):
     """A flag's type: the value `accepted` (a `ranges.Range`) takes, or argparse's one-line error."""
@@ -384,6 +401,8 @@ def _add_training_options(parser, defaults) -> None:
                              f"(default {d.log_every})")
     parser.add_argument("--output", default="runs/network-expansion",
                         help="folder for checkpoints and log.jsonl (default runs/network-expansion)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --output (default: refuse; --resume continues it)")
     parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.ckpt; --epochs, --log-every "
                                                          "and --output may change, the rest must stay")
     parser.add_argument("--distributed", action="store_true",
@@ -441,10 +460,13 @@ def _run_training(args, model_factory, config) -> int:
         job = init_data_parallel()
     trainer = folder_trainer(None if state else model_factory(), args.data, args.val, config, batch_size=batch_size,
                              workers=args.workers, output_dir=args.output, distributed=job,
-                             resume=args.resume, changes=_given(args, _RECIPE_FLAGS))
+                             resume=args.resume, changes=_given(args, _RECIPE_FLAGS),
+                             overwrite=getattr(args, "overwrite", False))
     history = trainer.fit()
     if history.interrupted:
-        return 143 if history.stopped_by == "terminated" else 130
+        from .stopping import StopOnSignal
+
+        return StopOnSignal.EXIT_CODES.get(history.stopped_by, 130)
     final = history.final
     if not trainer.is_main:  # one summary for a data-parallel job: its numbers are the job's
         return 0
@@ -512,6 +534,7 @@ def _train(args) -> int:
     # --schedule, else the released 6,12 (with --depth alone: that depth throughout)
     schedule = args.schedule or (None if args.depth else DEFAULT_SCHEDULE)
     config = _train_config(args, schedule=None if schedule == NO_SCHEDULE else schedule)
+    _refuse_flags_that_would_be_ignored(args, config)
     num_classes = args.num_classes or _class_count(ImageFolder.scan(args.data))
     overrides = _model_overrides(args)
     # the flags describe the final network; the schedule's last stage gives its width and size where they do not
@@ -526,6 +549,21 @@ def _train(args) -> int:
     _fuse_if_it_pays(final)
     return _run_training(args, lambda: create_network("NetworkExpansion", seed=config.seed, **dataclasses.asdict(first)),
                          config)
+
+
+def _refuse_flags_that_would_be_ignored(args, config) -> None:
+    """A flag the run would not use is a mistake to say, not to pass over."""
+    if args.depth and config.schedule and config.final_depth(args.depth) != args.depth:
+        raise ConfigError(f"--depth {args.depth} and --schedule {args.schedule} end at different depths "
+                          f"({config.final_depth(args.depth)}): give one of them")
+    if args.stage_starts and not config.schedule:
+        raise ConfigError("--stage-starts without stages: give --schedule too, or leave --stage-starts out")
+    if config.stage_starts and config.stage_unit == "epoch" and max(config.stage_starts) >= config.epochs:
+        raise ConfigError(f"--stage-starts {','.join(map(str, config.stage_starts))}: a stage starts after the last "
+                          f"of --epochs {config.epochs} (epochs count from 0); start it earlier or train longer")
+    for flag, value in (("--growth-ramp", args.growth_ramp), ("--growth-gate", args.growth_gate)):
+        if value is not None and config.growth != "exact":
+            raise ConfigError(f"{flag} shapes an exact growth's gates: give --growth exact too, or leave {flag} out")
 
 
 def _class_count(folder) -> int:
@@ -563,6 +601,7 @@ def _finetune(args) -> int:
 def _demo(args) -> int:
     from .demo import DemoSettings, compare
 
+    check_writable_folder(args.output, what="--output")  # before minutes of training, not after
     settings = DemoSettings().changed(epochs=args.epochs, schedule=args.schedule, width=args.width)
     _say(f"training the same ViT twice on scikit-learn's digits ({settings.recipe.epochs} epochs each): "
           f"full depth {settings.model.depth}, then expansion {settings.schedule_text}")
@@ -576,6 +615,9 @@ def _export(args) -> int:
     from .export import destination, export
     from .hub import create_network
 
+    if args.input_size and not args.with_preprocess:
+        raise ConfigError("--input-size is the size of the pictures the exported preprocessing takes: give "
+                          "--with-preprocess too, or leave --input-size out")
     destination(args.output, args.format, args.overwrite)  # before the weights are read
     network = create_network("NetworkExpansion", pretrained=args.weights or True)
     _fuse_if_it_pays(network.config)
@@ -650,11 +692,32 @@ def _predict(args) -> int:
 def _evaluate(args) -> int:
     from .evaluate import evaluate
 
+    if args.csv:
+        _check_report_path(args.csv, args.root, [args.label_map, args.class_names])  # before an hour of work
     result = evaluate(_classifier(args), args.root, workers=args.workers, label_map=args.label_map)
     _say(result)
     if args.csv:
         _say(f"per-class accuracy written to {result.write_csv(args.csv)}")
     return 0
+
+
+def _check_report_path(path, tree, inputs) -> None:
+    """`evaluate --csv`'s file: not one of the command's inputs, not inside the tree it
+    evaluates, and in a folder it can write to; checked before the evaluation."""
+    from pathlib import Path
+
+    from .atomic import check_writable_folder
+    from .errors import OutputError
+
+    target = Path(path).resolve()
+    for given in [p for p in inputs if p]:
+        if Path(given).resolve() == target:
+            raise OutputError(f"--csv {path} is an input of this command ({given}): give another file")
+    if Path(tree).resolve() in target.parents:
+        raise OutputError(f"--csv {path} lies inside the tree being evaluated ({tree}): give a file outside it")
+    if target.is_dir():
+        raise OutputError(f"--csv {path} is a folder: give a file name")
+    check_writable_folder(target.parent, what="--csv's folder")
 
 
 def _info(args) -> int:

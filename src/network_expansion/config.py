@@ -34,7 +34,10 @@ MODEL_RANGES = {
     "mlp_width": Range(int, 1, 262144, high_open=False),
     "num_classes": Range(int, 0, 1_000_000, high_open=False, note="(0: no head)"),
     **{name: Range(float, 0, 1) for name in ("dropout", "attention_dropout", "drop_path_rate")},
+    "layer_norm_eps": Range(float, 0, 1, low_open=True, high_open=False),
 }
+# gelu_approximate: True (tanh) or False (exact); MindSpore's and PyTorch's spellings mean the same
+GELU_SPELLINGS = {"tanh": True, "none": False, "exact": False, "erf": False}
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,13 @@ class ViTConfig:
     layer_norm_eps: float = 1e-7
 
     def __post_init__(self):
+        gelu = self.gelu_approximate
+        if isinstance(gelu, str) and gelu.lower() in GELU_SPELLINGS:
+            object.__setattr__(self, "gelu_approximate", GELU_SPELLINGS[gelu.lower()])
         problems = out_of_range(self, MODEL_RANGES)
+        if not isinstance(self.gelu_approximate, bool):
+            problems.append(f"gelu_approximate must be True (tanh) or False (exact), or one of "
+                            f"{', '.join(map(repr, GELU_SPELLINGS))}, got {gelu!r}")
         if not problems:
             if self.image_size % self.patch_size:
                 problems.append(f"image_size {self.image_size} is not a multiple of "

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .encoded import SKIPPED, EncodedFiles
-from .errors import ConfigError, DataError, ImageError
+from .errors import ConfigError, DataError, ImageError, printable
 from .images import load_image
 from .preprocess import DataConfig, host_transforms, normalize_transforms
 from .ranges import AREA_SHARE, POSITIVE
@@ -206,7 +206,11 @@ class ArrayData(_Shardable):
     def __init__(self, images, labels, batch_size: int = 64, *, shuffle: bool = True, flip: bool = False,
                  drop_remainder: bool = True, num_shards: int = 1, shard_id: int = 0, class_names=None):
         self.images = np.ascontiguousarray(images, dtype=np.float32)
-        self.labels = np.asarray(labels, dtype=np.int32)
+        given = np.asarray(labels)
+        if given.dtype.kind not in "iu" and not (given.dtype.kind == "f" and np.all(given == np.round(given))):
+            raise DataError(f"labels of {given.dtype} {'with fractions ' if given.dtype.kind == 'f' else ''}"
+                            f"(e.g. {given.ravel()[:3].tolist()}): expected whole class indices 0, 1, ...")
+        self.labels = given.astype(np.int32)
         if len(self.images) != len(self.labels):
             raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
         self.batch_size, self.shuffle, self.flip = int(POSITIVE.check("batch_size", batch_size)), shuffle, flip
@@ -431,3 +435,47 @@ def mixed_batches(data, epoch: int, seed: int, start: int, mix):
         return
     for index, (images, labels) in enumerate(data.batches(epoch, seed, start=start), start):
         yield (*mix(images, labels, index), labels)
+
+
+MAX_BAD_SHARE = 0.05  # a tree with more unreadable images than this is refused, not trained on
+
+
+def bad_images(data) -> int:
+    """How many images of `data`'s tree were found unreadable so far (skipped); `DataError`
+    once more than `MAX_BAD_SHARE` of the tree is: a run on such a tree learns from what is
+    left, without a word, and the tree is more likely the wrong one or damaged as a whole."""
+    files = getattr(data, "files", None)
+    if files is None or not files.bad:
+        return 0
+    count, total = len(files.bad), len(files)
+    if count > MAX_BAD_SHARE * total:
+        example = next(iter(files.bad.items()))
+        raise DataError(f"{count} of the {total} images of {getattr(data, 'root', 'the tree')} cannot be read "
+                        f"({count / total:.0%}, more than the {MAX_BAD_SHARE:.0%} a run accepts), e.g. "
+                        f"{printable(example[0])}: {printable(example[1].splitlines()[0])}; fix or remove them")
+    return count
+
+
+def check_labels(num_classes: int, train_data, val_data=None):
+    """The class names a run trains (or None), after checking that the data fit a head of
+    `num_classes` outputs: as many class folders at most, labels whole numbers from 0 to
+    num_classes - 1, and validation classes the training ones. `DataError` otherwise."""
+    names = getattr(train_data, "class_names", None)
+    if names is not None and len(names) > num_classes:
+        raise DataError(f"the training data have {len(names)} classes, the network {num_classes} outputs: build it "
+                        f"with num_classes={len(names)} (--num-classes), or train on {num_classes} class folders")
+    for data, what in ((train_data, "training"), (val_data, "validation")):
+        labels = getattr(data, "labels", None)
+        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(f"the {what} labels run from {labels.min()} to {labels.max()}: a network of "
+                            f"{num_classes} outputs takes labels 0 to {num_classes - 1}")
+    val_names = getattr(val_data, "class_names", None)
+    if names is not None and val_names is not None and tuple(val_names) != tuple(names):
+        raise DataError(f"the validation classes ({_listed(val_names)}) are not the training classes "
+                        f"({_listed(names)}): a validation tree must have the training tree's class folders")
+    return names
+
+
+def _listed(names) -> str:
+    names = list(names)
+    return ", ".join(map(str, names[:6])) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")

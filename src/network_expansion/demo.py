@@ -105,7 +105,8 @@ def trainer_for(settings: DemoSettings, schedule, output_dir: Path, progress: bo
     model = VisionTransformer(config.shapes(settings.model)[0])
     return Trainer(model, ArrayData(train_x, train_y, settings.batch_size, flip=False),
                    ArrayData(test_x, test_y, 256, shuffle=False, drop_remainder=False), config,
-                   output_dir=output_dir, progress=progress, name=name)
+                   output_dir=output_dir, progress=progress, name=name,
+                   overwrite=True)  # the demo's runs are its own: a second demo replaces the first's
 
 
 def race(settings: DemoSettings, runs: dict, output_dir: Path, progress: bool = True) -> dict:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mindspore import ops
+from mindspore import Tensor, ops
 
 from .config import GATES, MODES
 from .ema import EMA
@@ -116,6 +116,31 @@ def grow(network: VisionTransformer, depth: int | None = None, *, width: int | N
     maps = None
     if width is not None or num_heads is not None or mlp_width is not None:
         maps = WidthMaps.plan(network.config, width or network.config.width, num_heads, mlp_width)
+    saved = [_saved(net) for net in (network, ema.network if ema is not None else None) if net is not None]
+    try:
+        return _grow(network, depth, image_size, maps, split, seed, ema, exact, gate, mode, moments)
+    except BaseException:  # all or nothing: a growth that fails leaves the networks as they were
+        for net, state in saved:
+            _restore(net, state)
+        raise
+
+
+def _saved(network: VisionTransformer) -> tuple:
+    """What `_restore` needs to put `network` back: its shape and a copy of its values."""
+    return network, (network.structure(), {p.name: p.asnumpy().copy() for p in network.get_parameters()})
+
+
+def _restore(network: VisionTransformer, state: tuple) -> None:
+    structure, values = state
+    prefix = network.cls.name[:-len("cls")]
+    restored = VisionTransformer.of_structure(structure)
+    network.adopt(restored)
+    network.update_parameters_name(prefix)  # taking cells renames their parameters: the prefix again
+    for parameter in network.get_parameters():
+        parameter.set_data(Tensor(values[parameter.name]))
+
+
+def _grow(network, depth, image_size, maps, split, seed, ema, exact, gate, mode, moments) -> Growth:
     network.fold_gates()
     if ema is None:
         ema = EMA(network, 0.0)

@@ -20,7 +20,7 @@ class History:
 
     records: list = field(default_factory=list)
     interrupted: bool = False
-    stopped_by: str | None = None    # 'interrupted' (Ctrl-C, SIGINT) or 'terminated' (SIGTERM)
+    stopped_by: str | None = None    # 'interrupted' (Ctrl-C, SIGINT), 'terminated' (SIGTERM), 'hung up' (SIGHUP)
     checkpoint: str | None = None
 
     @property
@@ -66,7 +66,8 @@ def describe_record(record: dict, epochs: int) -> str:
     loss = record.get("loss")
     return (f"epoch {record['epoch']}/{epochs}  depth {record['depth']}  loss "
             f"{'-' if loss is None else f'{loss:.4f}'}{top1('train_top1', 'train')}{top1('val_top1', 'val')}"
-            f"{top1('ema_val_top1', 'EMA')}  {record['images_per_s']:.0f} img/s  lr {record['lr']:.2e}")
+            f"{top1('ema_val_top1', 'EMA')}  {record['images_per_s']:.0f} img/s  lr {record['lr']:.2e}"
+            + (f"  ({record['bad_images']} unreadable image(s) skipped so far)" if record.get("bad_images") else ""))
 
 
 class EpochMeter:

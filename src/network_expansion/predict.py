@@ -93,7 +93,8 @@ class Classifier:
 
     Args:
         network: a `VisionTransformer`; by default `create_network(pretrained=weights)`.
-        weights: for the default network: True (released), a path or URL.
+        weights: for the default network: True (released), a path or URL (never None,
+            False or '': a network of random weights is no classifier, `ConfigError`).
         batch_size: images per forward pass; the last batch is padded, so the graph
             compiles once.
         precision: 'float32' (default), 'float16' or 'bfloat16' where the device has them
@@ -117,6 +118,10 @@ class Classifier:
         if network is None:
             from .hub import create_network
 
+            if weights is None or weights is False or (isinstance(weights, (str, bytes)) and not weights.strip()):
+                raise ConfigError(f"Classifier(weights={weights!r}) would classify with random weights: confident "
+                                  f"labels from noise. Give weights=True (the released ones), a path or URL of "
+                                  f"weights, or a trained network")
             try:
                 network = create_network("NetworkExpansion", pretrained=weights)
             except DownloadError as error:

@@ -1,5 +1,5 @@
-"""Stopping a training run cleanly: Ctrl-C (SIGINT) and SIGTERM end it between two steps,
-after a checkpoint, instead of wherever the signal lands."""
+"""Stopping a training run cleanly: Ctrl-C (SIGINT), SIGTERM and SIGHUP (a dropped ssh
+session) end it between two steps, after a checkpoint, instead of wherever the signal lands."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ class StopNow(KeyboardInterrupt):
 
 
 class StopOnSignal:
-    """Ctrl-C (SIGINT) and SIGTERM ask the training loop to stop after the step under way,
-    save, and return; a second Ctrl-C stops at once.
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP ask the training loop to stop after the step under
+    way, save, and return; a second Ctrl-C stops at once.
 
     Needed because MindSpore's runtime installs a SIGINT handler of its own once its first
     op has run, which ends the process with SIGTERM (exit 143): nothing saved. Every call
@@ -24,7 +24,9 @@ class StopOnSignal:
     is a no-op and Ctrl-C behaves as before.
     """
 
-    NAMES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+    NAMES = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
+             **({signal.SIGHUP: "hung up"} if hasattr(signal, "SIGHUP") else {})}  # no SIGHUP on Windows
+    EXIT_CODES = {"interrupted": 130, "terminated": 143, "hung up": 129}  # 128 + the signal's number
 
     def __init__(self):
         self.received = None

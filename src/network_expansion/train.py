@@ -24,17 +24,17 @@ from pathlib import Path
 
 import mindspore as ms
 
-from .errors import ConfigError, DataError, TrainingDiverged
+from .errors import ConfigError, DataError, OutputError, TrainingDiverged
 from .ema import EMA
 from .expansion import Ramp
 from .graphs import as_input, pad_batch
-from .datasets import mixed_batches
+from .datasets import bad_images, check_labels, mixed_batches
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
 from .recipe import BatchTargets, TrainConfig
 from .stages import StageGraphs, Stages
 from .stopping import StopNow, StopOnSignal
-from .training_checkpoint import (read_training_checkpoint, read_training_state, resumed_config,
+from .training_checkpoint import (RunFolder, read_training_checkpoint, read_training_state, resumed_config,
                                   write_training_checkpoint)
 
 logger = logging.getLogger(__name__)
@@ -46,11 +46,14 @@ class Trainer:
     `model` must start at the schedule's first depth (e.g. `create_network(depth=6)` for
     "6,12"). `train_data`/`val_data`: `ArrayData` or `FolderData`. `output_dir` receives
     `checkpoint.ckpt` (every epoch), `log.jsonl`, `model.ckpt` and `model_ema.ckpt` (at the
-    end; loadable with `create_network(pretrained=...)`).
+    end; loadable with `create_network(pretrained=...)`); a folder that holds another run is
+    refused unless `overwrite` (`training_checkpoint.RunFolder`; `resumes`: the checkpoint
+    `Trainer.resume` continues from), and `fit` holds it against a second run.
     """
 
     def __init__(self, model: VisionTransformer, train_data, val_data=None, config: TrainConfig = TrainConfig(), *,
-                 output_dir=None, progress: bool = True, distributed=None, name: str = ""):
+                 output_dir=None, progress: bool = True, distributed=None, name: str = "", overwrite: bool = False,
+                 resumes=None):
         self.model, self.train_data, self.val_data, self.config = model, train_data, val_data, config
         self.name = name  # shown in the progress bar
         self.output_dir = Path(output_dir) if output_dir else None
@@ -63,9 +66,12 @@ class Trainer:
             raise DataError(
                 f"the training data has {train_data.num_samples} sample(s) per process, fewer than one batch of "
                 f"{train_data.batch_size}: use a batch size of at most {max(train_data.num_samples, 1)}")
-        names = getattr(train_data, "class_names", None)
+        names = check_labels(model.config.num_classes, train_data, val_data)
         if names is not None and len(names) == model.config.num_classes:
             model.class_names = tuple(names)  # saved with the weights: predictions say "cat", not "3"
+        self._folder = None  # the output folder, owned by this run (training_checkpoint.RunFolder)
+        if self.output_dir is not None and (distributed is None or distributed.rank == 0):
+            self._folder = RunFolder(self.output_dir).claim(overwrite=overwrite, resumes=resumes)
         self.final_depth = config.final_depth(model.depth)
         self.schedule = config.expansion_schedule(self.final_depth, len(train_data))
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
@@ -133,6 +139,8 @@ class Trainer:
         """Train to `config.epochs`, or only to epoch `until` (call again to go on); returns the
         history (also on Ctrl-C or SIGTERM, after saving). `model.ckpt` and `model_ema.ckpt`
         are written when the last epoch is done."""
+        if self._folder is not None:
+            self._folder.lock()  # OutputError if another run holds the folder
         self._started = time.perf_counter()
         try:
             with self._stop:
@@ -140,6 +148,8 @@ class Trainer:
                 return self._fit(self.config.epochs if until is None else min(int(until), self.config.epochs))
         finally:
             self._elapsed_before, self._started = self.wall_seconds, None
+            if self._folder is not None:
+                self._folder.release()
 
     def _fit(self, end: int) -> History:
         from tqdm.auto import tqdm
@@ -349,6 +359,9 @@ class Trainer:
                   **meter.summary(self.distributed.sum if self.distributed is not None else None),
                   "lr": self.lr_schedule.value(self.step - 1),
                   "train_seconds": meter.seconds, **self._stages.scale_state()}
+        skipped = bad_images(self.train_data)  # DataError above datasets.MAX_BAD_SHARE
+        if skipped:
+            record["bad_images"] = skipped
         record.update(self.validate())
         record["wall_seconds"] = self.wall_seconds
         self._log(record)
@@ -358,9 +371,14 @@ class Trainer:
         if self.is_main:
             logger.info("%s%s", f"{self.name}: " if self.name else "", describe_record(record, self.config.epochs))
         if self.output_dir and self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.output_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.output_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as error:  # a full disk, say: one clean error; the last checkpoint stays
+                raise OutputError(f"cannot write {self.output_dir / 'log.jsonl'} ({error.strerror or error}): the "
+                                  f"run stops; the last checkpoint, {self._checkpoint_path()}, is intact: free "
+                                  f"space and --resume from it") from None
 
     # -- checkpoints -----------------------------------------------------------------
 
@@ -407,11 +425,15 @@ class Trainer:
         same run: `ConfigError`.
         """
         loaded, state = read_training_checkpoint(path)
+        saved, names = state.get("class_names"), getattr(train_data, "class_names", None)
+        if saved is not None and names is not None and tuple(saved) != tuple(names):
+            raise DataError(f"{path} trained on the classes {tuple(saved)[:6]}, this data has {tuple(names)[:6]}: "
+                            f"resume on the run's own training tree")
         config = resumed_config(state, changes, len(train_data))
         grown = ViTConfig(**state["model_config"])
         model = VisionTransformer(config.shapes(grown)[0])
         trainer = cls(model, train_data, val_data, config, output_dir=output_dir or Path(path).parent,
-                      progress=progress, distributed=distributed)
+                      progress=progress, distributed=distributed, resumes=path)
         if grown != model.config:  # grown since the start: the checkpoint's shape, its weights loaded below
             model.rebuild(grown)
             if grown.image_size != getattr(trainer.train_data, "image_size", grown.image_size):
@@ -437,7 +459,7 @@ class Trainer:
 
 def folder_trainer(model, train_dir, val_dir=None, config: TrainConfig | None = None, *, batch_size: int = 64,
                    workers: int | None = None, output_dir=None, distributed=None, resume=None, changes=None,
-                   progress: bool = True) -> Trainer:
+                   progress: bool = True, overwrite: bool = False) -> Trainer:
     """A `Trainer` on ImageFolder trees, as `network-expansion train` and `finetune` build it.
 
     `model` starts at the schedule's first depth (None with `resume`: the checkpoint builds
@@ -463,7 +485,7 @@ def folder_trainer(model, train_dir, val_dir=None, config: TrainConfig | None = 
         return Trainer.resume(resume, train, val, output_dir=output_dir, distributed=distributed, changes=changes,
                               progress=progress)
     return Trainer(model, train, val, config or TrainConfig(), output_dir=output_dir, distributed=distributed,
-                   progress=progress)
+                   progress=progress, overwrite=overwrite)
 
 
 def _shape_text(config) -> str:

@@ -29,7 +29,7 @@ from .download import fetch, file_name_of
 from .errors import CheckpointError, ConfigError, DownloadError
 from .formats import FORMATS, NAMING_SCHEMES
 from .graphs import assign
-from .config import ViTConfig
+from .config import GELU_SPELLINGS, MODEL_RANGES, ViTConfig
 from .model import fields_from_shapes, is_classifier_name
 
 # Entries a training checkpoint holds beside the model (optimizer, loss scale, counters).
@@ -225,7 +225,20 @@ def _architecture_from(metadata, path) -> dict:
                                      f"expected a mapping of ViTConfig fields"],
                               advice="The file was not written by this package, or was edited: "
                                      "remove the metadata or write it again with save_weights.")
-    return {k: v for k, v in recorded.items() if k in ARCHITECTURE_FIELDS}
+    fields = {k: v for k, v in recorded.items() if k in ARCHITECTURE_FIELDS}
+    problems = [problem for name in ("layer_norm_eps", "num_heads") if name in fields
+                for problem in [MODEL_RANGES[name].problem(name, fields[name])] if problem]
+    gelu = fields.get("gelu_approximate", True)
+    if not isinstance(gelu, bool):
+        if isinstance(gelu, str) and gelu.lower() in GELU_SPELLINGS:
+            fields["gelu_approximate"] = GELU_SPELLINGS[gelu.lower()]
+        else:
+            problems.append(f"gelu_approximate must be true or false, got {gelu!r}")
+    if problems:
+        raise CheckpointError(path, [f"its metadata's architecture: {problem}" for problem in problems],
+                              advice="The file was edited or not written by this package: remove the metadata "
+                                     "or write it again with save_weights.")
+    return fields
 
 
 def _class_names_from(metadata, path):
@@ -235,6 +248,12 @@ def _class_names_from(metadata, path):
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise CheckpointError(path, ["its metadata's 'class_names' is not a list of strings"],
                               advice="Write the file again with save_weights, or remove the metadata.")
+    import collections
+
+    repeated = sorted(name for name, count in collections.Counter(names).items() if count > 1)
+    if repeated:  # two outputs of one name: an evaluation would score one of them as never right
+        raise CheckpointError(path, [f"its metadata names a class twice: {', '.join(map(repr, repeated[:5]))}"],
+                              advice="Write the file again with save_weights and distinct class names.")
     return tuple(names)
 
 
@@ -354,6 +373,9 @@ def load_pretrained(network, source, *, head="strict", cache_dir=None, sha256=No
         elif not np.isfinite(value).all():
             problems.append(f"not finite: {name} holds {int(np.size(value) - np.isfinite(value).sum())} "
                             f"NaN or infinite values")
+        elif np.asarray(value).dtype.itemsize > 4 and np.abs(value).max(initial=0) > np.finfo(np.float32).max:
+            problems.append(f"out of float32's range: {name} holds values up to {np.abs(value).max():.3g}, "
+                            f"which the network's float32 parameters would hold as infinite")
     for name in state:
         if name not in parameters:
             problems.append(f"unexpected: {name} {tuple(np.shape(state[name]))}")
