@@ -327,3 +327,28 @@ def test_a_tree_of_too_many_bad_pictures_is_refused_after_its_first_epoch(tmp_pa
                              output_dir=tmp_path / "out", progress=False)
     with pytest.raises(DataError, match=r"3 of the 19 images of .* cannot be read \(16%, more than the 5%"):
         trainer.fit()
+
+
+# -- what fits ----------------------------------------------------------------------------------
+
+def test_what_cannot_fit_is_refused_before_anything_is_allocated(monkeypatch):
+    from network_expansion import memory
+    from network_expansion.memory import inference_bytes, training_bytes
+
+    base = ViTConfig(image_size=224, num_classes=1000)
+    assert 3.0e9 < training_bytes(base, 8) < 4.5e9  # ViT-B's step: a 3.3 GB peak measured
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2 << 30)  # a machine of 2 GiB available
+    images, labels = learnable_data()
+    huge = VisionTransformer(ViTConfig(**{**SMALL, "image_size": 16}, depth=1))
+    with pytest.raises(ConfigError, match=r"needs about .* GiB at batches of 16; this machine has 2.0 GiB available "
+                                          r"\(batches of \d+ would fit\)"):
+        Trainer(huge, ArrayData(images, labels, 16), config=TrainConfig(schedule="1@16,2@192", epochs=2),
+                progress=False)
+    with pytest.raises(ConfigError, match=r"a forward pass of a ViT of depth 12, .*\(not even one picture"):
+        Classifier(VisionTransformer(ViTConfig(image_size=2048, num_classes=10), initialize=False), batch_size=4)
+    assert inference_bytes(base, 1) < training_bytes(base, 1)
+
+
+def test_a_seed_beyond_32_bits_is_a_config_error():
+    with pytest.raises(ConfigError, match="seed must be a whole number from 0 to 4294967295"):
+        TrainConfig(seed=2 ** 40)

@@ -121,7 +121,7 @@ TRAIN_RANGES = {
     "growth_ramp": Range(int, 1, optional=True, note="(None: one epoch)"),
     "size_crops": AREA_SHARE,
     "log_every": Range(int, 1),
-    "seed": Range(int, 0),
+    "seed": Range(int, 0, 2**32 - 1, high_open=False),  # MindSpore's and NumPy's seeds are 32-bit
     "loss_scale": Range(float, 0, low_open=True, optional=True, note="(unset: dynamic under float16, none otherwise)"),
 }
 

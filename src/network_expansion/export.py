@@ -54,6 +54,11 @@ def export(network, path, *, file_format: str = "mindir", batch: int | None = 1,
     if file_format not in FORMATS:
         raise ExportError(f"format {file_format!r}: expected one of {', '.join(FORMATS)}")
     _check_sizes(batch, input_size)
+    if batch:
+        from .memory import check_fits, inference_bytes
+
+        check_fits("tracing the network for export", lambda b: inference_bytes(network.config, b), batch,
+                   "lower --batch (batch=), or export a dynamic batch (batch=None)")
     ms_format, suffix = FORMATS[file_format]
     path = destination(path, file_format, overwrite)
     network.set_train(False)

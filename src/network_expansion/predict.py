@@ -28,6 +28,7 @@ from . import cpu_forms
 from .card import asset_path
 from .errors import ConfigError, DownloadError, ImageError, printable
 from .images import load_image, source_name
+from .memory import check_fits, inference_bytes
 from .graphs import compiled_for, compiled_forward, pad_batch
 from .preprocess import crop_image, data_config, preprocess_image
 from .ranges import POSITIVE
@@ -127,6 +128,9 @@ class Classifier:
             except DownloadError as error:
                 raise error.advise("Classifier(weights='/path/to/{name}')") from None
         POSITIVE.check("batch_size", batch_size)
+        check_fits(f"a forward pass of a ViT of depth {network.config.depth}, width {network.config.width} at "
+                   f"{network.config.image_size} px", lambda batch: inference_bytes(network.config, batch),
+                   int(batch_size), "lower the batch size (--batch-size)")
         self.network = _in_precision(network, precision)
         self.network.set_train(False)
         self.precision = precision

@@ -29,6 +29,8 @@ from .ema import EMA
 from .expansion import Ramp
 from .graphs import as_input, pad_batch
 from .datasets import bad_images, check_labels, mixed_batches
+from .memory import check_fits, training_bytes
+from .schedule import shaped
 from .history import EpochMeter, History, describe_record
 from .model import ViTConfig, VisionTransformer
 from .recipe import BatchTargets, TrainConfig
@@ -73,6 +75,11 @@ class Trainer:
         if self.output_dir is not None and (distributed is None or distributed.rank == 0):
             self._folder = RunFolder(self.output_dir).claim(overwrite=overwrite, resumes=resumes)
         self.final_depth = config.final_depth(model.depth)
+        final = shaped(model.config, self.final_depth, config.final_width(model.config.width),
+                       config.final_size(model.config.image_size))
+        check_fits(f"training a ViT of depth {final.depth}, width {final.width} at {final.image_size} px",
+                   lambda batch: training_bytes(final, batch), train_data.batch_size,
+                   "lower the batch size (--batch-size) or the image size")
         self.schedule = config.expansion_schedule(self.final_depth, len(train_data))
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.history = History()
