@@ -35,7 +35,6 @@ import numpy as np
 
 from .encoded import SKIPPED, EncodedFiles
 from .errors import ConfigError, DataError, ImageError, printable
-from .images import load_image
 from .preprocess import DataConfig, host_transforms, normalize_transforms
 from .ranges import AREA_SHARE, POSITIVE
 
@@ -98,11 +97,6 @@ class ImageFolder:
 
     def __len__(self):
         return len(self.samples)
-
-    def __getitem__(self, index):
-        """(RGB uint8 HWC image, label); a damaged file raises `ImageError` naming it."""
-        path, label = self.samples[index]
-        return load_image(path), np.int32(label)
 
 
 def imagefolder_dataset(root, config: DataConfig, *, batch_size: int = 32, workers: int | None = None,
@@ -256,8 +250,8 @@ class ArrayData(_Shardable):
         return count // self.batch_size if self.drop_remainder else math.ceil(count / self.batch_size)
 
     def batches(self, epoch: int = 0, seed: int = 0, start: int = 0, mix=None):
-        for b, (images, labels) in enumerate(self._batches(epoch, seed, start), start):
-            yield (images, labels) if mix is None else (*mix(images, labels, b), labels)
+        batches = self._batches(epoch, seed, start)
+        return batches if mix is None else with_targets(batches, start, mix)
 
     def _batches(self, epoch: int, seed: int, start: int):
         indices = self._indices(epoch, seed)
@@ -311,7 +305,7 @@ class FolderData(_Shardable):
         self.folder = ImageFolder.scan(root)
         # shared by every epoch: a bad file is named once (and left out of an evaluation)
         self.files = EncodedFiles(self.folder.samples)
-        self.evaluated_files = EncodedFiles(self.folder.samples, replace=False)
+        self.evaluated_files = self.files.leaving_out()
         self.class_names = tuple(self.folder.classes)
 
     @property
@@ -431,9 +425,14 @@ def mixed_batches(data, epoch: int, seed: int, start: int, mix):
     import inspect
 
     if "mix" in inspect.signature(data.batches).parameters:
-        yield from data.batches(epoch, seed, start=start, mix=mix)
-        return
-    for index, (images, labels) in enumerate(data.batches(epoch, seed, start=start), start):
+        return data.batches(epoch, seed, start=start, mix=mix)
+    return with_targets(data.batches(epoch, seed, start=start), start, mix)
+
+
+def with_targets(batches, start: int, mix):
+    """`(images, labels)` batches, the first numbered `start`, as `(inputs, targets, labels)`
+    through `mix` (`recipe.BatchTargets`), on the thread that reads them."""
+    for index, (images, labels) in enumerate(batches, start):
         yield (*mix(images, labels, index), labels)
 
 

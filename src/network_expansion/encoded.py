@@ -16,6 +16,7 @@ goes there, its header is read here (`sniff`, a few hundred bytes, no decoding):
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import struct
@@ -141,6 +142,13 @@ class EncodedFiles:
 
     def __len__(self):
         return len(self.samples)
+
+    def leaving_out(self) -> "EncodedFiles":
+        """These files as an evaluation reads them (`replace=False`), sharing what is known of
+        them: a bad file found by either is named once."""
+        other = copy.copy(self)  # the same `bad`, `through_pil` and lock
+        other.replace = False
+        return other
 
     def __getitem__(self, index):
         for k in range(len(self.samples)):

@@ -341,7 +341,6 @@ def _where_to_preprocess(preprocess: str) -> str:
 def _in_precision(network, precision: str):
     """`network` itself for float32; for float16/bfloat16 a copy computing in it
     (`set_precision`; the caller's network stays as it was)."""
-    from . import cpu_forms
     from .model import VisionTransformer
 
     cpu_forms.check_precision(precision)

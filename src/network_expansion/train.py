@@ -71,9 +71,6 @@ class Trainer:
         names = check_labels(model.config.num_classes, train_data, val_data)
         if names is not None and len(names) == model.config.num_classes:
             model.class_names = tuple(names)  # saved with the weights: predictions say "cat", not "3"
-        self._folder = None  # the output folder, owned by this run (training_checkpoint.RunFolder)
-        if self.output_dir is not None and (distributed is None or distributed.rank == 0):
-            self._folder = RunFolder(self.output_dir).claim(overwrite=overwrite, resumes=resumes)
         self.final_depth = config.final_depth(model.depth)
         final = shaped(model.config, self.final_depth, config.final_width(model.config.width),
                        config.final_size(model.config.image_size))
@@ -88,6 +85,11 @@ class Trainer:
         self._stop = StopOnSignal()
         self._elapsed_before = 0.0
         self._stages = Stages(config, self.schedule, len(train_data), self.final_depth, model.config, distributed)
+        # the output folder, owned by this run: claimed once everything above is known to be
+        # right, so that a refused run removes nothing (`overwrite`) and holds nothing
+        self._folder = None
+        if self.output_dir is not None and (distributed is None or distributed.rank == 0):
+            self._folder = RunFolder(self.output_dir).claim(overwrite=overwrite, resumes=resumes)
         self._sources = (train_data, val_data)  # as given; a schedule over image sizes resizes them
         self._pending = None  # a growth's record, until its pause is known (two steps later)
         self._prepared = None  # {stage index: StageGraphs} compiled ahead, when fit() first starts
