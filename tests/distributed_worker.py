@@ -20,6 +20,7 @@ from network_expansion import ArrayData, Trainer, TrainConfig
 
 def main(out):
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # a node of its own writes into a folder of its own
     job = init_data_parallel()
     ms.set_seed(0)
     rng = np.random.default_rng(0)

@@ -455,9 +455,13 @@ def _run_training(args, model_factory, config) -> int:
     ms.set_seed(state["train_config"]["seed"] if state else config.seed)
     job = None
     if args.distributed:
-        from .distributed import init_data_parallel
+        from .distributed import init_data_parallel, resume_advice
+        from .errors import JobLost
 
-        job = init_data_parallel()
+        try:
+            job = init_data_parallel()
+        except JobLost as error:  # in msrun's scheduler process: a worker stopped answering
+            raise JobLost(f"{error} {resume_advice(os.path.join(args.output, 'checkpoint.ckpt'))}") from error
     trainer = folder_trainer(None if state else model_factory(), args.data, args.val, config, batch_size=batch_size,
                              workers=args.workers, output_dir=args.output, distributed=job,
                              resume=args.resume, changes=_given(args, _RECIPE_FLAGS),

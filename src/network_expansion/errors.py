@@ -119,5 +119,10 @@ class TrainingDiverged(NetworkExpansionError, FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
 
 
+class JobLost(NetworkExpansionError, RuntimeError):
+    """A process of a data-parallel job stopped answering (killed, out of memory, its node
+    lost): the job ends instead of waiting in a collective; resume from the last checkpoint."""
+
+
 class ExportError(NetworkExpansionError, RuntimeError):
     """MindSpore could not export the network in the asked format."""

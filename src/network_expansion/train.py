@@ -24,7 +24,7 @@ from pathlib import Path
 
 import mindspore as ms
 
-from .errors import ConfigError, DataError, OutputError, TrainingDiverged
+from .errors import ConfigError, DataError, NetworkExpansionError, OutputError, TrainingDiverged
 from .ema import EMA
 from .expansion import Ramp
 from .graphs import as_input, pad_batch
@@ -219,6 +219,11 @@ class Trainer:
                 logger.warning("%s: %s at epoch %d, batch %d; resume with Trainer.resume or --resume",
                                self._stop.name, where, self.epoch + 1, self.batch_in_epoch)
             return self.history
+        except RuntimeError as error:  # a data-parallel job's collective failed: a process is gone
+            if self.distributed is None or isinstance(error, NetworkExpansionError):
+                raise
+            raise self.distributed.lost(error, f"epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1}",
+                                        self._checkpoint_path()) from error
         if self.epoch >= self.config.epochs:
             self._save_final()
         return self.history
