@@ -35,7 +35,7 @@ _EXPORTS = {
     "datasets": ("ArrayData", "FolderData"),
     "errors": ("NetworkExpansionError", "UnknownModelError", "ConfigError", "CardError", "CheckpointError",
                "DownloadError", "ImageError", "PrecisionError", "DataError", "TrainingDiverged", "ExportError",
-               "OutputError"),
+               "OutputError", "JobLost"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
