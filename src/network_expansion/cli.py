@@ -25,7 +25,7 @@ PROG = "network-expansion"
 
 def main(argv=None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_with_config(parser, sys.argv[1:] if argv is None else list(argv)))
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
@@ -124,6 +124,61 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _with_config(parser, argv: list) -> list:
+    """`argv` with the flags of its `--config FILE` (YAML: every flag a key, `batch_size` or
+    `batch-size`) put right after the command, so that a flag typed on the command line wins."""
+    command = next((i for i, token in enumerate(argv) if token in parser.commands), None)
+    if command is None:
+        return argv
+    rest = argv[command + 1:]
+    paths = [rest[i + 1] for i, token in enumerate(rest[:-1]) if token == "--config"] \
+        + [token.split("=", 1)[1] for token in rest if token.startswith("--config=")]
+    if not paths:
+        return argv
+    subparser = parser.commands[argv[command]]
+    try:
+        tokens = config_tokens(subparser, paths[-1])
+    except ConfigError as error:
+        subparser.error(str(error))
+    return argv[:command + 1] + tokens + rest
+
+
+def config_tokens(subparser, path) -> list:
+    """The command-line tokens a YAML config file stands for (`ConfigError` naming the key
+    and the accepted ones for anything else)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f.read(1 << 20))
+    except OSError as error:
+        raise ConfigError(f"--config {path}: {error.strerror or error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--config {path} is not YAML: {str(error).splitlines()[0]}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of flags to values (epochs: 300), got "
+                          f"{type(values).__name__}")
+    actions = {option: action for action in subparser._actions for option in action.option_strings}
+    tokens = []
+    for key, value in values.items():
+        option = "--" + str(key).replace("_", "-")
+        action = actions.get(option)
+        if action is None or option in ("--config", "--help"):
+            known = sorted(o[2:] for o in actions if o.startswith("--") and o not in ("--config", "--help"))
+            raise ConfigError(f"--config {path}: unknown key {key!r}; the keys are the flags: {', '.join(known)}")
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ConfigError(f"--config {path}: {key} is true or false, got {value!r}")
+            tokens += [option] if value else []
+        elif isinstance(value, (list, tuple)) and action.nargs not in (None, "?"):
+            tokens += [option, *map(str, value)]
+        elif isinstance(value, (dict, list, tuple)) or value is None:
+            raise ConfigError(f"--config {path}: {key} takes one value, got {value!r}")
+        else:
+            tokens += [option, str(value).lower() if isinstance(value, bool) else str(value)]
+    return tokens
 
 
 class _StoryHandler(logging.Handler):
@@ -234,6 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--verbose", action="store_true", help="also show MindSpore's own warnings")
     commands = parser.add_subparsers(title="commands")
+    parser.commands = commands.choices  # name -> its parser (`--config` reads their flags)
 
     info = commands.add_parser("info", help="print the hub card, the architecture and the parameter count")
     info.add_argument("--json", action="store_true", help="print one JSON object")
@@ -314,6 +370,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=model("patch_size"), help=f"patch size (default {vit.patch_size})")
     train.add_argument("--num-classes", type=_accepting(POSITIVE), help="default: the number of class folders")
     _add_training_options(train, TrainConfig())
+    train.add_argument("--config", metavar="YAML", help="the flags as a YAML file (epochs: 300, batch-size: 128, "
+                                                        "...); flags typed here win; the run writes the config it "
+                                                        "resolved to config.yaml in --output")
     train.set_defaults(run=_train, computes=True)
 
     from .config import FINETUNE_DEFAULTS
@@ -345,16 +404,26 @@ def _parser() -> argparse.ArgumentParser:
 
     from .export import FORMATS as EXPORT_FORMATS
 
-    export = commands.add_parser("export", help="export for serving: MindIR, or ONNX where MindSpore can")
+    plot = commands.add_parser("plot", help="plot runs' accuracy and loss against time from their log.jsonl")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training runs' output folders (overlaid)")
+    plot.add_argument("--output", metavar="PNG", help="default: RUN_DIR/plot.png for one run, "
+                                                      "runs-plot.png here for several")
+    plot.set_defaults(run=_plot)
+
+    export = commands.add_parser("export", help="export for serving: MindIR (with a JSON beside it) or ONNX, "
+                                                "labels and preprocessing described")
     export.add_argument("output", metavar="OUT", help="file to write (.mindir or .onnx is added if missing)")
-    export.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="mindir", help="default mindir")
+    export.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="mindir",
+                        help="default mindir; onnx needs the onnx package (opset 18)")
     export.add_argument("--weights", default=None, help="checkpoint path or URL (default: the released one)")
     export.add_argument("--batch", type=_batch, default=1, help="batch size of the graph, or 'dynamic' (default 1)")
     export.add_argument("--with-preprocess", action="store_true",
                         help="take uint8 NHWC pictures and resize, crop, normalise inside the graph")
     export.add_argument("--input-size", type=_accepting(POSITIVE), nargs=2, metavar=("H", "W"),
                         help="picture size with --with-preprocess (default: the resize size, square)")
-    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    export.add_argument("--classes-only", action="store_true",
+                        help="only the outputs that are classes (1000 of the released head's 1001)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT (and its JSON) if it exists")
     export.set_defaults(run=_export, computes=True)
     return parser
 
@@ -466,6 +535,8 @@ def _run_training(args, model_factory, config) -> int:
                              workers=args.workers, output_dir=args.output, distributed=job,
                              resume=args.resume, changes=_given(args, _RECIPE_FLAGS),
                              overwrite=getattr(args, "overwrite", False))
+    if trainer.is_main:
+        _write_resolved_config(args, trainer)
     history = trainer.fit()
     if history.interrupted:
         from .stopping import StopOnSignal
@@ -479,6 +550,7 @@ def _run_training(args, model_factory, config) -> int:
           f"train top-1 {final.get('train_top1', 0):.2%}"
           + (f", val top-1 {final['val_top1']:.2%} (EMA {final['ema_val_top1']:.2%})" if "val_top1" in final else "")
           + f"; weights in {args.output}/model.ckpt")
+    _plot_run(args.output)
     return 0
 
 
@@ -555,6 +627,45 @@ def _train(args) -> int:
                          config)
 
 
+def _plot_run(folder) -> None:
+    """The finished run's curves beside its log (without matplotlib: a line saying so)."""
+    from .plots import plot_runs
+
+    try:
+        _say(f"curves: {plot_runs([folder], os.path.join(folder, 'plot.png'))}")
+    except ConfigError as error:  # no matplotlib
+        _say(f"no plot: {error}")
+
+
+_NOT_FLAGS = {"run", "computes", "recipe", "config", "overwrite", "resume", "verbose", "distributed"}
+
+
+def _write_resolved_config(args, trainer) -> None:
+    """The run's flags as `--config` takes them, in `--output`/config.yaml: those given (in a
+    config or typed) and the recipe's values the run resolved them to, with the batch size and
+    class count; `train --config` of that file trains the same run again."""
+    import yaml
+
+    from .atomic import atomic_write
+
+    values = {flag: value for flag, value in vars(args).items()
+              if flag not in _NOT_FLAGS and value is not None and value is not False}
+    unused = {"growth_gate", "growth_ramp"} if trainer.config.growth != "exact" else set()  # refused if given
+    for flag, field in _RECIPE_FLAGS.items():
+        value = getattr(trainer.config, field, None)
+        if flag in vars(args) and flag not in values and flag not in unused and not isinstance(value, bool) \
+                and isinstance(value, (int, float, str)):
+            values[flag] = value
+    values["batch_size"] = trainer.train_data.batch_size
+    if "num_classes" in vars(args):
+        values["num_classes"] = trainer.model.config.num_classes
+    values = {flag: ",".join(map(str, value)) if isinstance(value, tuple) else value for flag, value in values.items()}
+    text = "# this run's flags (network-expansion train --config config.yaml trains it again)\n" \
+        + yaml.safe_dump({flag.replace("_", "-"): value for flag, value in sorted(values.items())}, sort_keys=False)
+    with atomic_write(os.path.join(args.output, "config.yaml")) as temporary:
+        temporary.write_text(text)
+
+
 def _refuse_flags_that_would_be_ignored(args, config) -> None:
     """A flag the run would not use is a mistake to say, not to pass over."""
     if args.depth and config.schedule and config.final_depth(args.depth) != args.depth:
@@ -615,8 +726,16 @@ def _demo(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from .plots import plot_runs
+
+    output = args.output or (os.path.join(args.runs[0], "plot.png") if len(args.runs) == 1 else "runs-plot.png")
+    _say(f"wrote {plot_runs(args.runs, output)}")
+    return 0
+
+
 def _export(args) -> int:
-    from .export import destination, export
+    from .export import description_path, destination, export
     from .hub import create_network
 
     if args.input_size and not args.with_preprocess:
@@ -626,8 +745,10 @@ def _export(args) -> int:
     network = create_network("NetworkExpansion", pretrained=args.weights or True)
     _fuse_if_it_pays(network.config)
     path = export(network, args.output, file_format=args.format, batch=args.batch, overwrite=args.overwrite,
-                  with_preprocess=args.with_preprocess, input_size=tuple(args.input_size) if args.input_size else None)
-    _say(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+                  with_preprocess=args.with_preprocess, input_size=tuple(args.input_size) if args.input_size else None,
+                  classes_only=args.classes_only)
+    described = f", described in {description_path(path)}" if args.format == "mindir" else " (described in its metadata)"
+    _say(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB){described}")
     return 0
 
 

@@ -6,6 +6,7 @@ from the device in batches."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,7 +68,15 @@ def describe_record(record: dict, epochs: int) -> str:
     return (f"epoch {record['epoch']}/{epochs}  depth {record['depth']}  loss "
             f"{'-' if loss is None else f'{loss:.4f}'}{top1('train_top1', 'train')}{top1('val_top1', 'val')}"
             f"{top1('ema_val_top1', 'EMA')}  {record['images_per_s']:.0f} img/s  lr {record['lr']:.2e}"
-            + (f"  ({record['bad_images']} unreadable image(s) skipped so far)" if record.get("bad_images") else ""))
+            + (f"  ({record['bad_images']} unreadable image(s) skipped so far)" if record.get("bad_images") else "")
+            + (f"  eta {_clock(record['eta_seconds'])}" if record.get("eta_seconds") else ""))
+
+
+def _clock(seconds: float) -> str:
+    """`1:02:03`, `4:05`: a duration as a clock reads."""
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 class EpochMeter:
@@ -77,6 +86,8 @@ class EpochMeter:
         self.bar = bar
         self.pending = []  # (loss tensor, predictions tensor, labels, epoch, position)
         self.losses, self.hits, self.seen, self.seconds = [], 0, 0, 0.0
+        self.started = time.perf_counter()  # the epoch's wall time, validation included, for the ETA
+        self.compile_seconds = 0.0  # ... less the first step's compilation
 
     @property
     def queued(self) -> int:

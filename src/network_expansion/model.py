@@ -432,6 +432,19 @@ class VisionTransformer(nn.Cell):
         return len(self.body.layers)
 
     @property
+    def pretrained_cfg(self) -> dict:
+        """The preprocessing the weights need, in timm's keys (input size, interpolation,
+        mean, std, crop): what `timm.data.resolve_data_config(model=...)` reads."""
+        from .preprocess import pretrained_cfg
+
+        return pretrained_cfg(self)
+
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name of `pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    @property
     def blocks(self) -> list:
         """The blocks in order (a copy of the list: change it with `set_blocks`)."""
         return list(self.body.layers)

@@ -49,6 +49,18 @@ def _imagenet_classes() -> tuple:
     return tuple(rows)
 
 
+def class_names_of(network) -> tuple:
+    """The names of `network`'s class outputs: its own (saved with weights trained on an
+    ImageFolder tree), else ImageNet's for a 1000/1001-way head, else the output indices."""
+    own = getattr(network, "class_names", None)
+    if own is not None:
+        return tuple(own)
+    outputs = network.config.num_classes
+    if outputs in (IMAGENET_CLASSES, IMAGENET_CLASSES + 1):
+        return imagenet_class_names()
+    return tuple(str(i) for i in range(outputs))
+
+
 def imagenet_class_names() -> tuple:
     """The 1000 ImageNet-1k class names in label order (first WordNet lemma of each)."""
     return tuple(name for _, name in _imagenet_classes())
@@ -160,12 +172,7 @@ class Classifier:
         return self.class_names
 
     def _default_names(self) -> tuple:
-        own = getattr(self.network, "class_names", None)
-        if own is not None:
-            return tuple(own)
-        if self.num_outputs in (IMAGENET_CLASSES, IMAGENET_CLASSES + 1):
-            return imagenet_class_names()
-        return tuple(str(i) for i in range(self.num_outputs))
+        return class_names_of(self.network)
 
     def _check_names(self, names) -> tuple:
         names = tuple(str(name) for name in names)

@@ -56,6 +56,18 @@ def data_config(network_or_config=None) -> DataConfig:
                       mean=tuple(card.extra["mean"]), std=tuple(card.extra["std"]))
 
 
+def pretrained_cfg(network_or_config=None) -> dict:
+    """The preprocessing in timm's `pretrained_cfg` keys (what `timm.data.resolve_data_config`
+    reads): a timm user given this gets the model's transform, not timm's ViT default
+    (bicubic, mean and std 0.5, crop 0.9)."""
+    config = getattr(network_or_config, "config", network_or_config)
+    data = data_config(network_or_config)
+    return {"input_size": (getattr(config, "in_channels", 3), data.input_size, data.input_size),
+            "interpolation": data.interpolation, "mean": tuple(data.mean), "std": tuple(data.std),
+            "crop_pct": data.input_size / data.resize_size, "crop_mode": "center",
+            "num_classes": getattr(config, "num_classes", None)}
+
+
 # -- host ----------------------------------------------------------------------------
 
 def host_transforms(config: DataConfig) -> list:
@@ -102,27 +114,34 @@ class Preprocess(nn.Cell):
     (`crop_image`), and this only normalises them.
     """
 
-    def __init__(self, config: DataConfig, resize: bool = True):
+    def __init__(self, config: DataConfig, resize: bool = True, picture_size=None):
         super().__init__()
         self.resize = resize
         self.resize_size = config.resize_size
         self.input_size = config.input_size
+        # a graph for pictures of one known size (an export) plans its resize here, in Python:
+        # a plan made in the graph from a shape with a dynamic batch is control flow that
+        # MindSpore's runtime cannot run from a loaded MindIR
+        self.plan = self.plan_for(*picture_size) if picture_size is not None else None
+        self.bilinear = ops.ResizeBilinearV2(align_corners=False, half_pixel_centers=True)
         self.mean = Tensor(np.array(config.mean_255, np.float32).reshape(1, 3, 1, 1))
         self.std = Tensor(np.array(config.std_255, np.float32).reshape(1, 3, 1, 1))
+
+    def plan_for(self, h, w):
+        """The resized size, and the crop's top and left, for pictures of h x w."""
+        if h <= w:
+            size = (self.resize_size, int(w * self.resize_size / h))
+        else:
+            size = (int(h * self.resize_size / w), self.resize_size)
+        return size, (size[0] - self.input_size) // 2, (size[1] - self.input_size) // 2
 
     def construct(self, images):
         x = images.astype(np.float32).transpose(0, 3, 1, 2)
         if not self.resize:
             return (x - self.mean) / self.std
-        h, w = x.shape[2], x.shape[3]
-        if h <= w:
-            size = (self.resize_size, int(w * self.resize_size / h))
-        else:
-            size = (int(h * self.resize_size / w), self.resize_size)
-        x = ops.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        size, top, left = self.plan if self.plan is not None else self.plan_for(x.shape[2], x.shape[3])
+        x = self.bilinear(x, size)  # ops.interpolate's bilinear, without its shape checks (control flow)
         x = ops.clamp(ops.round(x), 0.0, 255.0)
-        top = (size[0] - self.input_size) // 2
-        left = (size[1] - self.input_size) // 2
         x = x[:, :, top:top + self.input_size, left:left + self.input_size]
         return (x - self.mean) / self.std
 
@@ -131,11 +150,11 @@ class WithPreprocess(nn.Cell):
     """uint8 NHWC images in, the network's output out: `Preprocess` and the network in one
     graph (for GPUs, and for exporting a model that takes raw pixels)."""
 
-    def __init__(self, network, config: DataConfig | None = None, resize: bool = True):
+    def __init__(self, network, config: DataConfig | None = None, resize: bool = True, picture_size=None):
         # auto_prefix=False: wrapping must not rename the network's parameters to
         # `network.*`, which would break its checkpoint names.
         super().__init__(auto_prefix=False)
-        self.preprocess = Preprocess(config or data_config(network), resize)
+        self.preprocess = Preprocess(config or data_config(network), resize, picture_size)
         self.network = network
 
     def construct(self, images):

@@ -174,14 +174,19 @@ class Trainer:
                            disable=not self.progress or not self.is_main, file=sys.stderr)
                 meter = EpochMeter(bar)
                 for inputs, targets, labels in self._epoch_batches(meter):
-                    if self._compiling:  # the step waits for its graphs: say why before, not after
+                    compiling, self._compiling = self._compiling, False
+                    if compiling and self.is_main:  # the step waits for its graphs: say why before, not after
                         logger.info("%scompiling the training step for %s (the first step waits for it) ...",
                                     f"{self.name}: " if self.name else "", _shape_text(self.model.config))
                         bar.set_postfix_str("compiling the training step ...")
-                        self._compiling = False
                     start = time.perf_counter()
                     gate = self._ramp.value(self.step) if self._ramp else 1.0
                     loss, predictions = self._train_step(as_input(inputs), as_input(targets), ms.Tensor(gate, ms.float32))
+                    if compiling:
+                        meter.compile_seconds += time.perf_counter() - start  # left out of the ETA
+                        if self.is_main:
+                            logger.info("%scompiled the training step in %.1f s",
+                                        f"{self.name}: " if self.name else "", meter.compile_seconds)
                     self.ema.update()
                     if self._pending is not None:
                         self._time_pause(loss, start)
@@ -350,15 +355,21 @@ class Trainer:
     def _top1(self, network) -> float:
         """`network`'s top-1 on `val_data`, every batch padded to one shape (a short last
         batch would compile the network again)."""
+        from tqdm.auto import tqdm
+
         forward = self._evaluation.of(network)
         hits = seen = 0
         size = None
-        for images, labels in self.val_data.evaluation_batches():
-            self._stop.rearm()  # the evaluation pipeline installs MindSpore's handlers again
-            size = size or len(labels)
-            logits = forward(ms.Tensor(pad_batch(images, size))).asnumpy()[:len(labels)]
-            hits += int((logits.argmax(-1) == labels).sum())
-            seen += len(labels)
+        with tqdm(total=self.val_data.num_samples, desc=f"{self.name + ': ' if self.name else ''}validating "
+                  f"{'the EMA' if network is not self.model else 'the model'}", unit="img", leave=False,
+                  disable=not self.progress or not self.is_main, file=sys.stderr) as bar:
+            for images, labels in self.val_data.evaluation_batches():
+                self._stop.rearm()  # the evaluation pipeline installs MindSpore's handlers again
+                size = size or len(labels)
+                logits = forward(ms.Tensor(pad_batch(images, size))).asnumpy()[:len(labels)]
+                hits += int((logits.argmax(-1) == labels).sum())
+                seen += len(labels)
+                bar.update(len(labels))
         return hits / max(seen, 1)
 
     @property
@@ -378,7 +389,26 @@ class Trainer:
             record["bad_images"] = skipped
         record.update(self.validate())
         record["wall_seconds"] = self.wall_seconds
+        record["eta_seconds"] = self._eta(time.perf_counter() - meter.started - meter.compile_seconds)
         self._log(record)
+
+    def _eta(self, epoch_seconds: float) -> float:
+        """Seconds the rest of the run should take: this epoch's time (steps and validation)
+        for each epoch left, scaled by its stage's cost per image (depth x width^2 x tokens)
+        against this stage's: an expansion's later, larger stages take longer."""
+        def cost(stage) -> float:
+            config = self.model.config
+            width = stage.width or config.width
+            size = stage.size or config.image_size
+            return stage.depth * width * width * (size // config.patch_size) ** 2
+
+        now = cost(self.schedule.stage(self._clock - 1))
+        if self.schedule.unit == "step":
+            left = [self.schedule.stage(step) for step in range(self.step, self.config.epochs * len(self.train_data),
+                                                                 max(len(self.train_data), 1))]
+        else:
+            left = [self.schedule.stage(epoch) for epoch in range(self.epoch, self.config.epochs)]
+        return sum(epoch_seconds * cost(stage) / now for stage in left)
 
     def _log(self, record: dict):
         self.history.records.append(record)

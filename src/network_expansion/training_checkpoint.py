@@ -20,7 +20,7 @@ from .formats import read_ckpt
 STATE_KEY = "network_expansion_trainer_state"
 
 # What a run writes into its folder: a folder holding any of them belongs to that run.
-RUN_FILES = ("checkpoint.ckpt", "log.jsonl", "model.ckpt", "model_ema.ckpt")
+RUN_FILES = ("checkpoint.ckpt", "log.jsonl", "model.ckpt", "model_ema.ckpt", "config.yaml", "plot.png")
 LOCK_FILE = ".run.lock"
 
 

@@ -69,6 +69,10 @@ TIMM_ARCHITECTURE = {"gelu_approximate": False, "layer_norm_eps": 1e-6}
 # What zoo-named weights without metadata are taken to be (any mindspore.save_checkpoint
 # file, the released one included): the zoo's nn.GELU() (tanh) and nn.LayerNorm (1e-7).
 ZOO_ARCHITECTURE = {"gelu_approximate": True, "layer_norm_eps": 1e-7}
+# mindcv's ViTs (`mindcv.models.vit`) have timm's names but MindSpore's LayerNorm names
+# (`gamma`/`beta` for `weight`/`bias`) and MindSpore's defaults: nn.GELU() (tanh), nn.LayerNorm (1e-7).
+MINDCV_ARCHITECTURE = {"gelu_approximate": True, "layer_norm_eps": 1e-7}
+MINDCV_NORM = re.compile(r"^((?:blocks\.\d+\.)?(?:norm1|norm2|norm|fc_norm))\.(gamma|beta)$")
 ARCHITECTURE_FIELDS = ("gelu_approximate", "layer_norm_eps", "num_heads")
 
 
@@ -78,7 +82,7 @@ class Weights:
 
     state: dict                      # name -> np.ndarray
     source: str
-    scheme: str                      # 'mindspore' or 'timm': the names the file had
+    scheme: str                      # 'mindspore', 'timm' or 'mindcv': the names the file had
     architecture: dict = field(default_factory=dict)  # ViTConfig fields recorded or certain from the names
     ignored: list = field(default_factory=list)       # optimizer entries and the like
     # Fields assumed where nothing is recorded (zoo names: the zoo's architecture). They
@@ -137,9 +141,13 @@ def read_weights(source, *, cache_dir=None, sha256=None, progress=True, max_byte
     model = {k: v for k, v in raw.items() if not OPTIMIZER_ENTRY.match(k)}
     ignored = sorted(set(raw) - set(model))
     if any(name == "cls_token" or name.startswith("blocks.") for name in model):
+        scheme = "mindcv" if any(MINDCV_NORM.match(name) for name in model) else "timm"
+        if scheme == "mindcv":
+            model = {mindcv_to_timm_name(name): value for name, value in model.items()}
         state, unmapped = timm_to_mindspore(model)
         state.update(unmapped)  # reported as unexpected by the check
-        architecture, assumed, scheme = dict(TIMM_ARCHITECTURE), {}, "timm"
+        architecture = dict(MINDCV_ARCHITECTURE if scheme == "mindcv" else TIMM_ARCHITECTURE)
+        assumed = {}
     else:
         state, scheme, architecture, assumed = model, "mindspore", {}, dict(ZOO_ARCHITECTURE)
     recorded = _architecture_from(metadata, path)
@@ -262,6 +270,12 @@ def _class_names_from(metadata, path):
 def _block_index(name: str):
     match = re.match(r"^blocks\.(\d+)\.(.*)$", name)
     return (int(match.group(1)), f"blocks.{{i}}.{match.group(2)}") if match else (None, name)
+
+
+def mindcv_to_timm_name(name: str) -> str:
+    """A mindcv ViT name as timm's (they differ in the LayerNorms' `gamma`/`beta` only)."""
+    match = MINDCV_NORM.match(name)
+    return f"{match.group(1)}.{'weight' if match.group(2) == 'gamma' else 'bias'}" if match else name
 
 
 def timm_to_mindspore(state: dict):
@@ -438,18 +452,59 @@ def save_weights(network_or_weights, path, *, names: str = "mindspore") -> Path:
     else:
         if getattr(network_or_weights, "gates", None):
             network_or_weights = network_or_weights.folded_copy()
-        config = network_or_weights.config
         state = network_state(network_or_weights)
-        architecture = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
+        architecture = architecture_of(network_or_weights)
         class_names = getattr(network_or_weights, "class_names", None)
     state = in_scheme(state, names)
+    metadata = weights_metadata(architecture, class_names, names)
+    with atomic_write(path) as temporary:
+        _write_file(state, temporary, metadata)
+    if names == "timm" and path.name == TIMM_FOLDER_WEIGHTS:
+        config = ViTConfig(**network_or_weights.config_fields()) if isinstance(network_or_weights, Weights) \
+            else network_or_weights.config
+        with atomic_write(path.with_name("config.json")) as temporary:
+            temporary.write_text(json.dumps(timm_folder_config(config, class_names), indent=1))
+    return path
+
+
+TIMM_FOLDER_WEIGHTS = "model.safetensors"  # with config.json beside it: a folder timm loads ("local-dir:")
+
+
+def timm_folder_config(config, class_names=None) -> dict:
+    """timm's config.json for a folder of timm-named weights: `timm.create_model("local-dir:<folder>")`
+    builds the ViT and resolves the model's own preprocessing (bilinear, ImageNet mean and std,
+    crop 0.875), not timm's ViT default (bicubic, 0.5, 0.9)."""
+    from .preprocess import pretrained_cfg
+
+    cfg = pretrained_cfg(config)
+    cfg.update({"fixed_input_size": True, "first_conv": "patch_embed.proj", "classifier": "head"})
+    if class_names is not None:
+        cfg["label_names"] = list(class_names)
+    return {
+        "architecture": "vit_base_patch16_224", "num_classes": config.num_classes, "num_features": config.width,
+        "global_pool": "token",
+        "model_args": {"img_size": config.image_size, "patch_size": config.patch_size, "in_chans": config.in_channels,
+                       "embed_dim": config.width, "depth": config.depth, "num_heads": config.num_heads,
+                       "mlp_ratio": config.mlp_width / config.width, "qkv_bias": True,
+                       "num_classes": config.num_classes,
+                       "act_layer": "gelu_tanh" if config.gelu_approximate else "gelu"},
+        "pretrained_cfg": cfg,
+        # timm builds its LayerNorms with eps 1e-6; the weights were trained with this one
+        "network_expansion": {"layer_norm_eps": config.layer_norm_eps},
+    }
+
+
+def architecture_of(network) -> dict:
+    """What a network's tensors do not say about it: GELU form, LayerNorm epsilon, heads."""
+    return {name: getattr(network.config, name) for name in ARCHITECTURE_FIELDS}
+
+
+def weights_metadata(architecture: dict, class_names=None, names: str = "mindspore") -> str:
+    """The metadata text every weights file the package writes carries (`formats.METADATA_KEY`)."""
     fields = {"names": names, "architecture": architecture}
     if class_names is not None:
         fields["class_names"] = list(class_names)
-    metadata = json.dumps(fields)
-    with atomic_write(path) as temporary:
-        _write_file(state, temporary, metadata)
-    return path
+    return json.dumps(fields)
 
 
 def _write_file(state: dict, path: Path, metadata: str) -> None:
