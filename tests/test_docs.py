@@ -60,7 +60,7 @@ def test_the_readme_marks_only_a_few_blocks_as_not_run():
     blocks = readme_blocks()
     assert {language for language, _, _ in blocks} <= {"bash", "python", "bibtex"}
     marked = [code.splitlines()[0] for language, code, marked in blocks if marked]
-    assert len(marked) == 5, marked   # the two setup commands, ImageNet on 8 GPUs, msrun-only Python, the hub client
+    assert len(marked) == 6, marked   # the two setup commands, ImageNet on 8 GPUs, msrun-only Python, the hub client, timm
     assert sum(not marked for language, _, marked in blocks if language != "bibtex") >= 14
 
 
@@ -136,6 +136,8 @@ def test_every_readme_block_runs_as_written(readme_folder):
     assert "grew 2 -> 4 blocks" in text and "epoch 8/8" in text              # train, then resume to 8 epochs
     assert any(label in text for label in ("fire (0)", "grass (1)", "sky (2)"))  # class names survived
     assert (folder / "runs" / "ddp" / "model.ckpt").is_file()                # msrun, two workers
-    for name in ("model.mindir", "model_raw.mindir", "model.onnx", "deit_base_again.safetensors",
-                 "runs/mine/model_ema.ckpt"):
+    assert "VisionTransformer 1001" in text and "4 ['b0', 'e0', 'b1', 'e1']" in text  # mindcv, Model callback
+    for name in ("model.mindir", "model.json", "model_raw.mindir", "model.onnx", "deit_base_again.safetensors",
+                 "runs/mine/model_ema.ckpt", "vit-timm/config.json", "runs/from-config/config.yaml",
+                 "runs/from-config/plot.png", "runs/both.png"):
         assert (folder / name).is_file(), name
