@@ -545,7 +545,7 @@ def test_a_full_disk_stops_training_in_one_line_and_keeps_the_last_checkpoint(fo
     assert "The last checkpoint written is intact" in errors[0]
     state = read_training_state(out / "checkpoint.ckpt")
     assert state["depth"] == 1 and state["epoch"] == 2
-    assert sorted(p.name for p in out.iterdir()) == [".run.lock", "checkpoint.ckpt", "log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".run.lock", "checkpoint.ckpt", "config.yaml", "log.jsonl"]
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, folder_data):
