@@ -152,3 +152,33 @@ def test_export_command(network, tmp_path, capsys):
                  "dynamic", "--with-preprocess", "--classes-only"]) == 0
     assert "served.onnx (" in capsys.readouterr().out
     assert _onnx_session(tmp_path / "served.onnx").get_inputs()[0].shape == ["batch", 40, 40, 3]
+
+
+@pytest.mark.slow
+def test_a_process_tuned_for_kernel_fusion_exports_plain_graphs(tmp_path):
+    """`tune_cpu()` (the CLI asks for it at ViT-B's sizes) makes MindSpore fuse kernels and the
+    package choose the forms fusion runs fastest (a LayerNorm with rsqrt): an export must not
+    carry them (MindSpore's ONNX converter has no Rsqrt: "Can not find key Rsqrt"), and the
+    process is tuned as before afterwards. In a fresh interpreter: tuning is process-wide."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os
+from network_expansion import tune_cpu
+tuning = tune_cpu(kernel_fusion=True)
+from network_expansion import VisionTransformer, ViTConfig
+from network_expansion.export import export
+from network_expansion.tuning import FUSION_FLAGS, kernel_fusion_on
+net = VisionTransformer(ViTConfig(depth=1, num_classes=10))
+net.set_train(False)
+export(net, {str(tmp_path / 'tuned.onnx')!r}, file_format="onnx", batch=None)
+export(net, {str(tmp_path / 'tuned.mindir')!r}, batch=1)
+print("fused", tuning.kernel_fusion, "after", kernel_fusion_on())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fused = "fused True" in result.stdout
+    assert ("after True" in result.stdout) == fused  # the tuning is back as it was
+    session = _onnx_session(tmp_path / "tuned.onnx")
+    assert session.get_outputs()[0].shape == ["batch", 10]

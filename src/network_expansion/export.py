@@ -55,6 +55,7 @@ def export(network, path, *, file_format: str = "mindir", batch: int | None = 1,
 
     from . import cpu_forms, onnx_graph
     from .preprocess import Preprocess, WithPreprocess, data_config
+    from .tuning import fusion_paused
 
     if file_format not in FORMATS:
         raise ExportError(f"format {file_format!r}: expected one of {', '.join(FORMATS)}")
@@ -88,8 +89,9 @@ def export(network, path, *, file_format: str = "mindir", batch: int | None = 1,
     folder = Path(tempfile.mkdtemp(prefix=".export-", dir=path.parent))
     try:
         try:
-            with cpu_forms.applied(network, _export_forms()):
-                ms.export(cell, traced, file_name=str(folder / "model"), file_format=ms_format)
+            with fusion_paused():  # first: the forms chosen depend on it (a fused LayerNorm's rsqrt)
+                with cpu_forms.applied(network, _export_forms()):
+                    ms.export(cell, traced, file_name=str(folder / "model"), file_format=ms_format)
         except Exception as error:  # MindSpore raises RuntimeError/TypeError/ValueError by converter
             raise ExportError(f"MindSpore {ms.__version__} cannot export this network as {ms_format}"
                               f"{' with a dynamic batch' if batch is None else ''}: "

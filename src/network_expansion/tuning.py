@@ -28,6 +28,7 @@ part was measured on this 2-core CPU (docs/performance.md):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -96,6 +97,19 @@ def current() -> Tuning:
 def kernel_fusion_on() -> bool:
     """Whether graphs compiled now fuse kernels (`tune_cpu`, or the flags set by hand)."""
     return "opt_level" in os.environ.get(FUSION_FLAGS, "") and "opt_level=0" not in os.environ.get(FUSION_FLAGS, "")
+
+
+@contextlib.contextmanager
+def fusion_paused():
+    """Compile without kernel fusion inside the block (the flags are read at every compile),
+    and as before after it: an exported graph must hold MindSpore's plain operators (the ONNX
+    converter has none for a fused graph's `Rsqrt`; a MindIR's server fuses at its own compile)."""
+    flags = os.environ.pop(FUSION_FLAGS, None)
+    try:
+        yield
+    finally:
+        if flags is not None:
+            os.environ[FUSION_FLAGS] = flags
 
 
 def _set(name: str, value: str) -> None:
