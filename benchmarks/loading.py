@@ -35,6 +35,9 @@ print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main():
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     import mindspore as ms
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

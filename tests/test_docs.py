@@ -45,15 +45,33 @@ def test_setup_cfg_declares_the_mindspore_range_and_numpy_the_readme_promises():
 SKIP_MARKERS = ("*not standalone:*", "*not run by the tests:*")
 
 
+# the pages whose blocks run, in this order, in one folder: the README, then the guide
+PAGES = ("README.md", "docs/guide.md")
+
+
 def readme_blocks() -> list:
-    """(language, code, marked) of every fenced block, in order; `marked`: the paragraph right
-    before it says plainly that the block is not standalone (or not run by the tests)."""
-    text = _readme()
+    """(language, code, marked) of every fenced block of the README and then the guide, in
+    order; `marked`: the paragraph right before it says plainly that the block is not
+    standalone (or not run by the tests)."""
     blocks = []
-    for match in re.finditer(r"```(\w+)\n(.*?)\n```", text, flags=re.S):
-        before = text[:match.start()].rstrip().rsplit("\n\n", 1)[-1].lower()
-        blocks.append((match.group(1), match.group(2), any(m in before for m in SKIP_MARKERS)))
+    for page in PAGES:
+        text = (REPO / page).read_text(encoding="utf-8")
+        for match in re.finditer(r"```(\w+)\n(.*?)\n```", text, flags=re.S):
+            before = text[:match.start()].rstrip().rsplit("\n\n", 1)[-1].lower()
+            blocks.append((match.group(1), match.group(2), any(m in before for m in SKIP_MARKERS)))
     return blocks
+
+
+def test_the_readme_is_a_short_path_and_the_docs_pages_answer_on_their_first_screen():
+    """The README stays a user's path (about 250 lines); the current pages say what holds now
+    before any history (their first 40 lines hold the answer), and the record is kept."""
+    assert len(_readme().splitlines()) <= 260
+    first = {name: "\n".join((REPO / "docs" / name).read_text().splitlines()[:40])
+             for name in ("performance.md", "expansion.md", "choosing-a-schedule.md")}
+    assert "against timm" in first["performance.md"] and "0.86x to 0.93x" in first["performance.md"]
+    assert "What a growth costs" in (REPO / "docs" / "expansion.md").read_text() and "1.21x" in first["expansion.md"]
+    assert "`4,8,12`" in first["choosing-a-schedule.md"]
+    assert (REPO / "docs" / "log" / "performance.md").is_file() and (REPO / "docs" / "log" / "expansion.md").is_file()
 
 
 def test_the_readme_marks_only_a_few_blocks_as_not_run():

@@ -27,3 +27,4 @@ def test_the_finetune_notebook_runs_end_to_end(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "epoch 1: loss" in out.stdout and "predicted:" in out.stdout and "reloaded 10 classes" in out.stdout
+    assert "plot:" in out.stdout and (tmp_path / "run" / "plot.png").is_file()

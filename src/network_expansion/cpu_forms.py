@@ -2,7 +2,7 @@
 
 Each form computes what `model.py` computes (the same function of the same parameters, to
 float rounding), in ops MindSpore 2.10's CPU kernels run faster; each was measured on this
-CPU against MindSpore's own form (docs/performance.md has every measurement). They are used
+CPU against MindSpore's own form (docs/log/performance.md has every measurement). They are used
 only where they were measured: `choose()` gives them on the CPU and None (MindSpore's own
 forms, what GPU and Ascend kernels are built for) everywhere else, and only the package's
 own graphs run them (`graphs.compiled_for` applies them around each call and takes them
@@ -36,7 +36,7 @@ from mindspore import nn, ops
 from mindspore import no_inline as ms_no_inline
 
 # From this many elements on, a tensor's kernels cost more than their launches (ViT-B's
-# tensors are above it, the demo's width-64 ones below; docs/performance.md)
+# tensors are above it, the demo's width-64 ones below; docs/log/performance.md)
 LARGE = 1 << 16
 
 
@@ -215,10 +215,10 @@ def _drop_scale(tokens, drop_rate: float):
 
 class _Affine(nn.Cell):
     """`x W^T + b` (x: tokens x in, W: out x in) with its backward in the forms MindSpore
-    2.10's CPU kernels run fastest: the bias gradient as a sum over the tokens (its
-    BiasAddGrad kernel took 32 ms on ViT-B's MLP at batch 8, a sum 5); for a layer that
+    2.10's CPU kernels run fastest (measured: docs/log/performance.md): the bias gradient as
+    a sum over the tokens (its BiasAddGrad kernel is several times slower); for a layer that
     narrows, the weight gradient as `(x^T dy)^T` (autodiff's `dy^T x` puts x in a layout
-    oneDNN runs 2 to 3 times slower); for a large weight, the input gradient as `dy (W^T)^T`."""
+    oneDNN runs slower); for a large weight, the input gradient as `dy (W^T)^T`."""
 
     def __init__(self, narrows: bool, large: bool):
         super().__init__()
@@ -275,8 +275,8 @@ def _gelu(x, approximate: bool, fused: bool):
 
 class _TanhGELU(nn.Cell):
     """The tanh GELU as `x * sigmoid(k (x + a x^3))` (0.5 (1 + tanh(z)) == sigmoid(2z): the
-    same function; MindSpore 2.10's CPU kernel for `gelu(approximate='tanh')` took 98 ms on
-    a ViT-B MLP activation at batch 8, this 10), with its derivative written out, so that the
+    same function; MindSpore 2.10's CPU kernel for `gelu(approximate='tanh')` is several
+    times slower: docs/log/performance.md), with its derivative written out, so that the
     backward keeps only `x` and recomputes the rest (autodiff kept five more MLP-wide
     tensors per block).
 
@@ -315,10 +315,10 @@ _TANH_GELU, _TANH_GELU_FUSED = _TanhGELU(), _TanhGELU(fused=True)
 def _layer_norm(x, gain, shift, epsilon: float, training: bool, large_from: int, fused: bool):
     """LayerNorm over the last axis of x (tokens x width). MindSpore's kernel, but for a
     tensor of `large_from` elements or more: training, its gradient is `_LayerNormBackward`'s
-    (at ViT-B's shapes, batch 8: 15 ms forward and backward against 27 with MindSpore 2.10's
-    CPU LayerNormGrad); in a graph that fuses kernels, its forward is written out in
-    reductions and elementwise ops, which fusion compiles into a kernel or two (1.5 ms
-    against the LayerNorm kernel's 4.3; unfused that form takes 8.1)."""
+    (faster than MindSpore 2.10's CPU LayerNormGrad); in a graph that fuses kernels, its
+    forward is written out in reductions and elementwise ops, which fusion compiles into a
+    kernel or two (faster than the LayerNorm kernel; unfused, slower). The measurements:
+    docs/log/performance.md."""
     large = x.size >= large_from
     if fused and large:
         if not training:

@@ -32,7 +32,7 @@ def _demo_recipe() -> TrainConfig:
     # 32 epochs: long enough to amortise the 12-block stage's compilation (about 5 s more than
     # full depth's);
     # lr 3e-4: 1e-3 leaves a 12-block ViT at chance here; a schedule over image sizes trains its
-    # smaller stages on random resized crops (docs/expansion.md: 1.6 points better than whole images)
+    # smaller stages on random resized crops (docs/log/expansion.md: 1.6 points better than whole images)
     # exact growth: what the README's table measures (the reference growth dips at the growth)
     return TrainConfig(epochs=32, lr=3e-4, min_lr=3e-4 / 100, warmup_epochs=1, label_smoothing=0.1,
                        weight_decay=0.05, ema_decay=0.99, schedule=(6, 12), size_crops=0.3, seed=0, growth="exact")

@@ -197,7 +197,7 @@ def _resize(network, ema, image_size, moments) -> dict:
 
 def set_gates(gates, value) -> bool:
     """Set every gate of `gates` to `value` (a scalar Tensor) inside a compiled step, where a
-    host-side `set_data` would not be seen (docs/expansion.md)."""
+    host-side `set_data` would not be seen (docs/log/expansion.md)."""
     for gate in gates:
         ops.assign(gate, value)
     return True

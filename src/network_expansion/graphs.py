@@ -9,7 +9,7 @@
 * a graph is specialised to the Parameters it reads: a model and its EMA, two networks of
   one shape, would need two compiled forwards; `SharedForward` compiles one for both;
 * a graph input that the graph does not use makes every run slower, in proportion to the
-  graph's kernels (the demo's train step 69 -> 78 ms): a compiled function takes only
+  graph's kernels (benchmarks/investigations/unused_input.py): a compiled function takes only
   what it reads.
 
 The package's graphs of a network run its blocks in the forms `cpu_forms.choose()` gives
@@ -106,8 +106,8 @@ class SharedForward:
     A third network of that shape (`structural_copy`: nothing drawn) takes the weights of
     the network to run (`ops.assign` into the buffers its graph reads: a graph that has run
     does not see `Parameter.set_data`) and runs the graph compiled once for it. That halves
-    what a trainer compiles to evaluate at every shape (at the demo's depth 12, one forward
-    compiles in 3 to 4 s; the copy of its 200 tensors takes about 10 ms) at the cost of one
+    what a trainer compiles to evaluate at every shape (a compile costs seconds, the copy of
+    the weights far less) at the cost of one
     more set of weights in memory (a ViT-B's 330 MiB).
 
         >>> shared = SharedForward(model)

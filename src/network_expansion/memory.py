@@ -7,7 +7,7 @@ two moments, the gradients and the evaluation's shared copy: six sets) and the a
 a step keeps per block (the tokens through the LayerNorms, projections and residuals, the
 MLP's hidden layer, the attention's scores and weights). They are upper bounds of the
 order of what is measured (ViT-B/16 at batch 8: 4.0 GB estimated, a 3.3 GB peak measured
-for the whole process, docs/performance.md). Checked on the CPU only, against the memory
+for the whole process, docs/log/performance.md). Checked on the CPU only, against the memory
 the system says is available (`MemAvailable`: free memory and the page cache it can
 reclaim); a GPU's or an NPU's own memory is not visible here.
 """

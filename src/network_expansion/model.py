@@ -399,7 +399,7 @@ class VisionTransformer(nn.Cell):
     def construct(self, images):
         # The final LayerNorm normalises each token on its own, so it need only see the cls
         # token: the same logits as `forward_head(forward_features(...))` without normalising
-        # (and differentiating) the other 196 tokens, 26 ms of a ViT-B training step.
+        # (and differentiating) the other 196 tokens (docs/log/performance.md).
         return self._in_float32(self.head(self.norm(self.body(self._embed(images))[:, 0])))
 
     def _in_float32(self, outputs):

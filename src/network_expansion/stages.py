@@ -13,7 +13,7 @@ A growth changes the network's shape, and MindSpore compiles every graph again f
 to 19 s at the demo's scale on this CPU, with training standing still). MindSpore 2.10
 offers no way to compile alongside training here (a compile in a second thread holds the
 first one's steps; `MS_DEV_PRECOMPILE_ONLY` leaves a graph that cannot run:
-docs/expansion.md), so the graphs are compiled at start-up instead. At the growth, the
+docs/log/expansion.md), so the graphs are compiled at start-up instead. At the growth, the
 real `grow` computes the values, they are written into the prepared network's parameters
 (`graphs.assign`: the buffers its graphs read) and the model takes the prepared layers
 (`VisionTransformer.adopt`). If anything about the grown network differs from what was

@@ -3,13 +3,13 @@
 What it changes is the whole process's, so nothing in the package does it unless asked: the
 command line and the benchmarks ask (they are the whole process); a notebook or a service
 asks by calling `network_expansion.tune_cpu()` first, before MindSpore is imported. Each
-part was measured on this 2-core CPU (docs/performance.md):
+part was measured on this 2-core CPU (docs/log/performance.md):
 
 * OpenMP's idle threads sleep (`OMP_WAIT_POLICY=PASSIVE`): spinning, they took the cores
   from the MatMuls that follow. OpenMP reads it once, when MindSpore is imported;
 * MindSpore's ops and graphs run on the calling thread, without the queue thread of its
-  asynchronous pipeline (on the CPU both spun and halved a split MatMul's speed: a ViT-B
-  forward + backward at depth 4, 3.0 s with the queue, 2.1 s without);
+  asynchronous pipeline (on the CPU both spun and halved a split MatMul's speed:
+  benchmarks/investigations/queue_spin.py);
 * kernel fusion (MindSpore's AKG, shipped in its wheel, off by default; `MS_DEV_GRAPH_KERNEL_FLAGS`,
   read at every compile): a ViT-B train step 14% faster, at a longer compile; for networks
   as small as the demo's it costs compile time and saves nothing, so the command line asks

@@ -1,7 +1,7 @@
 """MindSpore's CPU kernels, one layer at a time: each form of a ViT-B layer the package could
 use, forward and forward + backward, at the shapes of a ViT-B/16 training step at batch 8.
 
-    .venv/bin/python benchmarks/kernels.py [--repeats 10]
+    .venv/bin/python benchmarks/investigations/kernels.py [--repeats 10]
 
 This is how the package chose its forms (the GELU, the LayerNorm, the Dense layers' bias
 add); rows are medians of `--repeats` calls after a warm-up, the forms of one layer timed

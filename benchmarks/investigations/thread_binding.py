@@ -1,7 +1,7 @@
 """MindSpore's kernel threads bound one per core (`graphs.bind_kernel_threads`) against the
 scheduler's placement, in one process, the placements taking turns step by step.
 
-    .venv/bin/python benchmarks/thread_binding.py [--scale vit-b] [--job train] [--rounds 12]
+    .venv/bin/python benchmarks/investigations/thread_binding.py [--scale vit-b] [--job train] [--rounds 12]
 
 A fused graph's kernels split their work over MindSpore's pool (the MatMuls: its first
 thread and its `KernelThread_k`) and OpenMP's team (AKG's kernels: the pool's first thread
@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import statistics
 import time
 
-from train_step import SCALES, package_worker  # benchmarks/train_step.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+from train_step import SCALES, package_worker  # noqa: E402  (benchmarks/train_step.py)
 
 from network_expansion import graphs
 

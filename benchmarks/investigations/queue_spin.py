@@ -1,6 +1,6 @@
 """MindSpore's asynchronous queue on the CPU halves a graph's MatMuls: the reproduction.
 
-    .venv/bin/python benchmarks/queue_spin.py [--rounds 5]
+    .venv/bin/python benchmarks/investigations/queue_spin.py [--rounds 5]
 
 A graph of four 1576 x 768 -> 3072 MatMuls (a ViT-B MLP layer at batch 8), run in two
 processes that take turns: one as MindSpore 2.10 runs it (graph runs go through a queue

@@ -1,10 +1,10 @@
 """The attention branch's forms in training: ViT-B's shapes at batch 8, forward + backward
 (the branch's output and every gradient returned), compiled as the package compiles
-(`graphs.compiled(..., fuse=True)`), the forms taking turns call by call.
+(`tune_cpu()`, then `graphs.compiled`), the forms taking turns call by call.
 
-    .venv/bin/python benchmarks/attention_forms.py [--rounds 30]
+    .venv/bin/python benchmarks/investigations/attention_forms.py [--rounds 30]
 
-* package: `model._attention` (separate q, k, v projections, each moved to the heads'
+* package: `cpu_forms._attention` (separate q, k, v projections, each moved to the heads'
   layout with its own transpose);
 * q/k/v fused, split: the three weights concatenated, one 768 -> 2304 product, split into
   q, k, v, each to the heads' layout as the package does;
@@ -24,18 +24,20 @@ import argparse
 import statistics
 import time
 
-import network_expansion  # noqa: F401  (before MindSpore: kernel fusion; see graphs.quiet_openmp)
+from network_expansion.tuning import tune_cpu
+
+tune_cpu(kernel_fusion=True, bind_threads=False)  # before MindSpore: fused, as the package compiles ViT-B
 
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore import ops  # noqa: E402
 
 from network_expansion.graphs import compiled  # noqa: E402
-from network_expansion.model import _affine, _attention, _layer_norm  # noqa: E402
+from network_expansion.cpu_forms import LARGE, _affine, _attention, _layer_norm  # noqa: E402
 
 BATCH, TOKENS, WIDTH, HEADS = 8, 197, 768, 12
-# heads, epsilon, tanh GELU, MLP layers narrow, dropout, attention dropout, training, fused
-FORM = (HEADS, 1e-6, True, False, True, 0.0, 0.0, True, True)
+# heads, epsilon, tanh GELU, MLP narrows, MLP widens, dropout, attention dropout, training, large from, fused
+FORM = (HEADS, 1e-6, True, False, True, 0.0, 0.0, True, LARGE, True)
 
 
 def package(tokens, gain, shift, wq, bq, wk, bk, wv, bv, wo, bo):
@@ -57,30 +59,30 @@ def _dense(x, weight, bias):
 
 
 def _through_affine(x, weight, bias):
-    return _affine(x, weight, bias, False)
+    return _affine(x, weight, bias, False, LARGE, True)
 
 
 def fused_split(tokens, gain, shift, wq, bq, wk, bk, wv, bv, wo, bo):
-    x = _layer_norm(tokens.reshape(-1, WIDTH), gain, shift, 1e-6, True, True)
+    x = _layer_norm(tokens.reshape(-1, WIDTH), gain, shift, 1e-6, True, LARGE, True)
     q, k, v = ops.split(_dense(x, ops.concat((wq, wk, wv)), ops.concat((bq, bk, bv))), WIDTH, axis=1)
     return _mix(_heads(q), _heads(k), _heads(v), wo, bo, _dense)
 
 
 def fused_split_affine(tokens, gain, shift, wq, bq, wk, bk, wv, bv, wo, bo):
-    x = _layer_norm(tokens.reshape(-1, WIDTH), gain, shift, 1e-6, True, True)
+    x = _layer_norm(tokens.reshape(-1, WIDTH), gain, shift, 1e-6, True, LARGE, True)
     q, k, v = ops.split(_through_affine(x, ops.concat((wq, wk, wv)), ops.concat((bq, bk, bv))), WIDTH, axis=1)
     return _mix(_heads(q), _heads(k), _heads(v), wo, bo, _through_affine)
 
 
 def fused_one_transpose(tokens, gain, shift, wq, bq, wk, bk, wv, bv, wo, bo):
-    x = _layer_norm(tokens.reshape(-1, WIDTH), gain, shift, 1e-6, True, True)
+    x = _layer_norm(tokens.reshape(-1, WIDTH), gain, shift, 1e-6, True, LARGE, True)
     qkv = _dense(x, ops.concat((wq, wk, wv)), ops.concat((bq, bk, bv)))
     qkv = qkv.reshape(BATCH, TOKENS, 3, HEADS, WIDTH // HEADS).transpose(2, 0, 3, 1, 4)
     return _mix(qkv[0], qkv[1], qkv[2], wo, bo, _dense)
 
 
 def affine_projections(tokens, gain, shift, wq, bq, wk, bk, wv, bv, wo, bo):
-    x = _layer_norm(tokens.reshape(-1, WIDTH), gain, shift, 1e-6, True, True)
+    x = _layer_norm(tokens.reshape(-1, WIDTH), gain, shift, 1e-6, True, LARGE, True)
     q, k, v = (_heads(_through_affine(x, w, b)) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
     return _mix(q, k, v, wo, bo, _through_affine)
 
@@ -99,7 +101,7 @@ def trained(branch):
 
     def step(tokens, gain, shift, wq, bq, wk, bk, wv, bv, wo, bo):
         return gradients(tokens, gain, shift, wq, bq, wk, bk, wv, bv, wo, bo)
-    return compiled(step, fuse=True)
+    return compiled(step)
 
 
 def main():

@@ -1,8 +1,8 @@
 """MindSpore's CPU kernels against PyTorch's, layer by layer, at a ViT-B/16 train step's shapes.
 
-    .venv/bin/python benchmarks/kernel_peer.py --peer-python .venv-peer/bin/python [--rounds 7]
+    .venv/bin/python benchmarks/investigations/kernel_peer.py --peer-python .venv-peer/bin/python [--rounds 7]
 
-Where the package's ViT-B train step loses to timm's (docs/performance.md), is it the
+Where the package's ViT-B train step loses to timm's (docs/log/performance.md), is it the
 package's forms or MindSpore's kernels? Each row is one layer of the network at batch 8
 (1576 tokens), computed the same way on both sides from the same NumPy draws (the
 coordinator checks that both give the same sum, to 1e-3 relative), in two worker processes
@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import os
 import sys
 import time
 
 import numpy as np
-from turns import Worker, serve  # benchmarks/turns.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+from turns import Worker, serve  # noqa: E402  (benchmarks/turns.py)
 
 TOKENS, WIDTH, HIDDEN, HEADS = 8 * 197, 768, 3072, 12
 HEAD = WIDTH // HEADS

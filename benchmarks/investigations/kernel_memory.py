@@ -1,7 +1,7 @@
 """What each MindSpore CPU kernel keeps in memory for good, by op form (the attention's
 Transposes).
 
-    .venv/bin/python benchmarks/kernel_memory.py [--counts 4 24]
+    .venv/bin/python benchmarks/investigations/kernel_memory.py [--counts 4 24]
 
 A compiled graph of N independent copies of one op, each on its own scaled copy of a
 (8, 197, 12, 64) float32 tensor (4.6 MiB: ViT-B's heads at batch 8) and each summed into
@@ -58,7 +58,7 @@ def worker(form: str, count: int) -> None:
             return ops.softmax(scaled.reshape(8, 12, 197, 64), -1)
         return scaled
 
-    def graph(x):  # only what it reads: an unread graph input slows every run (benchmarks/unused_input.py)
+    def graph(x):  # only what it reads: an unread graph input slows every run (benchmarks/investigations/unused_input.py)
         total = x.sum()
         for i in range(count):
             total = total + one(x, i).sum()

@@ -2,22 +2,23 @@
 forward `x @ W^T` and the backward's `dy @ W` and `dy^T @ x`, at ViT-B/16 shapes (batch 8),
 interleaved, medians of 15.
 
-    .venv/bin/python benchmarks/matmul_forms.py
+    .venv/bin/python benchmarks/investigations/matmul_forms.py
 
-The reproduction for docs/performance.md. MindSpore 2.10's CPU MatMul is 2 to 3 times
+The reproduction for docs/log/performance.md. MindSpore 2.10's CPU MatMul is 2 to 3 times
 slower when its second operand is stored (K, N) with a wide N (3072) than stored (N, K):
 the MLP's second layer's backward (`dy @ W`, `dy^T @ x` at 3072 -> 768). The fourth form,
 `(x^T @ dy)^T`, is the weight gradient the package computes for that layer
 (`model._Affine`): the same matrix from the fast layout and one transpose.
 
-    .venv/bin/python benchmarks/matmul_forms.py --weight-gradient
+    .venv/bin/python benchmarks/investigations/matmul_forms.py --weight-gradient
 
 races the weight gradient's forms (the package's `dy^T @ x`, as one `BatchMatMul`, in two
 halves of the tokens, its transpose `x^T @ dy`) compiled as ViT-B's graphs are, against
-NumPy's BLAS computing the same product in a worker process (docs/performance.md, "The gap's
+NumPy's BLAS computing the same product in a worker process (docs/log/performance.md, "The gap's
 last account").
 """
 import statistics
+import os
 import sys
 import time
 
@@ -26,7 +27,8 @@ import numpy as np
 from mindspore import ops
 
 from network_expansion.graphs import compiled  # as the package compiles: without the queue thread
-from turns import Worker, serve  # benchmarks/turns.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+from turns import Worker, serve  # noqa: E402  (benchmarks/turns.py)
 
 FORWARD, PLAIN, FIRST_TRANSPOSED = ops.MatMul(transpose_b=True), ops.MatMul(), ops.MatMul(transpose_a=True)
 
@@ -117,6 +119,11 @@ def weight_gradient_race(rounds: int) -> None:
 def main():
     if "--numpy-worker" in sys.argv:
         return numpy_worker()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weight-gradient", action="store_true", help="race the weight gradient's forms instead")
+    parser.parse_args()
     if "--weight-gradient" in sys.argv:
         return weight_gradient_race(rounds=30)
     graphs = {name: compiled(function) for name, function in FORMS.items()}

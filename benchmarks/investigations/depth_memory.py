@@ -1,7 +1,7 @@
 """What a ViT-B forward + backward holds at each depth: the part that grows with the blocks
 and the part that does not.
 
-    .venv/bin/python benchmarks/depth_memory.py [--depths 1 2 4] [--drop-path 0.1] [--baseline OTHER/src]
+    .venv/bin/python benchmarks/investigations/depth_memory.py [--depths 1 2 4] [--drop-path 0.1] [--baseline OTHER/src]
 
 For each depth (and each version of the package: this one, and `--baseline`'s), in a
 fresh process: the package's network at ViT-B/16's widths, batch 8, its forward +
@@ -86,7 +86,7 @@ def main():
         return
     if len(set(args.depths)) < 2:
         parser.error("give at least two different --depths")
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src")
     versions = {"package": os.path.abspath(here)}
     if args.baseline:
         versions["baseline"] = os.path.abspath(args.baseline)

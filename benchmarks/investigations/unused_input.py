@@ -1,6 +1,6 @@
 """MindSpore 2.10 on the CPU: a compiled graph's unused input slows every run of it.
 
-    .venv/bin/python benchmarks/unused_input.py [--kernels 400] [--rounds 7] [--queue]
+    .venv/bin/python benchmarks/investigations/unused_input.py [--kernels 400] [--rounds 7] [--queue]
 
 Three graphs of the same chain of `--kernels` small MatMuls (64 x 64) and one multiply,
 compiled with `ms.jit`, taking turns, 50 runs each per round, median milliseconds per run:

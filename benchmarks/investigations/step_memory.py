@@ -1,6 +1,6 @@
 """What a ViT-B forward + backward graph needs in memory, against what the process holds.
 
-    .venv/bin/python benchmarks/step_memory.py [--depths 2 4] [--batch 8]
+    .venv/bin/python benchmarks/investigations/step_memory.py [--depths 2 4] [--batch 8]
 
 For each depth, in a fresh process: compiles the package's network's forward + backward
 (every trainable parameter's gradient, as `benchmarks/train_step.py --parts` does) with
@@ -13,12 +13,12 @@ MindSpore's IR dump on, runs it, and reports
 * the slope per block between the depths of each.
 
 The difference between the two slopes is memory the runtime keeps beyond the tensors'
-lifetimes (`benchmarks/kernel_memory.py` measures it kernel by kernel).
+lifetimes (`benchmarks/investigations/kernel_memory.py` measures it kernel by kernel).
 
 The graph is compiled with its blocks inlined (`VisionTransformer.blocks_inlined`), as
 every version before 4e56a77 compiled it, so that the kernel graph is one flat file to
 simulate; the package's own steps call one compiled block function instead and hold less
-(docs/performance.md, "Blocks compiled once").
+(docs/log/performance.md, "Blocks compiled once").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 the start: the demo's ViT at full depth against `6,12` grown four ways, racing epoch by
 epoch.
 
-    .venv/bin/python benchmarks/grown_steps.py [--epochs 12]
+    .venv/bin/python benchmarks/investigations/grown_steps.py [--epochs 12]
 
 Five runs of the demo's recipe (scikit-learn's digits, width 64, batch 32) over `--epochs`
 epochs, taking turns every epoch (`demo.race`): full depth; `6,12` by exact growth (the

@@ -1,6 +1,6 @@
 """The EMA update's forms: compile seconds and step milliseconds, raced in one process.
 
-    .venv/bin/python benchmarks/ema_update.py [--depth 12] [--width 64] [--rounds 30]
+    .venv/bin/python benchmarks/investigations/ema_update.py [--depth 12] [--width 64] [--rounds 30]
 
 The EMA update launches kernels per tensor (about 200 tensors at the demo's depth 12), so
 its form decides both what it costs every step and how long it takes to compile at every
@@ -27,7 +27,9 @@ import mindspore as ms  # noqa: E402
 from mindspore import nn, ops  # noqa: E402
 
 
+from network_expansion import cpu_forms  # noqa: E402
 from network_expansion.ema import EMA, _EMAUpdate  # noqa: E402
+from network_expansion.tuning import tune_cpu  # noqa: E402
 from network_expansion.graphs import compiled  # noqa: E402
 from network_expansion.model import VisionTransformer  # noqa: E402
 
@@ -83,7 +85,7 @@ def _lerp_block(averages, lives, weight):
 
 class LerpPerBlock(Loop):
     """One `no_inline` function per block's tensors, compiled once and called for each (as
-    the model's blocks run: docs/performance.md, "Blocks compiled once"); the rest looped."""
+    the model's blocks run: docs/log/performance.md, "Blocks compiled once"); the rest looped."""
 
     def __init__(self, average, live, decay):
         super().__init__(average, live, decay)
@@ -121,12 +123,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--fuse", action="store_true", help="compile with kernel fusion (as the package at ViT-B's width)")
     args = parser.parse_args()
+    if args.fuse:  # kernel fusion is the process's (tune_cpu); MindSpore reads the flags at each compile
+        tune_cpu(kernel_fusion=True, bind_threads=False)
     config = dataclasses.replace(DemoSettings().model, depth=args.depth, width=args.width, mlp_width=2 * args.width)
     live = VisionTransformer(config)
     average = EMA(live, 0.99).network
     cells = {"mul-add loop": MulAddLoop(average, live, 0.99), "lerp loop": LerpLoop(average, live, 0.99),
              "assign-add loop": AddLoop(average, live, 0.99),
-             "by size: lerp below 65536 elements, assign-add above (EMA)": _EMAUpdate(average, live, 0.99),
+             "by size: lerp below 65536 elements, assign-add above (EMA)": _EMAUpdate(average, live, 0.99, cpu_forms.choose()),
              "mul-add HyperMap": Mapped(average, live, 0.99, _mul_add),
              "lerp HyperMap": Mapped(average, live, 0.99, _lerp),
              "lerp per block, compiled once": LerpPerBlock(average, live, 0.99)}
@@ -134,7 +138,7 @@ def main():
     for name, cell in cells.items():
         def update(cell=cell):
             return cell()
-        steps[name] = compiled(update, fuse=args.fuse)
+        steps[name] = compiled(update)
         start = time.perf_counter()
         steps[name]()
         compile_seconds[name] = time.perf_counter() - start
