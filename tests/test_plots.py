@@ -40,3 +40,21 @@ def test_plot_of_a_folder_without_a_run_or_with_a_damaged_log_is_one_line(tmp_pa
     (tmp_path / "log.jsonl").write_text('{"event": "compile_ahead"}\n')
     code, _, err = run_command(["plot", str(tmp_path)], capsys)
     assert code == 2 and "no epoch finished yet" in err
+
+
+def test_training_says_what_it_compiles_how_long_it_took_and_draws_a_validation_bar(caplog, capsys):
+    """The story of a run a user sees: the compile line before and after the first step, a bar
+    while validating, and each epoch's time left (`eta_seconds`, 0 after the last)."""
+    import logging
+
+    from conftest import small_trainer
+
+    trainer = small_trainer(epochs=2, schedule=None)
+    trainer.progress = True
+    with caplog.at_level(logging.INFO, logger="network_expansion"):
+        history = trainer.fit()
+    said = caplog.text
+    assert "compiling the training step" in said and "compiled the training step in" in said
+    assert "validating the model" in capsys.readouterr().err
+    etas = [r["eta_seconds"] for r in history.epochs]
+    assert etas[0] > 0 and etas[-1] == 0
