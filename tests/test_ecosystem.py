@@ -129,3 +129,19 @@ def test_a_model_checkpoint_made_with_checkpoint_config_rebuilds_its_heads(tmp_p
     back.set_train(False)
     assert back.config.num_heads == 4
     np.testing.assert_array_equal(back(ms.Tensor(x)).asnumpy(), net(ms.Tensor(x)).asnumpy())
+
+
+def test_mindcvs_default_1000_classes_keep_the_released_heads_trained_outputs(released_in_cache, monkeypatch):
+    """mindcv passes num_classes=1000 by default: with the released weights that must not be a
+    new random head, but the released head's 1000 ImageNet outputs (its output 1000 is unused)."""
+    mindcv = pytest.importorskip("mindcv")
+    import network_expansion.mindcv_models  # noqa: F401
+
+    monkeypatch.setenv("NETWORK_EXPANSION_CACHE", str(released_in_cache))
+    full = create_network("NetworkExpansion", pretrained=True)
+    trimmed = mindcv.create_model("networkexpansion_vit_b_16_224", pretrained=True)
+    assert full.config.num_classes == 1001 and trimmed.config.num_classes == 1000
+    x = _images(1, 224)
+    full.set_train(False)
+    trimmed.set_train(False)
+    np.testing.assert_allclose(trimmed(x).asnumpy(), full(x).asnumpy()[:, :1000], rtol=1e-5, atol=1e-6)

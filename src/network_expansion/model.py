@@ -607,6 +607,19 @@ class VisionTransformer(nn.Cell):
         self.class_names = None
         self.update_parameters_name()
 
+    def keep_outputs(self, count: int) -> None:
+        """Keep the head's first `count` outputs, trained as they are (the released head's 1000
+        ImageNet classes of its 1001: output 1000 was never trained)."""
+        old = self.head[0]
+        if not 0 < count <= self.config.num_classes:
+            raise ConfigError(f"keep_outputs({count!r}): the head has {self.config.num_classes} outputs")
+        weight, bias = old.weight.asnumpy()[:count], old.bias.asnumpy()[:count]
+        names = self.class_names
+        self.reset_classifier(count)
+        self.head[0].weight.set_data(Tensor(weight))
+        self.head[0].bias.set_data(Tensor(bias))
+        self.class_names = tuple(names)[:count] if names is not None else None
+
     def _new_head(self, num_classes: int) -> nn.SequentialCell:
         if num_classes == 0:
             return nn.SequentialCell([nn.Identity()])
