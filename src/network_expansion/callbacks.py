@@ -23,8 +23,6 @@ gates are folded away, so the weights have the released names again.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from mindspore.train import Callback
 
@@ -101,13 +99,16 @@ class Expansion(Callback):
         old_optimizer = self.model._optimizer
         old_state = {p.name: p for p in old_optimizer.get_parameters()} if old_optimizer is not None else {}
         before = self.network.depth
+        names_before = {id(parameter): parameter.name for parameter in self.network.get_parameters()}
         width = stage.width if stage.width and stage.width != self.network.config.width else None
         growth = grow(self.network, stage.depth, width=width, ema=self.ema, exact=self.growth == "exact",
                       gate="learned", mode=self.mode)
         if self.ema is not None:
             self.ema = growth.ema
         optimizer = self.build_optimizer(self.network.trainable_params())
-        carried = _carry_state(old_state, optimizer, growth.order)
+        # a trained block keeps its Parameters through the growth, renamed to its new place
+        renamed = {p.name: names_before[id(p)] for p in self.network.get_parameters() if id(p) in names_before}
+        carried = _carry_state(old_state, optimizer, renamed, self.network)
         self.model._network = self.network
         self.model._optimizer = optimizer
         self.model._train_network = self.model._build_train_network()
@@ -145,31 +146,25 @@ def _network_of(model):
     return network
 
 
-def _carry_state(old: dict, optimizer, order: list) -> int:
+def _carry_state(old: dict, optimizer, renamed: dict, network) -> int:
     """Copy the old optimizer's state into `optimizer`'s, by name: a moment of parameter P is
-    named `<prefix>.P` (AdamWeightDecay: `adam_m.P`, Adam: `moment1.P`); the grown network's
-    block i is the old block j when `order[i] == 'bj'`, a new one (its state starts at zero)
-    when `'ej'`. Scalars (the step count) are copied as they are. State whose shape a width
-    growth changed starts at zero. Returns how many tensors were carried."""
+    named `<prefix>.P` (AdamWeightDecay: `adam_m.P`, Adam: `moment1.P`), and `renamed` gives
+    each parameter that went through the growth its name before it (a trained block moved to
+    its new place); a new block's state starts at zero. State without a parameter's name (the
+    step count) is copied as it is; state whose shape a width growth changed starts at zero.
+    Returns how many tensors were carried (the network's own weights, which an optimizer
+    also holds, are not state)."""
     from mindspore import Tensor
 
+    weights = {id(p) for p in network.get_parameters()}
     carried = 0
     for parameter in optimizer.get_parameters():
-        source = _old_name(parameter.name, order)
+        if id(parameter) in weights:
+            continue
+        prefix, _, of = parameter.name.partition(".")
+        source = parameter.name if not of else (f"{prefix}.{renamed[of]}" if of in renamed else None)
         if source is None or source not in old or tuple(old[source].shape) != tuple(parameter.shape):
             continue
         parameter.set_data(Tensor(np.ascontiguousarray(old[source].asnumpy()), dtype=parameter.dtype))
         carried += 1
     return carried
-
-
-def _old_name(name: str, order: list):
-    """The old optimizer's name for the grown optimizer's state `name` (None: new state)."""
-    match = re.match(r"^(.*?)(body\.layers\.)(\d+)(\..*)$", name)
-    if match is None:
-        return name
-    prefix, layers, index, rest = match.groups()
-    label = order[int(index)] if int(index) < len(order) else None
-    if label is None or not label.startswith("b"):
-        return None
-    return f"{prefix}{layers}{label[1:]}{rest}"
