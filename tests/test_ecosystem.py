@@ -15,12 +15,9 @@ from network_expansion import VisionTransformer, ViTConfig, create_network, save
 from network_expansion.weights import mindspore_to_timm, network_state, read_weights
 
 
-@pytest.fixture(scope="module")
-def network():
-    ms.set_seed(0)
-    net = VisionTransformer(tiny_config())
-    net.set_train(False)
-    return net
+@pytest.fixture()
+def network(tiny):
+    return tiny  # conftest's tiny ViT (seed 0, eval mode)
 
 
 def _images(n=2, size=32):

@@ -15,12 +15,9 @@ from network_expansion.predict import imagenet_class_names
 from network_expansion.preprocess import WithPreprocess, data_config
 
 
-@pytest.fixture(scope="module")
-def network():
-    ms.set_seed(0)
-    net = VisionTransformer(tiny_config())
-    net.set_train(False)
-    return net
+@pytest.fixture()
+def network(tiny):
+    return tiny  # conftest's tiny ViT (seed 0, eval mode)
 
 
 def _images(batch):

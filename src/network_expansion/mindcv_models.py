@@ -19,11 +19,11 @@ from __future__ import annotations
 from mindcv.models.registry import register_model
 
 from .hub import create_network
+from .predict import IMAGENET_CLASSES
 
 __all__ = []  # register_model appends the names it registers
 
-RELEASED_CLASSES = 1001
-IMAGENET_CLASSES = 1000
+RELEASED_CLASSES = IMAGENET_CLASSES + 1  # the zoo's ImageNet head: output 1000 unused
 
 
 @register_model

@@ -44,7 +44,7 @@ def finish(path, *, dynamic: bool, traced_batch: int, info: dict, preprocess=Non
     """Rewrite the ONNX file at `path` in place (see the module's docstring). `preprocess`:
     (picture height, width, the network's `Preprocess` cell) to put in front, or None."""
     onnx = onnx_module()
-    from onnx import helper, version_converter
+    from onnx import version_converter
 
     model = onnx.load(str(path))
     graph = model.graph
@@ -62,7 +62,6 @@ def finish(path, *, dynamic: bool, traced_batch: int, info: dict, preprocess=Non
     model.producer_name = "network_expansion"
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    del helper
 
 
 def _rename(graph, old: str, new: str) -> None:
